@@ -1,0 +1,23 @@
+"""Temporal redundancy / uniqueness / synergy (RUS) estimation for MERGE (torch + numpy; never imports the model).
+
+Submodules: ``synthetic`` (known-answer generators), ``pid`` (exact discrete PID), ``sinkhorn``, ``batch``
+(BATCH, multi-scale and step-wise), ``temporal`` (lagged samples and ``estimate_temporal_rus``),
+``sidecar`` (``rus.safetensors``), ``plotting``, ``cli``. Names are imported lazily so that
+``import modeling_merge.rus.synthetic`` stays numpy-only.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "TemporalRusBenchmark": "synthetic",
+    "make_temporal_rus_benchmark": "synthetic",
+    "discrete_pid_cases": "synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
