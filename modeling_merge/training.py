@@ -1,0 +1,156 @@
+"""Training helpers shared by `examples/train.py` and the Hugging Face `Trainer`.
+
+* :class:`MultimodalCollator` turns dataset rows (one array per modality, ``label``, optional
+  ``modality_mask``) into the model's batch: ``{"modalities": {name: (B, T_m, C_m) float32},
+  "modality_mask": (B, M) bool, "labels": (B,) int64}``.
+* :func:`classification_metrics` / :func:`compute_metrics`: accuracy, macro-F1 and AUROC (binary, or
+  one-vs-rest averaged over classes) through the local ``evaluate`` modules in ``modeling_merge/metrics``,
+  which load offline.
+* :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
+
+Using ``Trainer``::
+
+    args = merge_training_arguments("runs/merge", num_train_epochs=5, learning_rate=1e-3)
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
+                      data_collator=MultimodalCollator(list(model.config.modalities)),
+                      compute_metrics=compute_metrics)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
+
+
+@dataclass
+class MultimodalCollator:
+    """Stack rows of a multimodal dataset into one model batch.
+
+    ``modality_names``: the model's modalities in config order. Every row must hold each of them as an
+    array (T_m, C_m) of the same shape across the batch, and an integer ``label_column``. A row's optional
+    ``modality_mask`` (M booleans, config order) marks absent modalities. Non-finite values are refused
+    with an error naming the modality and the row, so they never reach the loss as silent NaN.
+    """
+
+    modality_names: Sequence[str]
+    label_column: str = "label"
+    mask_column: str = "modality_mask"
+
+    def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("MultimodalCollator got an empty batch")
+        batch: dict[str, Any] = {"modalities": {name: self._stack(rows, name) for name in self.modality_names}}
+        if self.mask_column in rows[0]:
+            mask = torch.as_tensor(np.asarray([row[self.mask_column] for row in rows], dtype=bool))
+            if mask.shape != (len(rows), len(self.modality_names)):
+                raise ValueError(
+                    f"column '{self.mask_column}' has shape {tuple(mask.shape)}, expected "
+                    f"({len(rows)}, {len(self.modality_names)}) for modalities {list(self.modality_names)}"
+                )
+            batch["modality_mask"] = mask
+        if self.label_column in rows[0]:
+            batch["labels"] = torch.as_tensor(np.asarray([row[self.label_column] for row in rows], dtype=np.int64))
+        return batch
+
+    def _stack(self, rows: list[Mapping[str, Any]], name: str) -> torch.Tensor:
+        arrays = []
+        for index, row in enumerate(rows):
+            if name not in row:
+                raise KeyError(f"batch row {index} has no column for modality '{name}' (columns: {sorted(row)})")
+            array = np.asarray(row[name], dtype=np.float32)
+            if array.ndim != 2:
+                raise ValueError(f"modality '{name}' in batch row {index} has shape {array.shape}, expected (time, channels)")
+            if arrays and array.shape != arrays[0].shape:
+                raise ValueError(
+                    f"modality '{name}' has shape {array.shape} in batch row {index} but {arrays[0].shape} in row 0"
+                )
+            if not np.isfinite(array).all():
+                raise ValueError(
+                    f"modality '{name}' in batch row {index} holds {int((~np.isfinite(array)).sum())} NaN/inf "
+                    "values; fill or mask them before training"
+                )
+            arrays.append(array)
+        return torch.from_numpy(np.stack(arrays))
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str, config_name: str | None = None):
+    """The local ``evaluate`` module ``name`` (one of :data:`METRIC_NAMES`), loaded offline from this package."""
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; available: {METRIC_NAMES}")
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / name), config_name)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and AUROC of (N, C) logits against (N,) class ids.
+
+    AUROC is binary (positive-class probability) for C = 2 and the one-vs-rest mean over the classes present
+    otherwise; it is left out when ``labels`` hold a single class (it is undefined there).
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{int((~np.isfinite(logits)).sum())} logits are NaN or infinite")
+    predictions = logits.argmax(axis=-1)
+    results = {
+        **load_metric("accuracy").compute(predictions=predictions, references=labels),
+        **load_metric("macro_f1").compute(
+            predictions=predictions, references=labels, labels=list(range(logits.shape[1]))
+        ),
+    }
+    if np.unique(labels).size >= 2:
+        probabilities = softmax(logits)
+        if logits.shape[1] == 2:
+            results.update(load_metric("roc_auc", "binary").compute(prediction_scores=probabilities[:, 1], references=labels))
+        else:
+            results.update(load_metric("roc_auc", "multiclass").compute(prediction_scores=probabilities, references=labels))
+    return results
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """``Trainer``'s ``compute_metrics``: the logits are the first prediction array (the model may return more)."""
+    predictions = eval_prediction.predictions
+    logits = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
+    return classification_metrics(logits, eval_prediction.label_ids)
+
+
+def merge_training_arguments(output_dir: str | Path, **overrides):
+    """``TrainingArguments`` for MERGE: keeps the modality columns (``remove_unused_columns=False``), names the
+    label (``label_names=["labels"]``), selects the best checkpoint on validation macro-F1 and reports to no
+    tracker unless told; ``overrides`` replace any of these."""
+    from transformers import TrainingArguments
+
+    settings = {
+        "remove_unused_columns": False,
+        "label_names": ["labels"],
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "macro_f1",
+        "learning_rate": 1e-3,
+        "weight_decay": 1e-5,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "cosine",
+        "report_to": "none",
+        **overrides,
+    }
+    return TrainingArguments(output_dir=str(output_dir), **settings)
