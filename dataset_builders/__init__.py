@@ -1,0 +1,46 @@
+"""Hugging Face `datasets` builders for the MERGE benchmarks, with one uniform output.
+
+`build(name, data_dir=..., cache_dir=..., **config_fields)` gives a `DatasetDict` (train / validation / test)
+with one `Array2D` column per modality, `label`, `subject` and, where modalities can be missing,
+`modality_mask`; `metadata_of(dataset)` gives the `DatasetMetadata` a `MergeConfig` is built from.
+"""
+
+from __future__ import annotations
+
+import datasets
+
+from ._common import (
+    BuildPlan,
+    DatasetMetadata,
+    Example,
+    MergeBuilderConfig,
+    MergeTimeSeriesBuilder,
+    metadata_of,
+)
+
+# The registry: one line per builder (name → builder class).
+BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {}
+
+
+def build(name: str, data_dir: str | None = None, cache_dir: str | None = None, **config_fields) -> datasets.DatasetDict:
+    """Prepare the builder `name` (see `BUILDERS`) on `data_dir` and return its train / validation / test splits.
+
+    `config_fields` are fields of that builder's config (window, stride, *_subjects, ...).
+    """
+    if name not in BUILDERS:
+        raise KeyError(f"unknown dataset builder {name!r}; known builders: {sorted(BUILDERS)}")
+    builder = BUILDERS[name](data_dir=data_dir, cache_dir=cache_dir, **config_fields)
+    builder.download_and_prepare()
+    return builder.as_dataset()
+
+
+__all__ = [
+    "BUILDERS",
+    "BuildPlan",
+    "DatasetMetadata",
+    "Example",
+    "MergeBuilderConfig",
+    "MergeTimeSeriesBuilder",
+    "build",
+    "metadata_of",
+]

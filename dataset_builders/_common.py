@@ -1,0 +1,410 @@
+"""Shared machinery of the dataset builders: metadata, windowing, subject splits, train-only normalisation.
+
+Every builder is a `datasets.GeneratorBasedBuilder` subclass of `MergeTimeSeriesBuilder`. A builder only
+says how to read its raw files (`_plan`: the dataset metadata and which units — subjects or records — go to
+which split; `_unit_examples`: the examples of one unit); this module computes the per-modality
+normalisation statistics on the training split, writes the features and the metadata into the dataset
+info, and normalises every split with the training statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+METADATA_MARKER = "\n\nmerge_metadata_json: "
+METADATA_FORMAT_VERSION = 1
+
+
+@dataclass
+class DatasetMetadata:
+    """What a model config and a RUS sidecar are built from and checked against.
+
+    `modalities` is ordered (name → channels); that order is the modality index everywhere. A modality
+    sampled `k`× faster than the token grid has `patch_sizes[name] = k` and `window * k` rows per example.
+    `window` and `stride` count token-grid steps (`1 / token_grid_hz` seconds each). `normalization` maps a
+    modality to `{"mean": [C], "std": [C]}` computed on the training split only.
+    """
+
+    name: str
+    modalities: dict[str, int]
+    sampling_rates_hz: dict[str, float]
+    token_grid_hz: float
+    window: int
+    stride: int
+    label_names: list[str]
+    protocol: str
+    patch_sizes: dict[str, int] = field(default_factory=dict)
+    channel_names: dict[str, list[str]] = field(default_factory=dict)
+    normalization: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    normalization_applied: bool = False
+    has_modality_mask: bool = False
+    split_units: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    format_version: int = METADATA_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.modalities = {str(name): int(channels) for name, channels in self.modalities.items()}
+        if not self.modalities:
+            raise ValueError(f"dataset {self.name!r}: metadata needs at least one modality")
+        for name, channels in self.modalities.items():
+            if channels < 1:
+                raise ValueError(f"dataset {self.name!r}: modality {name!r} has {channels} channels")
+        for field_name in ("sampling_rates_hz", "patch_sizes", "channel_names", "normalization"):
+            unknown = set(getattr(self, field_name)) - set(self.modalities)
+            if unknown:
+                raise ValueError(
+                    f"dataset {self.name!r}: {field_name} names unknown modalities {sorted(unknown)}; "
+                    f"modalities are {list(self.modalities)}"
+                )
+        missing_rates = [name for name in self.modalities if name not in self.sampling_rates_hz]
+        if missing_rates:
+            raise ValueError(f"dataset {self.name!r}: sampling_rates_hz lacks {missing_rates}")
+        self.patch_sizes = {name: int(self.patch_sizes.get(name, 1)) for name in self.modalities}
+        for name, patch in self.patch_sizes.items():
+            if patch < 1:
+                raise ValueError(f"dataset {self.name!r}: patch size of {name!r} is {patch}, must be >= 1")
+        for name, names in self.channel_names.items():
+            if len(names) != self.modalities[name]:
+                raise ValueError(
+                    f"dataset {self.name!r}: modality {name!r} has {self.modalities[name]} channels but "
+                    f"{len(names)} channel names"
+                )
+        if self.window < 1 or self.stride < 1:
+            raise ValueError(f"dataset {self.name!r}: window ({self.window}) and stride ({self.stride}) must be >= 1")
+        if len(self.label_names) < 2:
+            raise ValueError(f"dataset {self.name!r}: needs at least two label names, got {self.label_names}")
+
+    @property
+    def modality_names(self) -> list[str]:
+        return list(self.modalities)
+
+    def rows(self, modality: str) -> int:
+        """Rows (time steps at the modality's own rate) of one example of `modality`."""
+        return self.window * self.patch_sizes[modality]
+
+    def features(self) -> datasets.Features:
+        """The Arrow schema: one `Array2D((rows, channels), float32)` per modality, label, subject, mask."""
+        columns: dict[str, Any] = {
+            name: datasets.Array2D((self.rows(name), channels), "float32") for name, channels in self.modalities.items()
+        }
+        columns["label"] = datasets.ClassLabel(names=list(self.label_names))
+        columns["subject"] = datasets.Value("string")
+        if self.has_modality_mask:
+            columns["modality_mask"] = datasets.List(datasets.Value("bool"), length=len(self.modalities))
+        return datasets.Features(columns)
+
+    def merge_config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `MergeConfig(**kwargs, ...)`."""
+        return dict(
+            modalities=dict(self.modalities),
+            patch_sizes=dict(self.patch_sizes),
+            num_labels=len(self.label_names),
+            id2label={index: label for index, label in enumerate(self.label_names)},
+            label2id={label: index for index, label in enumerate(self.label_names)},
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetMetadata:
+        payload = json.loads(text)
+        version = payload.get("format_version")
+        if version != METADATA_FORMAT_VERSION:
+            raise ValueError(f"merge metadata format_version {version!r} is not {METADATA_FORMAT_VERSION}")
+        return cls(**payload)
+
+    def description(self) -> str:
+        """`DatasetInfo.description`: the protocol for people, then the metadata as JSON after a marker."""
+        return f"{self.name}: {self.protocol}{METADATA_MARKER}{json.dumps(asdict(self))}"
+
+
+def metadata_of(dataset: datasets.Dataset | datasets.DatasetDict | datasets.DatasetInfo) -> DatasetMetadata:
+    """The `DatasetMetadata` a builder stored in the dataset info (survives `save_to_disk`/`load_from_disk`)."""
+    if isinstance(dataset, datasets.DatasetDict):
+        if not dataset:
+            raise ValueError("metadata_of: the DatasetDict has no splits")
+        dataset = next(iter(dataset.values()))
+    info = dataset if isinstance(dataset, datasets.DatasetInfo) else dataset.info
+    description = info.description or ""
+    if METADATA_MARKER not in description:
+        raise ValueError(
+            "metadata_of: this dataset carries no MERGE metadata (its info.description has no "
+            f"{METADATA_MARKER.strip()!r} marker); build it with dataset_builders.build(...)"
+        )
+    return DatasetMetadata.from_json(description.split(METADATA_MARKER, 1)[1])
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+def fill_nan_linear(values: np.ndarray, what: str) -> np.ndarray:
+    """Linear interpolation over NaN runs of `values` (N, C), nearest value at the edges.
+
+    Raises a ValueError naming `what` and the channel when a channel has no valid sample at all.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"{what}: expected (time, channels), got shape {values.shape}")
+    filled = values.copy()
+    positions = np.arange(values.shape[0])
+    for channel in range(values.shape[1]):
+        valid = np.isfinite(values[:, channel])
+        if valid.all():
+            continue
+        if not valid.any():
+            raise ValueError(f"{what}: channel {channel} has no valid (non-NaN) sample in {values.shape[0]} rows")
+        filled[:, channel] = np.interp(positions, positions[valid], values[valid, channel])
+    return filled
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over consecutive blocks of `factor` rows: (N, C) → (N // factor, C); a partial last block is dropped."""
+    if factor < 1:
+        raise ValueError(f"block_mean: factor must be >= 1, got {factor}")
+    usable = (values.shape[0] // factor) * factor
+    return values[:usable].reshape(usable // factor, factor, *values.shape[1:]).mean(axis=1)
+
+
+def window_starts(length: int, window: int, stride: int) -> np.ndarray:
+    """Start indices of every full window of `window` steps, `stride` apart, in a series of `length` steps."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be >= 1")
+    if length < window:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(0, length - window + 1, stride, dtype=np.int64)
+
+
+def majority_labels(labels: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+    """Most frequent value of `labels` (N,) in each window `[start, start + window)`; ties → smallest value."""
+    labels = np.asarray(labels)
+    if starts.size == 0:
+        return labels[:0]
+    values, codes = np.unique(labels, return_inverse=True)
+    counts = np.zeros((labels.shape[0] + 1, values.size), dtype=np.int64)
+    np.cumsum(np.eye(values.size, dtype=np.int64)[codes], axis=0, out=counts[1:])
+    per_window = counts[starts + window] - counts[starts]
+    return values[per_window.argmax(axis=1)]
+
+
+def resolve_subject_splits(
+    dataset: str,
+    available: Sequence[str],
+    defaults: Mapping[str, Sequence[str]],
+    overrides: Mapping[str, Sequence[str] | None],
+) -> dict[str, list[str]]:
+    """Subjects per split: `overrides[split]` where given, else `defaults[split]`; disjoint and all available."""
+    available_set = set(available)
+    splits = {}
+    for split in SPLITS:
+        chosen = overrides.get(split)
+        splits[split] = [str(subject) for subject in (defaults[split] if chosen is None else chosen)]
+        unknown = [subject for subject in splits[split] if subject not in available_set]
+        if unknown:
+            raise ValueError(
+                f"{dataset}: {split} subjects {unknown} are not in the data directory "
+                f"(found subjects: {sorted(available_set)})"
+            )
+        if not splits[split]:
+            raise ValueError(f"{dataset}: the {split} split has no subjects")
+    for first_index, first in enumerate(SPLITS):
+        for second in SPLITS[first_index + 1 :]:
+            shared = sorted(set(splits[first]) & set(splits[second]))
+            if shared:
+                raise ValueError(f"{dataset}: subjects {shared} are in both the {first} and the {second} split")
+    return splits
+
+
+class ChannelMoments:
+    """Running per-channel mean / std in float64 over arrays (T, C) of one modality."""
+
+    def __init__(self, channels: int):
+        self.count = 0
+        self.total = np.zeros(channels)
+        self.total_squares = np.zeros(channels)
+
+    def update(self, values: np.ndarray) -> None:
+        values = values.astype(np.float64, copy=False)
+        self.count += values.shape[0]
+        self.total += values.sum(axis=0)
+        self.total_squares += np.square(values).sum(axis=0)
+
+    def statistics(self) -> dict[str, list[float]]:
+        """`{"mean": [C], "std": [C]}`; a constant channel gets std 1 so that it normalises to zeros."""
+        if self.count == 0:
+            raise ValueError("no training sample to compute normalisation statistics from")
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.total_squares / self.count - np.square(mean), 0.0))
+        std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+# ------------------------------------------------------------------------------------------ the builder
+
+
+@dataclass
+class Example:
+    """One example before normalisation: `modalities[name]` is (rows, channels); `label` a class index."""
+
+    key: str
+    modalities: dict[str, np.ndarray]
+    label: int
+    subject: str
+    modality_mask: list[bool] | None = None
+
+
+@dataclass
+class BuildPlan:
+    """What a builder reads before generating: the metadata (no statistics yet) and the units per split.
+
+    A unit is anything hashable and picklable that `_unit_examples` understands (a subject id, a file).
+    `skipped` maps a unit or file that was left out to the reason (reported, and kept in the metadata).
+    """
+
+    metadata: DatasetMetadata
+    units: dict[str, list[Hashable]]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MergeBuilderConfig(datasets.BuilderConfig):
+    """Fields every MERGE builder has. `None` means the paper protocol's value for that dataset.
+
+    window / stride: in token-grid steps. *_subjects: subject ids per split (overrides the protocol's
+    split). normalize: apply the training split's per-channel mean / std to every split.
+    """
+
+    window: int | None = None
+    stride: int | None = None
+    train_subjects: list[str] | None = None
+    validation_subjects: list[str] | None = None
+    test_subjects: list[str] | None = None
+    normalize: bool = True
+
+    def split_overrides(self) -> dict[str, list[str] | None]:
+        return {"train": self.train_subjects, "validation": self.validation_subjects, "test": self.test_subjects}
+
+
+class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
+    """Base class: subclasses implement `_plan()` and `_unit_examples(unit)` (and keep the official URL in
+    their docstring). The builder writes train / validation / test splits with the uniform columns."""
+
+    BUILDER_CONFIG_CLASS = MergeBuilderConfig
+    REQUIRES_DATA_DIR = True
+
+    def _info(self) -> datasets.DatasetInfo:
+        # Features depend on the files (channels kept, label names) and are set in `_split_generators`.
+        return datasets.DatasetInfo(description=(self.__doc__ or "").strip().split("\n")[0])
+
+    def _plan(self) -> BuildPlan:
+        raise NotImplementedError
+
+    def _unit_examples(self, unit: Hashable) -> Iterator[Example]:
+        raise NotImplementedError
+
+    @property
+    def data_path(self) -> Path:
+        """`config.data_dir` as a Path, with a clear error when it is not given or not a directory."""
+        if self.config.data_dir is None:
+            raise ValueError(f"{self.name}: pass data_dir=<folder with the unpacked official download>")
+        path = Path(self.config.data_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{self.name}: data_dir {str(path)!r} does not exist or is not a directory")
+        return path
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        plan = self._plan()
+        metadata = plan.metadata
+        metadata.skipped = {str(unit): reason for unit, reason in plan.skipped.items()}
+        for unit, reason in metadata.skipped.items():
+            logger.warning("%s: skipped %s: %s", self.name, unit, reason)
+        metadata.split_units = {split: [str(unit) for unit in plan.units.get(split, [])] for split in SPLITS}
+        self._metadata = metadata
+        if self.config.normalize:
+            metadata.normalization = self._train_statistics(metadata, plan.units["train"])
+            metadata.normalization_applied = True
+        self.info.features = metadata.features()
+        self.info.description = metadata.description()
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"units": plan.units[split], "split": split})
+            for split in SPLITS
+        ]
+
+    def _train_statistics(self, metadata: DatasetMetadata, units: list[Hashable]) -> dict[str, dict[str, list[float]]]:
+        moments = {name: ChannelMoments(channels) for name, channels in metadata.modalities.items()}
+        for example in self._checked_examples(units, "train"):
+            for index, name in enumerate(metadata.modality_names):
+                if example.modality_mask is None or example.modality_mask[index]:
+                    moments[name].update(example.modalities[name])
+        statistics = {}
+        for name, moment in moments.items():
+            if moment.count == 0:
+                raise ValueError(f"{self.name}: modality {name!r} is absent from every training example")
+            statistics[name] = moment.statistics()
+        return statistics
+
+    def _checked_examples(self, units: list[Hashable], split: str) -> Iterator[Example]:
+        """The examples of `units`, shape- and NaN-checked; an empty split is an error."""
+        count = 0
+        for unit in units:
+            for example in self._unit_examples(unit):
+                self._check_example(example, self._metadata)
+                count += 1
+                yield example
+        if count == 0:
+            raise ValueError(
+                f"{self.name}: the {split} split ({[str(unit) for unit in units]}) gives no example; "
+                "check the window length against the recordings and the subjects chosen"
+            )
+
+    def _check_example(self, example: Example, metadata: DatasetMetadata) -> None:
+        if set(example.modalities) != set(metadata.modalities):
+            raise ValueError(
+                f"{self.name}: example {example.key} has modalities {sorted(example.modalities)}, "
+                f"expected {metadata.modality_names}"
+            )
+        for name, channels in metadata.modalities.items():
+            values = example.modalities[name]
+            expected = (metadata.rows(name), channels)
+            if values.shape != expected:
+                raise ValueError(
+                    f"{self.name}: example {example.key}, modality {name!r} has shape {values.shape}, "
+                    f"expected {expected}"
+                )
+            if not np.isfinite(values).all():
+                raise ValueError(f"{self.name}: example {example.key}, modality {name!r} contains NaN or inf values")
+
+    def _generate_examples(self, units: list[Hashable], split: str):
+        metadata = self._metadata
+        names = metadata.modality_names
+        for example in self._checked_examples(units, split):
+            record: dict[str, Any] = {}
+            for index, name in enumerate(names):
+                values = example.modalities[name].astype(np.float32, copy=False)
+                present = example.modality_mask is None or example.modality_mask[index]
+                if not present:
+                    values = np.zeros_like(values)
+                elif metadata.normalization_applied:
+                    statistics = metadata.normalization[name]
+                    values = (values - np.asarray(statistics["mean"], np.float32)) / np.asarray(
+                        statistics["std"], np.float32
+                    )
+                record[name] = values
+            record["label"] = int(example.label)
+            record["subject"] = example.subject
+            if metadata.has_modality_mask:
+                record["modality_mask"] = (
+                    [True] * len(names) if example.modality_mask is None else [bool(v) for v in example.modality_mask]
+                )
+            yield example.key, record

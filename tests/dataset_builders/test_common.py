@@ -1,0 +1,181 @@
+"""The shared builder machinery: metadata round trips, windowing, splits, train-only normalisation."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+
+from dataset_builders import BuildPlan, DatasetMetadata, Example, MergeTimeSeriesBuilder, metadata_of
+from dataset_builders._common import (
+    ChannelMoments,
+    block_mean,
+    fill_nan_linear,
+    majority_labels,
+    resolve_subject_splits,
+    window_starts,
+)
+
+
+def small_metadata(**overrides) -> DatasetMetadata:
+    fields = dict(
+        name="toy",
+        modalities={"fast": 2, "slow": 1},
+        sampling_rates_hz={"fast": 4.0, "slow": 2.0},
+        patch_sizes={"fast": 2},
+        token_grid_hz=2.0,
+        window=3,
+        stride=3,
+        label_names=["rest", "move"],
+        protocol="toy protocol",
+        has_modality_mask=True,
+    )
+    fields.update(overrides)
+    return DatasetMetadata(**fields)
+
+
+class ToyBuilder(MergeTimeSeriesBuilder):
+    """Toy builder: subject s gives 2 examples whose values are s (fast) and 10·s (slow); subject 'c' lacks 'slow'."""
+
+    REQUIRES_DATA_DIR = False
+
+    def _plan(self) -> BuildPlan:
+        return BuildPlan(
+            metadata=small_metadata(),
+            units={"train": ["1", "3", "c"], "validation": ["5"], "test": ["7"]},
+            skipped={"9": "no file"},
+        )
+
+    def _unit_examples(self, unit):
+        value = 2.0 if unit == "c" else float(unit)
+        for index in range(2):
+            yield Example(
+                key=f"{unit}-{index}",
+                modalities={
+                    "fast": np.full((6, 2), value + index, np.float32),
+                    "slow": np.full((3, 1), 10 * value, np.float32),
+                },
+                label=index,
+                subject=unit,
+                modality_mask=[True, unit != "c"],
+            )
+
+
+def test_metadata_round_trips_through_json():
+    metadata = small_metadata(normalization={"slow": {"mean": [1.0], "std": [2.0]}})
+    assert DatasetMetadata.from_json(metadata.to_json()) == metadata
+    assert json.loads(metadata.to_json())["modalities"] == {"fast": 2, "slow": 1}
+
+
+def test_metadata_rejects_names_outside_the_modalities():
+    with pytest.raises(ValueError, match="patch_sizes names unknown modalities \\['audio'\\]"):
+        small_metadata(patch_sizes={"audio": 2})
+    with pytest.raises(ValueError, match="sampling_rates_hz lacks \\['slow'\\]"):
+        small_metadata(sampling_rates_hz={"fast": 4.0})
+
+
+def test_merge_config_kwargs_give_modalities_patches_and_labels():
+    kwargs = small_metadata().merge_config_kwargs()
+    assert kwargs["modalities"] == {"fast": 2, "slow": 1}
+    assert kwargs["patch_sizes"] == {"fast": 2, "slow": 1}
+    assert kwargs["num_labels"] == 2
+    assert kwargs["id2label"] == {0: "rest", 1: "move"} and kwargs["label2id"] == {"rest": 0, "move": 1}
+
+
+def test_features_have_one_array_per_modality_with_rows_times_patch():
+    features = small_metadata().features()
+    assert features["fast"] == datasets.Array2D((6, 2), "float32")
+    assert features["slow"] == datasets.Array2D((3, 1), "float32")
+    assert features["label"].names == ["rest", "move"]
+    assert features["modality_mask"] == datasets.List(datasets.Value("bool"), length=2)
+
+
+def test_window_starts_cover_only_full_windows():
+    assert window_starts(10, 4, 3).tolist() == [0, 3, 6]
+    assert window_starts(3, 4, 1).size == 0
+
+
+def test_majority_labels_take_the_most_frequent_value_per_window():
+    labels = np.array([5, 5, 1, 1, 1, 2, 2, 2, 2])
+    assert majority_labels(labels, np.array([0, 3, 5]), 4).tolist() == [1, 1, 2]
+    # tie between 5 and 1 → the smaller value
+    assert majority_labels(labels, np.array([0]), 4).tolist() == [1]
+
+
+def test_fill_nan_linear_interpolates_runs_and_names_empty_channels():
+    values = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, np.nan], [4.0, 7.0]])
+    filled = fill_nan_linear(values, "heart rate")
+    assert filled[:, 0].tolist() == [2.0, 2.0, 3.0, 4.0]
+    assert filled[:, 1].tolist() == [1.0, 3.0, 5.0, 7.0]
+    with pytest.raises(ValueError, match="heart rate: channel 1 has no valid"):
+        fill_nan_linear(np.array([[1.0, np.nan], [2.0, np.nan]]), "heart rate")
+
+
+def test_block_mean_averages_consecutive_rows_and_drops_the_partial_block():
+    values = np.arange(7, dtype=float)[:, None]
+    assert block_mean(values, 3)[:, 0].tolist() == [1.0, 4.0]
+
+
+def test_subject_splits_take_overrides_and_reject_overlaps_and_unknown_subjects():
+    defaults = {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}
+    splits = resolve_subject_splits("toy", "abcd", defaults, {"train": ["a"], "validation": None, "test": None})
+    assert splits == {"train": ["a"], "validation": ["c"], "test": ["d"]}
+    with pytest.raises(ValueError, match="subjects \\['c'\\] are in both the train and the validation split"):
+        resolve_subject_splits("toy", "abcd", defaults, {"train": ["a", "c"]})
+    with pytest.raises(ValueError, match="test subjects \\['z'\\] are not in the data directory"):
+        resolve_subject_splits("toy", "abcd", defaults, {"test": ["z"]})
+
+
+def test_channel_moments_match_numpy_and_keep_constant_channels_finite():
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(5, 2)), rng.normal(size=(7, 2))
+    moments = ChannelMoments(2)
+    moments.update(first)
+    moments.update(second)
+    stacked = np.concatenate([first, second])
+    statistics = moments.statistics()
+    np.testing.assert_allclose(statistics["mean"], stacked.mean(axis=0))
+    np.testing.assert_allclose(statistics["std"], stacked.std(axis=0))
+    constant = ChannelMoments(1)
+    constant.update(np.full((4, 1), 3.0))
+    assert constant.statistics()["std"] == [1.0]
+
+
+def test_builder_normalises_every_split_with_train_statistics_only(tmp_path):
+    builder = ToyBuilder(cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    built = builder.as_dataset()
+    metadata = metadata_of(built)
+    # train fast values: subjects 1, 3, c(=2) with offsets 0 and 1 → mean 2.5; slow only from present 1, 3.
+    assert metadata.normalization["fast"]["mean"] == pytest.approx([2.5, 2.5])
+    assert metadata.normalization["slow"]["mean"] == pytest.approx([20.0])
+    assert metadata.normalization["slow"]["std"] == pytest.approx([10.0])
+    test_row = built["test"].with_format("numpy")[0]
+    np.testing.assert_allclose(test_row["slow"], np.full((3, 1), (70.0 - 20.0) / 10.0))
+    absent = built["train"].filter(lambda row: row["subject"] == "c").with_format("numpy")[:]
+    assert (absent["slow"] == 0).all() and absent["modality_mask"][:, 1].tolist() == [False, False]
+    assert metadata.skipped == {"9": "no file"}
+    assert metadata.split_units["validation"] == ["5"]
+
+
+def test_metadata_survives_save_to_disk_and_load_from_disk(tmp_path):
+    builder = ToyBuilder(cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    built = builder.as_dataset()
+    built.save_to_disk(str(tmp_path / "saved"))
+    assert metadata_of(datasets.load_from_disk(str(tmp_path / "saved"))) == metadata_of(built)
+
+
+def test_metadata_survives_a_second_builder_reading_the_cache(tmp_path):
+    first = ToyBuilder(cache_dir=str(tmp_path / "cache"))
+    first.download_and_prepare()
+    second = ToyBuilder(cache_dir=str(tmp_path / "cache"))
+    second.download_and_prepare()
+    assert metadata_of(second.as_dataset()) == metadata_of(first.as_dataset())
+
+
+def test_metadata_of_a_plain_dataset_says_it_has_none():
+    with pytest.raises(ValueError, match="carries no MERGE metadata"):
+        metadata_of(datasets.Dataset.from_dict({"x": [1]}))
