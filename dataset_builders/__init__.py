@@ -18,8 +18,12 @@ from ._common import (
     metadata_of,
 )
 
+from .pamap2 import Pamap2Builder
+
 # The registry: one line per builder (name → builder class).
-BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {}
+BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
+    "pamap2": Pamap2Builder,
+}
 
 
 def build(name: str, data_dir: str | None = None, cache_dir: str | None = None, **config_fields) -> datasets.DatasetDict:

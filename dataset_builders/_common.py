@@ -198,6 +198,101 @@ def majority_labels(labels: np.ndarray, starts: np.ndarray, window: int) -> np.n
     return values[per_window.argmax(axis=1)]
 
 
+def resample_to_grid(values: np.ndarray, rate_hz: float, grid_hz: float, steps: int) -> np.ndarray:
+    """Put a signal (N, C) sampled at `rate_hz` from time 0 onto `steps` steps of a `grid_hz` grid.
+
+    Step k is the mean of the signal (linearly interpolated) over [k, k + 1) / grid_hz, so a faster signal
+    is mean-downsampled and a slower one interpolated. Times past the last sample hold its value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    factor = max(1, int(np.ceil(rate_hz / grid_hz)))
+    fine_times = (np.arange(steps * factor) + 0.5) / (grid_hz * factor)
+    sample_times = np.arange(values.shape[0]) / rate_hz
+    fine = np.stack([np.interp(fine_times, sample_times, values[:, c]) for c in range(values.shape[1])], axis=1)
+    return block_mean(fine, factor)
+
+
+def fields_per_line(raw: bytes) -> np.ndarray:
+    """Number of whitespace-separated fields on each line of `raw` (a trailing newline ends the last line)."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    newline = data == ord("\n")
+    blank = newline | (data == ord(" ")) | (data == ord("\t")) | (data == ord("\r"))
+    starts = np.flatnonzero(~blank & np.concatenate([[True], blank[:-1]]))
+    line_ends = np.flatnonzero(newline)
+    lines = line_ends.size + int(data.size > 0 and not newline[-1])
+    return np.bincount(np.searchsorted(line_ends, starts), minlength=lines)
+
+
+def read_whitespace_table(path: Path, columns: int) -> np.ndarray:
+    """A space-separated numeric table without header (`NaN` allowed) as float64 (rows, columns).
+
+    Raises a ValueError naming the file and the first line when a line has another number of fields
+    (a truncated or malformed row) or a field is not a number; an empty file is an error too.
+    """
+    import pandas as pd
+
+    raw = Path(path).read_bytes()
+    counts = fields_per_line(raw)
+    counts = counts[: np.flatnonzero(counts).max() + 1] if counts.any() else counts[:0]
+    if counts.size == 0:
+        raise ValueError(f"{path}: the file is empty")
+    bad = np.flatnonzero(counts != columns)
+    if bad.size:
+        raise ValueError(
+            f"{path}: line {bad[0] + 1} has {counts[bad[0]]} fields, expected {columns} "
+            f"({bad.size} malformed line(s) in all)"
+        )
+    try:
+        table = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.float64, engine="c")
+    except ValueError as error:
+        raise ValueError(f"{path}: a field is not a number ({error})") from error
+    return table.to_numpy()
+
+
+def recording_windows(
+    subject: str,
+    signals: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    label_to_index: Mapping[Any, int],
+    ignored_labels: set,
+    window: int,
+    stride: int,
+    patch_sizes: Mapping[str, int] | None = None,
+    key_prefix: str | None = None,
+) -> Iterator[Example]:
+    """Cut one recording into windows labelled by their majority label.
+
+    signals[name]: (steps · patch_sizes[name], C) on the token grid; labels: (steps,) raw label values. A
+    window whose majority label is in `ignored_labels` is dropped; a raw label neither mapped nor ignored
+    is a ValueError naming it.
+    """
+    labels = np.asarray(labels)
+    patch_sizes = patch_sizes or {}
+    unknown = sorted(set(np.unique(labels).tolist()) - set(label_to_index) - set(ignored_labels))
+    if unknown:
+        raise ValueError(
+            f"subject {subject}: unknown label value(s) {unknown}; known: {sorted(label_to_index)}, "
+            f"ignored: {sorted(ignored_labels)}"
+        )
+    for name, values in signals.items():
+        expected = labels.shape[0] * patch_sizes.get(name, 1)
+        if values.shape[0] != expected:
+            raise ValueError(f"subject {subject}: modality {name!r} has {values.shape[0]} rows, expected {expected}")
+    starts = window_starts(labels.shape[0], window, stride)
+    for start, raw_label in zip(starts.tolist(), majority_labels(labels, starts, window).tolist()):
+        if raw_label in ignored_labels:
+            continue
+        yield Example(
+            key=f"{key_prefix or subject}-{start}",
+            modalities={
+                name: values[start * patch_sizes.get(name, 1) : (start + window) * patch_sizes.get(name, 1)]
+                for name, values in signals.items()
+            },
+            label=label_to_index[raw_label],
+            subject=subject,
+        )
+
+
 def resolve_subject_splits(
     dataset: str,
     available: Sequence[str],
@@ -329,8 +424,8 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
         metadata.skipped = {str(unit): reason for unit, reason in plan.skipped.items()}
         for unit, reason in metadata.skipped.items():
             logger.warning("%s: skipped %s: %s", self.name, unit, reason)
-        metadata.split_units = {split: [str(unit) for unit in plan.units.get(split, [])] for split in SPLITS}
         self._metadata = metadata
+        metadata.split_units = {split: [str(unit) for unit in plan.units.get(split, [])] for split in SPLITS}
         if self.config.normalize:
             metadata.normalization = self._train_statistics(metadata, plan.units["train"])
             metadata.normalization_applied = True
@@ -340,6 +435,13 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
             datasets.SplitGenerator(name=split, gen_kwargs={"units": plan.units[split], "split": split})
             for split in SPLITS
         ]
+
+    def _report_skip(self, unit: Hashable, reason: str) -> None:
+        """Record (and log) a unit left out while reading; the metadata in the dataset info lists it."""
+        if str(unit) not in self._metadata.skipped:
+            logger.warning("%s: skipped %s: %s", self.name, unit, reason)
+            self._metadata.skipped[str(unit)] = reason
+            self.info.description = self._metadata.description()
 
     def _train_statistics(self, metadata: DatasetMetadata, units: list[Hashable]) -> dict[str, dict[str, list[float]]]:
         moments = {name: ChannelMoments(channels) for name, channels in metadata.modalities.items()}

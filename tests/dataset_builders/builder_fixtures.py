@@ -1,0 +1,61 @@
+"""Writers of small files in the benchmarks' exact official formats (for the builder tests)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+
+def segment_labels(segments: list[tuple[int, int]]) -> np.ndarray:
+    """[(label, rows), ...] → (sum rows,) label per row."""
+    return np.concatenate([np.full(rows, label, dtype=np.int64) for label, rows in segments])
+
+
+def write_pamap2_subject(protocol_dir: Path, subject: str, segments: list[tuple[int, int]], seed: int = 0) -> Path:
+    """`subject<id>.dat`: 54 space-separated columns at 100 Hz; heart rate only every 11th row (NaN else),
+    a wireless drop (NaN run) in the hand IMU; the IMU signal level encodes the activity (so windows are
+    checkable). Returns the file path."""
+    rng = np.random.default_rng(seed)
+    activity = segment_labels(segments)
+    rows = activity.size
+    table = rng.normal(size=(rows, 54)) + activity[:, None]
+    table[:, 0] = np.arange(rows) / 100.0
+    table[:, 1] = activity
+    table[:, 2] = np.where(np.arange(rows) % 11 == 0, 80.0 + activity, np.nan)
+    table[rows // 3 : rows // 3 + 7, 3:20] = np.nan
+    protocol_dir.mkdir(parents=True, exist_ok=True)
+    path = protocol_dir / f"subject{subject}.dat"
+    lines = [
+        f"{row[0]:.2f} {int(row[1])} " + " ".join("NaN" if np.isnan(value) else f"{value:.6f}" for value in row[2:])
+        for row in table
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_wesad_pickle(subject_dir: Path, subject: str, segments: list[tuple[int, int]], seed: int = 0) -> Path:
+    """`S<k>.pkl` as the official archive has it (Python-2 style latin1-safe pickle, protocol 2).
+
+    segments: [(label, seconds)]; chest signals and labels at 700 Hz, wrist ACC 32 Hz, BVP 64 Hz, EDA and
+    TEMP 4 Hz; every signal's level is its label so downsampled windows are checkable.
+    """
+    rng = np.random.default_rng(seed)
+    seconds_labels = segment_labels(segments)
+    seconds = seconds_labels.size
+
+    def signal(rate: int, channels: int) -> np.ndarray:
+        level = np.repeat(seconds_labels, rate).astype(np.float64)[:, None]
+        return level + 0.01 * rng.normal(size=(seconds * rate, channels))
+
+    chest = {"ACC": signal(700, 3), "ECG": signal(700, 1), "EMG": signal(700, 1), "EDA": signal(700, 1)}
+    chest.update({"Temp": signal(700, 1).astype(np.float32), "Resp": signal(700, 1)})
+    wrist = {"ACC": signal(32, 3), "BVP": signal(64, 1), "EDA": signal(4, 1), "TEMP": signal(4, 1)}
+    payload = {"signal": {"chest": chest, "wrist": wrist}, "label": np.repeat(seconds_labels, 700).astype(np.int32)}
+    payload["subject"] = subject
+    subject_dir.mkdir(parents=True, exist_ok=True)
+    path = subject_dir / f"{subject}.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(payload, handle, protocol=2)
+    return path
