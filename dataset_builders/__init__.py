@@ -19,10 +19,12 @@ from ._common import (
 )
 
 from .pamap2 import Pamap2Builder
+from .physionet2012 import PhysioNet2012Builder
 
 # The registry: one line per builder (name → builder class).
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "pamap2": Pamap2Builder,
+    "physionet2012": PhysioNet2012Builder,
 }
 
 
