@@ -7,6 +7,8 @@
   one-vs-rest averaged over classes) through the local ``evaluate`` modules in ``modeling_merge/metrics``,
   which load offline.
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
+* Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
+  :class:`MetricsLog`, :func:`check_modalities_match`.
 
 Using ``Trainer``::
 
@@ -18,7 +20,13 @@ Using ``Trainer``::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +37,7 @@ import torch
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -102,8 +111,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and AUROC of (N, C) logits against (N,) class ids.
 
-    AUROC is binary (positive-class probability) for C = 2 and the one-vs-rest mean over the classes present
-    otherwise; it is left out when ``labels`` hold a single class (it is undefined there).
+    Macro-F1 averages over all C classes. AUROC is binary (positive-class probability) for C = 2 and the
+    one-vs-rest mean over the classes present otherwise; it is left out when ``labels`` hold a single class
+    (it is undefined there).
     """
     logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
@@ -154,3 +164,80 @@ def merge_training_arguments(output_dir: str | Path, **overrides):
         **overrides,
     }
     return TrainingArguments(output_dir=str(output_dir), **settings)
+
+
+def check_modalities_match(model_modalities: Mapping[str, int], data_modalities: Mapping[str, int], what: str) -> None:
+    """Raise if a model (``what`` names it: a checkpoint path, a sidecar) was built for other modalities,
+    other channel counts or another modality order than the data."""
+    model_modalities, data_modalities = dict(model_modalities), dict(data_modalities)
+    if model_modalities == data_modalities and list(model_modalities) == list(data_modalities):
+        return
+    missing = [name for name in data_modalities if name not in model_modalities]
+    extra = [name for name in model_modalities if name not in data_modalities]
+    channels = {name: (model_modalities[name], data_modalities[name]) for name in data_modalities
+                if name in model_modalities and model_modalities[name] != data_modalities[name]}
+    details = []
+    if missing:
+        details.append(f"the data has modalities it lacks: {missing}")
+    if extra:
+        details.append(f"it has modalities the data lacks: {extra}")
+    if channels:
+        details.append("channels differ (it, data): " + ", ".join(f"{n} {c}" for n, c in channels.items()))
+    if not details:
+        details.append(f"the modality order differs: {list(model_modalities)} vs the data's {list(data_modalities)}")
+    raise ValueError(f"{what} does not match the dataset: " + "; ".join(details))
+
+
+@contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it replaces ``final`` in one rename, on error it
+    is deleted — so a crash mid-write never leaves a half-written ``final``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if final.exists():
+        retired = final.with_name(f".{final.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(temporary, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The completed ``checkpoint-<step>`` folder with the highest step under ``root`` (None if there is none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    steps = [(int(m.group(1)), path) for path in root.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name))]
+    return max(steps)[1] if steps else None
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recent ``checkpoint-<step>`` folders under ``root``."""
+    steps = sorted((int(m.group(1)), path) for path in Path(root).iterdir() if (m := CHECKPOINT_PATTERN.match(path.name)))
+    for _, path in steps[:-keep] if keep > 0 else steps:
+        shutil.rmtree(path)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (one JSON object per line, flushed at once so a crash loses nothing)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record, default=float) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,112 @@
+"""Figures for interpreting MERGE: routing distribution per modality × expert per MoE layer (paper Fig. 8)
+and temporal RUS curves per modality pair (paper Fig. 5). PNG files; matplotlib is imported lazily."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def routing_shares(
+    selected_experts: Sequence[np.ndarray], num_experts: int, modality_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Share of each modality's top-k slots given to each expert, per MoE layer.
+
+    ``selected_experts``: one int array per MoE layer, (B, M, T, k) expert ids. ``modality_mask``: (B, M)
+    bool, absent modalities are not counted. Returns (layers, M, E) floats; each row sums to 1 (or is all 0
+    for a modality that is never present).
+    """
+    shares = []
+    for layer, experts in enumerate(selected_experts):
+        experts = np.asarray(experts)
+        if experts.ndim != 4:
+            raise ValueError(f"MoE layer {layer}: selected experts have shape {experts.shape}, expected (B, M, T, k)")
+        if experts.size and (experts.min() < 0 or experts.max() >= num_experts):
+            raise ValueError(f"MoE layer {layer}: expert ids outside [0, {num_experts})")
+        weight = np.ones(experts.shape[:2]) if modality_mask is None else np.asarray(modality_mask, dtype=float)
+        counts = np.zeros((experts.shape[1], num_experts))
+        for modality in range(experts.shape[1]):
+            slot_weights = np.broadcast_to(weight[:, modality, None, None], experts[:, modality].shape)
+            counts[modality] = np.bincount(experts[:, modality].ravel(), weights=slot_weights.ravel(), minlength=num_experts)
+        totals = counts.sum(axis=1, keepdims=True)
+        shares.append(np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0))
+    return np.stack(shares)
+
+
+def plot_routing_distribution(
+    shares: np.ndarray, modality_names: Sequence[str], path: str | Path, expert_names: Sequence[str] | None = None
+) -> Path:
+    """Heat maps of ``shares`` (layers, M, E) from :func:`routing_shares`, one panel per MoE layer, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_layers, num_modalities, num_experts = shares.shape
+    if len(modality_names) != num_modalities:
+        raise ValueError(f"{len(modality_names)} modality names for {num_modalities} rows of routing shares")
+    expert_names = list(expert_names or [f"E{e}" for e in range(num_experts)])
+    figure, axes = plt.subplots(1, num_layers, figsize=(1.2 + 0.6 * num_experts * num_layers, 0.5 * num_modalities + 1.5),
+                                squeeze=False, constrained_layout=True)
+    for layer, axis in enumerate(axes[0]):
+        image = axis.imshow(shares[layer], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        axis.set_title(f"MoE layer {layer}")
+        axis.set_xticks(range(num_experts), expert_names, rotation=90)
+        axis.set_yticks(range(num_modalities), modality_names if layer == 0 else [""] * num_modalities)
+    figure.colorbar(image, ax=axes[0].tolist(), label="share of the modality's routing slots")
+    return _save(figure, path)
+
+
+def plot_temporal_rus(
+    redundancy: np.ndarray,
+    uniqueness: np.ndarray,
+    synergy: np.ndarray,
+    modality_names: Sequence[str],
+    path: str | Path,
+    lags_seconds: Sequence[float] | None = None,
+    top_pairs: int = 6,
+) -> Path:
+    """Temporal RUS curves (bits vs lag) saved as PNG: redundancy and synergy of the ``top_pairs`` pairs with the
+    largest peak, and per-modality uniqueness U_m(τ) = max over pairs containing m (the reference rule).
+    Inputs are [M, M, L] arrays in ``modality_names`` order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_modalities, _, num_lags = np.shape(redundancy)
+    if len(modality_names) != num_modalities:
+        raise ValueError(f"{len(modality_names)} modality names for RUS tensors over {num_modalities} modalities")
+    lags = np.asarray(lags_seconds if lags_seconds is not None else np.arange(num_lags))
+    pairs = [(i, j) for i in range(num_modalities) for j in range(i + 1, num_modalities)]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    for axis, values, title in ((axes[0], redundancy, "redundancy"), (axes[1], synergy, "synergy")):
+        ranked = sorted(pairs, key=lambda pair: -float(np.max(values[pair[0], pair[1]])))[:top_pairs]
+        for i, j in ranked:
+            axis.plot(lags, values[i, j], marker="o", label=f"{modality_names[i]}–{modality_names[j]}")
+        axis.set_title(f"{title} (top {len(ranked)} pairs)")
+    per_modality_uniqueness = np.max(np.asarray(uniqueness), axis=1)
+    for m, name in enumerate(modality_names):
+        axes[2].plot(lags, per_modality_uniqueness[m], marker="o", label=name)
+    axes[2].set_title("uniqueness (max over pairs)")
+    for axis in axes:
+        axis.set_xlabel("lag (s)" if lags_seconds is not None else "lag (steps)")
+        axis.set_ylabel("bits")
+        axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _save(figure, path: str | Path) -> Path:
+    """Save ``figure`` as PNG through a temporary file in the same folder, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
