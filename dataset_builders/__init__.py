@@ -19,11 +19,13 @@ from ._common import (
 )
 
 from .pamap2 import Pamap2Builder
+from .wesad import WesadBuilder
 from .physionet2012 import PhysioNet2012Builder
 
 # The registry: one line per builder (name → builder class).
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "pamap2": Pamap2Builder,
+    "wesad": WesadBuilder,
     "physionet2012": PhysioNet2012Builder,
 }
 

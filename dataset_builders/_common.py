@@ -198,16 +198,18 @@ def majority_labels(labels: np.ndarray, starts: np.ndarray, window: int) -> np.n
     return values[per_window.argmax(axis=1)]
 
 
-def resample_to_grid(values: np.ndarray, rate_hz: float, grid_hz: float, steps: int) -> np.ndarray:
-    """Put a signal (N, C) sampled at `rate_hz` from time 0 onto `steps` steps of a `grid_hz` grid.
+def resample_to_grid(
+    values: np.ndarray, rate_hz: float, grid_hz: float, steps: int, start_s: float = 0.0
+) -> np.ndarray:
+    """Put a signal (N, C) sampled at `rate_hz` from `start_s` seconds onto steps 0..`steps` of a `grid_hz` grid.
 
-    Step k is the mean of the signal (linearly interpolated) over [k, k + 1) / grid_hz, so a faster signal
-    is mean-downsampled and a slower one interpolated. Times past the last sample hold its value.
+    Step k is the mean of the signal (linearly interpolated) over [k, k + 1) / grid_hz seconds, so a faster
+    signal is mean-downsampled and a slower one interpolated. Times outside the samples hold the edge value.
     """
     values = np.asarray(values, dtype=np.float64)
     factor = max(1, int(np.ceil(rate_hz / grid_hz)))
     fine_times = (np.arange(steps * factor) + 0.5) / (grid_hz * factor)
-    sample_times = np.arange(values.shape[0]) / rate_hz
+    sample_times = start_s + np.arange(values.shape[0]) / rate_hz
     fine = np.stack([np.interp(fine_times, sample_times, values[:, c]) for c in range(values.shape[1])], axis=1)
     return block_mean(fine, factor)
 
