@@ -139,8 +139,9 @@ def push_folder(
 
 def export_dataset(dataset_dict, folder: str | Path, sidecar_path: str | Path | None = None, pretty_name: str = "") -> Path:
     """Write a ``DatasetDict`` the way the Hub serves datasets: ``data/<split>-00000-of-00001.parquet`` (features,
-    Array2D and ClassLabel included, travel in the parquet schema), a README whose YAML maps the splits, and
-    the RUS sidecar of the training split as ``rus.safetensors`` beside them."""
+    Array2D and ClassLabel included, travel in the parquet schema), a README whose YAML maps the splits,
+    ``dataset_info.json`` (the builder's info, whose description carries the MERGE metadata) and the RUS
+    sidecar of the training split as ``rus.safetensors``."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     folder = Path(folder)
@@ -150,6 +151,7 @@ def export_dataset(dataset_dict, folder: str | Path, sidecar_path: str | Path | 
         relative = f"data/{split}-00000-of-00001.parquet"
         dataset.to_parquet(str(folder / relative))
         data_files.append({"split": split, "path": relative})
+    next(iter(dataset_dict.values())).info.write_to_directory(str(folder))
     if sidecar_path is not None:
         shutil.copyfile(sidecar_path, folder / SIDECAR_FILENAME)
     card_data = DatasetCardData(pretty_name=pretty_name or None, tags=["time-series", "multimodal", "merge"],
@@ -163,9 +165,9 @@ def export_dataset(dataset_dict, folder: str | Path, sidecar_path: str | Path | 
 
 def download_dataset(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
                      endpoint: str | None = None):
-    """Fetch a dataset pushed with :func:`export_dataset` + :func:`push_folder`; returns (``DatasetDict``, path of
-    its RUS sidecar or None)."""
-    from datasets import load_dataset
+    """Fetch a dataset pushed with :func:`export_dataset` + :func:`push_folder`; returns (``DatasetDict`` with the
+    pushed dataset info restored, path of its RUS sidecar or None)."""
+    from datasets import DatasetInfo, load_dataset
     from huggingface_hub import snapshot_download
 
     root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir, endpoint=endpoint))
@@ -173,5 +175,9 @@ def download_dataset(repo_id: str, revision: str | None = None, cache_dir: str |
     if not data_files:
         raise FileNotFoundError(f"dataset repo {repo_id} has no data/*.parquet files (found {sorted(os.listdir(root))})")
     dataset_dict = load_dataset("parquet", data_files=data_files, cache_dir=str(cache_dir) if cache_dir else None)
+    if (root / "dataset_info.json").exists():
+        description = DatasetInfo.from_directory(str(root)).description
+        for split in dataset_dict.values():
+            split.info.description = description
     sidecar = root / SIDECAR_FILENAME
     return dataset_dict, (sidecar if sidecar.exists() else None)

@@ -1,7 +1,7 @@
 """A local HTTP server that speaks enough of the Hugging Face Hub API for the real `huggingface_hub` client.
 
-Covered (model and dataset repos): `HfApi.create_repo`, `upload_folder` / `upload_file` (preupload + NDJSON
-commit, every file sent inline as "regular"), `repo_info`, `list_repo_tree`, and `hf_hub_download` /
+Covered (model and dataset repos): `HfApi.create_repo`, `upload_folder` / `upload_file` (README front-matter
+validation, preupload + NDJSON commit, every file sent inline as "regular"), `repo_info`, `list_repo_tree`, and `hf_hub_download` /
 `snapshot_download` (`resolve/{revision}/{path}` with `X-Repo-Commit` and `ETag`). Point the client at it
 with `HF_ENDPOINT=<server.url>` (or `endpoint=`) and `HF_HUB_DISABLE_XET=1`.
 
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 REPO_TYPES = ("model", "dataset")
 _API_ROUTE = re.compile(
@@ -147,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if url.path == "/api/repos/create" and self.command == "POST":
                 return self._create_repo(json.loads(body or b"{}"))
+            if url.path == "/api/validate-yaml" and self.command == "POST":
+                return self._validate_yaml(json.loads(body)["content"])
             match = _API_ROUTE.match(url.path)
             if match:
                 return self._api(match, parse_qs(url.query), body)
@@ -173,6 +177,19 @@ class _Handler(BaseHTTPRequestHandler):
         url = self.server.repo_url(repo_type, repo_id)
         self.server.hub.create(repo_type, repo_id, url)
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _validate_yaml(self, readme: str):
+        """Check that a README's front matter (between the leading `---` lines) is a YAML mapping, as the Hub does."""
+        errors = []
+        if readme.startswith("---"):
+            front_matter = readme.split("---", 2)[1] if readme.count("---") >= 2 else None
+            try:
+                if front_matter is None or not isinstance(yaml.safe_load(front_matter) or {}, dict):
+                    errors.append({"message": "the README front matter is not a YAML mapping"})
+            except yaml.YAMLError as error:
+                errors.append({"message": f"invalid YAML in the README front matter: {error}"})
+        status = HTTPStatus.BAD_REQUEST if errors else HTTPStatus.OK
+        self._send_json({"errors": errors, "warnings": []}, status, {"X-Error-Code": "BadRequest"} if errors else {})
 
     def _api(self, match: re.Match, query: dict, body: bytes):
         repo_type, repo_id = match["type"][:-1], match["repo"]
