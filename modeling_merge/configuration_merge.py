@@ -1,0 +1,208 @@
+"""MERGE model configuration (METHOD.md §2).
+
+Every architectural choice of the MERGE model is a typed field here and is validated on construction; an
+invalid value raises a ``ValueError`` that names the field. The defaults are the reference PAMAP2
+hyper-parameters (4 modalities: three 13-channel IMUs and one heart-rate channel).
+"""
+
+from typing import ClassVar
+
+from transformers import PreTrainedConfig
+
+ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
+EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
+SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
+THRESHOLD_MODES = ("percentile", "absolute")
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_merge.MergeConfig",
+    "AutoModel": "modeling_merge.MergeModel",
+    "AutoModelForSequenceClassification": "modeling_merge.MergeForSequenceClassification",
+}
+
+
+def _pamap2_modalities() -> dict[str, int]:
+    return {"hand": 13, "chest": 13, "ankle": 13, "heart_rate": 1}
+
+
+class MergeConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MergeModel`] / [`MergeForSequenceClassification`].
+
+    Args:
+        modalities (`dict[str, int]`):
+            Ordered mapping modality name → input channels. The order is the modality index of RUS tensors
+            (`[M, M, L]`) and of the `(batch, M)` presence mask.
+        patch_sizes (`dict[str, int]`):
+            Stride (in input steps) of modalities sampled faster than the token grid; absent names use 1. An
+            input of `time_m` steps gives `time_m / patch_m` tokens, and all modalities must agree on that
+            token-grid length T.
+        num_labels (`int`): number of classes (inherited; also set by `id2label`).
+        d_model (`int`): width D of every token.
+        num_attention_heads (`int`): heads of every self- and cross-attention.
+        ffn_dim (`int`): hidden size of the dense feed-forward layers (encoders, non-MoE blocks, `dense` router).
+        num_encoder_layers (`int`): Transformer layers in each per-modality encoder.
+        use_encoder_conv (`bool`): add two residual Conv1d(k=3)+BatchNorm+ReLU layers to each encoder.
+        num_blocks (`int`): fusion blocks after the encoders.
+        num_moe_blocks (`int`): how many of them are MoE blocks, at evenly spaced indices (`moe_block_indices`).
+        num_feedforward_experts (`int`): feed-forward experts per MoE layer.
+        num_synergy_experts (`int`): cross-modal attention (synergy) experts per MoE layer; they come first in
+            the expert index.
+        num_experts_per_token (`int`): top-k.
+        expert_hidden_dim (`int`): hidden size of a feed-forward expert and of a synergy expert's FFN.
+        expert_dispatch (`str`): how tokens reach the feed-forward experts: `"grouped_mm"` (one
+            `torch.nn.functional.grouped_mm` over tokens sorted by expert; falls back to `"sorted"` where the
+            dtype or alignment is unsupported), `"sorted"` (argsort by expert, one matmul per expert on its
+            slice) or `"eager"` (reference loop over experts with boolean masks). All three are sparse.
+        router_type (`str`): `"rus"` (MERGE), `"softmax"` (logits = W x), `"laplace"` (FuseMoE,
+            logits_e = −‖x − w_e‖, noisy top-k in training), `"laplace_per_modality"` (one Laplace gate per
+            modality over shared experts) or `"dense"` (no MoE: one feed-forward layer in MoE blocks).
+        router_hidden_dim (`int`): h = ReLU(W_h x) and the router MLP's hidden layer.
+        router_gru_dim (`int`): GRU hidden size of the RUS router.
+        router_attention_dim (`int`): query/key/value size of the RUS context attention.
+        router_top_partners (`int | None`): if set, each modality's router context (and the RUS loss pairs)
+            only covers its `router_top_partners` partners with the largest R+S (chosen when RUS is set),
+            which keeps the router linear in M. `None` = all M−1 partners.
+        redundancy_loss_weight / uniqueness_loss_weight / synergy_loss_weight / load_balance_loss_weight
+            (`float`): λ of each auxiliary loss; 0 switches that loss off (the ablation switch).
+        synergy_loss_type (`str`): `"one_minus_p"` (1 − p̄, reference) or `"neg_log_p"` (−log p̄).
+        threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
+            resolved in `set_rus`) or `"absolute"` (thresholds in bits).
+        redundancy_threshold / uniqueness_threshold / synergy_threshold (`float`): τ_R, τ_U, τ_S.
+        num_rus_lags (`int`): L, the number of RUS lags.
+        dropout (`float`): dropout everywhere (attention, FFN, experts).
+        layer_norm_eps (`float`), initializer_range (`float`).
+    """
+
+    model_type: ClassVar[str] = "merge"
+
+    modalities: dict[str, int] | None = None
+    patch_sizes: dict[str, int] | None = None
+    d_model: int = 128
+    num_attention_heads: int = 4
+    ffn_dim: int = 256
+    num_encoder_layers: int = 2
+    use_encoder_conv: bool = False
+    num_blocks: int = 6
+    num_moe_blocks: int = 3
+    num_feedforward_experts: int = 6
+    num_synergy_experts: int = 2
+    num_experts_per_token: int = 2
+    expert_hidden_dim: int = 128
+    expert_dispatch: str = "grouped_mm"
+    router_type: str = "rus"
+    router_hidden_dim: int = 64
+    router_gru_dim: int = 64
+    router_attention_dim: int = 32
+    router_top_partners: int | None = None
+    redundancy_loss_weight: float = 1.0
+    uniqueness_loss_weight: float = 1.0
+    synergy_loss_weight: float = 1.0
+    load_balance_loss_weight: float = 0.02
+    synergy_loss_type: str = "one_minus_p"
+    threshold_mode: str = "percentile"
+    redundancy_threshold: float = 75.0
+    uniqueness_threshold: float = 75.0
+    synergy_threshold: float = 75.0
+    num_rus_lags: int = 5
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.modalities is None:
+            self.modalities = _pamap2_modalities()
+        self.modalities = {str(name): channels for name, channels in dict(self.modalities).items()}
+        self.patch_sizes = {str(name): size for name, size in dict(self.patch_sizes or {}).items()}
+        kwargs.setdefault("num_labels", 12 if self.id2label is None else len(self.id2label))
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    @property
+    def modality_names(self) -> list[str]:
+        """Modality names in index order."""
+        return list(self.modalities)
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def num_experts(self) -> int:
+        """E = synergy + feed-forward experts (synergy experts first)."""
+        return self.num_synergy_experts + self.num_feedforward_experts
+
+    @property
+    def moe_block_indices(self) -> list[int]:
+        """Indices of the MoE blocks, evenly spaced and ending at the last block (6 blocks, 3 MoE → 1, 3, 5)."""
+        if self.num_moe_blocks == 0:
+            return []
+        return [(i + 1) * self.num_blocks // self.num_moe_blocks - 1 for i in range(self.num_moe_blocks)]
+
+    def patch_size(self, name: str) -> int:
+        return self.patch_sizes.get(name, 1)
+
+    def _validate(self) -> None:
+        _check(len(self.modalities) > 0, "modalities", "must name at least one modality", self.modalities)
+        for name, channels in self.modalities.items():
+            _check(_is_int(channels) and channels > 0, "modalities", f"channels of {name!r} must be an int > 0",
+                   channels)
+        for name, size in self.patch_sizes.items():
+            _check(name in self.modalities, "patch_sizes", f"names unknown modality {name!r}; known: "
+                   f"{self.modality_names}", name)
+            _check(_is_int(size) and size > 0, "patch_sizes", f"patch of {name!r} must be an int > 0", size)
+        positive_ints = ("d_model", "num_attention_heads", "ffn_dim", "num_blocks", "expert_hidden_dim",
+                         "router_hidden_dim", "router_gru_dim", "router_attention_dim", "num_rus_lags")
+        for field in positive_ints:
+            _check(_is_int(getattr(self, field)) and getattr(self, field) > 0, field, "must be an int > 0",
+                   getattr(self, field))
+        for field in ("num_encoder_layers", "num_moe_blocks", "num_feedforward_experts", "num_synergy_experts"):
+            _check(_is_int(getattr(self, field)) and getattr(self, field) >= 0, field, "must be an int >= 0",
+                   getattr(self, field))
+        _check(self.d_model % self.num_attention_heads == 0, "d_model",
+               f"must be divisible by num_attention_heads={self.num_attention_heads}", self.d_model)
+        _check(self.num_moe_blocks <= self.num_blocks, "num_moe_blocks",
+               f"cannot exceed num_blocks={self.num_blocks}", self.num_moe_blocks)
+        _check(self.router_type in ROUTER_TYPES, "router_type", f"must be one of {ROUTER_TYPES}", self.router_type)
+        _check(self.expert_dispatch in EXPERT_DISPATCHES, "expert_dispatch", f"must be one of {EXPERT_DISPATCHES}",
+               self.expert_dispatch)
+        _check(self.synergy_loss_type in SYNERGY_LOSS_TYPES, "synergy_loss_type",
+               f"must be one of {SYNERGY_LOSS_TYPES}", self.synergy_loss_type)
+        _check(self.threshold_mode in THRESHOLD_MODES, "threshold_mode", f"must be one of {THRESHOLD_MODES}",
+               self.threshold_mode)
+        if self.router_type != "dense":
+            _check(self.num_experts > 0, "num_feedforward_experts",
+                   "an MoE router needs at least one expert (num_feedforward_experts + num_synergy_experts)",
+                   self.num_experts)
+            _check(_is_int(self.num_experts_per_token) and 0 < self.num_experts_per_token <= self.num_experts,
+                   "num_experts_per_token", f"must be in [1, num_experts={self.num_experts}]",
+                   self.num_experts_per_token)
+        _check(self.num_labels is not None and self.num_labels >= 1, "num_labels", "must be >= 1", self.num_labels)
+        if self.router_top_partners is not None:
+            _check(_is_int(self.router_top_partners) and self.router_top_partners > 0, "router_top_partners",
+                   "must be None or an int > 0", self.router_top_partners)
+        for field in ("redundancy_loss_weight", "uniqueness_loss_weight", "synergy_loss_weight",
+                      "load_balance_loss_weight"):
+            value = getattr(self, field)
+            _check(isinstance(value, (int, float)) and value >= 0, field, "must be a number >= 0 (0 = off)", value)
+        upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
+        for field in ("redundancy_threshold", "uniqueness_threshold", "synergy_threshold"):
+            value = getattr(self, field)
+            _check(isinstance(value, (int, float)) and 0 <= value <= upper, field,
+                   f"must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}", value)
+        _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",
+               self.dropout)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(condition: bool, field: str, requirement: str, value) -> None:
+    if not condition:
+        raise ValueError(f"MergeConfig.{field} {requirement} (got {value!r}).")
+
+
+__all__ = ["MergeConfig"]

@@ -1,0 +1,838 @@
+"""MERGE: a mixture-of-experts model for massively multimodal time series with an RUS-guided router.
+
+METHOD.md §2. Shapes use B = batch, M = modalities, T = token-grid length, D = d_model, E = experts,
+k = experts per token, L = RUS lags, P = router partners per modality. RUS values are in bits.
+
+This file and ``configuration_merge.py`` are the flat pair that a checkpoint carries for
+``trust_remote_code``: they import each other only with same-folder relative imports.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_merge import MergeConfig
+
+RUS_BUFFERS = ("rus_redundancy", "rus_uniqueness", "rus_synergy")
+
+
+@dataclass
+class MergeModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`(B, M, T, D)`): token states after the last block (absent modalities included).
+        pooler_output (`(B, D)`): LayerNorm, then mean over time and over present modalities.
+        aux_loss (`()`): weighted sum of the auxiliary losses, averaged over MoE layers.
+        aux_losses (`dict[str, Tensor]`): unweighted terms `redundancy`, `uniqueness` (already negative: it
+            pushes apart), `synergy`, `load_balance`, each averaged over MoE layers;
+            `aux_loss = Σ weight_name · aux_losses[name]`.
+        router_probs (`tuple[(B, M, T, E)]`): router probabilities per MoE layer (on request).
+        selected_experts (`tuple[(B, M, T, k)]`): chosen expert ids per MoE layer (on request).
+    """
+
+    last_hidden_state: Tensor | None = None
+    pooler_output: Tensor | None = None
+    aux_loss: Tensor | None = None
+    aux_losses: dict[str, Tensor] | None = None
+    router_probs: tuple[Tensor, ...] | None = None
+    selected_experts: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class MergeSequenceClassifierOutput(ModelOutput):
+    """
+    Args:
+        loss (`()`): cross-entropy + `aux_loss` (when `labels` are given).
+        logits (`(B, num_labels)`).
+        aux_loss, aux_losses, router_probs, selected_experts: as in [`MergeModelOutput`].
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    aux_loss: Tensor | None = None
+    aux_losses: dict[str, Tensor] | None = None
+    router_probs: tuple[Tensor, ...] | None = None
+    selected_experts: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class MergeRusContext:
+    """RUS lookups for one forward pass (token grid of length T), shared by all MoE layers.
+
+    Attributes:
+        pair_features: `(M, T, P, 2)` [R, S] of (modality m, its p-th partner) at each token's lag.
+        pair_mask: `(B, M, 1, P)` bool, partner present in the sample.
+        token_uniqueness: `(M, T)` U_m at each token's lag (max over partners).
+        loss_pairs: `(Q, 2)` modality pairs m < n that the RUS losses look at.
+        redundant / unique / synergistic: `(Q, T)` bool, the pair is above τ_R / both above τ_U / above τ_S.
+    """
+
+    pair_features: Tensor
+    pair_mask: Tensor
+    token_uniqueness: Tensor
+    loss_pairs: Tensor
+    redundant: Tensor
+    unique: Tensor
+    synergistic: Tensor
+
+
+def token_lags(num_tokens: int, num_lags: int, device: torch.device | None = None) -> Tensor:
+    """Lag index ℓ(t) = min(⌊t·L/T⌋, L−1) of every token t, shape `(T,)` int64."""
+    steps = torch.arange(num_tokens, device=device)
+    return torch.clamp(steps * num_lags // num_tokens, max=num_lags - 1)
+
+
+def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Sinusoidal position table `(T, dim)` (sin on even, cos on odd channels)."""
+    position = torch.arange(num_tokens, device=device, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_tokens, dim, device=device)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table.to(dtype)
+
+
+def jensen_shannon_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """JSD(p‖q) in nats over the last dim of two probability tensors (no extra softmax)."""
+    mean = 0.5 * (p + q)
+    return 0.5 * (torch.xlogy(p, p) - torch.xlogy(p, mean)).sum(-1) + 0.5 * (
+        torch.xlogy(q, q) - torch.xlogy(q, mean)
+    ).sum(-1)
+
+
+class MergeAttention(nn.Module):
+    """Multi-head attention of `query_states (N, Tq, D)` over `key_value_states (N, Tk, D)`; `attention_mask`
+    `(N, Tq, Tk)` bool, True = may attend."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.d_model // config.num_attention_heads
+        self.dropout = config.dropout
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.o_proj = nn.Linear(config.d_model, config.d_model)
+
+    def _heads(self, states: Tensor) -> Tensor:
+        return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query_states: Tensor, key_value_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        query = self._heads(self.q_proj(query_states))
+        key = self._heads(self.k_proj(key_value_states))
+        value = self._heads(self.v_proj(key_value_states))
+        mask = None if attention_mask is None else attention_mask[:, None]
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.o_proj(attended.transpose(1, 2).reshape(query_states.shape))
+
+
+class MergeFeedForward(nn.Module):
+    """Linear(D → hidden) – ReLU – Dropout – Linear(hidden → D), per token."""
+
+    def __init__(self, config: MergeConfig, hidden_dim: int):
+        super().__init__()
+        self.fc_in = nn.Linear(config.d_model, hidden_dim)
+        self.fc_out = nn.Linear(hidden_dim, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.fc_out(self.dropout(F.relu(self.fc_in(hidden_states))))
+
+
+class MergeSelfAttentionSublayer(nn.Module):
+    """Post-LN self-attention sublayer over the time axis of `(N, T, D)`: LN(x + Dropout(Attn(x)))."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.attention = MergeAttention(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.norm(hidden_states + self.dropout(self.attention(hidden_states, hidden_states)))
+
+
+class MergeEncoderLayer(nn.Module):
+    """Post-LN Transformer encoder layer on `(N, T, D)`."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.self_attention = MergeSelfAttentionSublayer(config)
+        self.feed_forward = MergeFeedForward(config, config.ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        hidden_states = self.self_attention(hidden_states)
+        return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
+
+
+class MergeConvResidual(nn.Module):
+    """Two Conv1d(k=3) + BatchNorm + ReLU layers with a residual connection, on `(N, T, D)`."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv1d(config.d_model, config.d_model, kernel_size=3, padding=1),
+            nn.BatchNorm1d(config.d_model),
+            nn.ReLU(),
+            nn.Conv1d(config.d_model, config.d_model, kernel_size=3, padding=1),
+            nn.BatchNorm1d(config.d_model),
+            nn.ReLU(),
+        )
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return hidden_states + self.layers(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+
+class MergeModalityEncoder(nn.Module):
+    """One modality `(B, T·patch, C)` → tokens `(B, T, D)`: strided Conv1d patch embedding · √D, optional conv
+    residual, sinusoidal positions, Transformer layers, LayerNorm."""
+
+    def __init__(self, config: MergeConfig, channels: int, patch_size: int):
+        super().__init__()
+        self.scale = math.sqrt(config.d_model)
+        self.patch_embedding = nn.Conv1d(channels, config.d_model, kernel_size=patch_size, stride=patch_size)
+        self.conv = MergeConvResidual(config) if config.use_encoder_conv else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(MergeEncoderLayer(config) for _ in range(config.num_encoder_layers))
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, values: Tensor) -> Tensor:
+        hidden_states = self.patch_embedding(values.transpose(1, 2)).transpose(1, 2) * self.scale
+        if self.conv is not None:
+            hidden_states = self.conv(hidden_states)
+        positions = sinusoidal_positions(hidden_states.shape[1], hidden_states.shape[2], values.device, values.dtype)
+        hidden_states = self.dropout(hidden_states + positions)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return self.norm(hidden_states)
+
+
+class MergeRusContextAttention(nn.Module):
+    """Attention of a token over its partner modalities' RUS features (METHOD.md §2 router).
+
+    q = W_q x, k = W_k f, v = W_v f with f = [R, S] of (own modality, partner) at the token's lag;
+    c = Σ_j softmax_j(q·k_j / √A) v_j. Leading dims of the inputs broadcast against each other.
+    """
+
+    def __init__(self, input_dim: int, attention_dim: int):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(attention_dim)
+        self.query = nn.Linear(input_dim, attention_dim)
+        self.key = nn.Linear(2, attention_dim)
+        self.value = nn.Linear(2, attention_dim)
+
+    def forward(self, query_input: Tensor, pair_features: Tensor, pair_mask: Tensor | None = None) -> Tensor:
+        """query_input `(..., input_dim)`, pair_features `(..., P, 2)`, pair_mask `(..., P)` bool (False = not a
+        partner) → context `(..., attention_dim)`, zeros where a token has no partner."""
+        query = self.query(query_input).unsqueeze(-2)
+        key = self.key(pair_features)
+        value = self.value(pair_features)
+        scores = torch.matmul(query, key.transpose(-1, -2)).squeeze(-2) * self.scale
+        if pair_mask is None:
+            weights = scores.softmax(-1)
+        else:
+            has_partner = pair_mask.any(-1, keepdim=True)
+            scores = scores.masked_fill(~pair_mask, float("-inf")).masked_fill(~has_partner, 0.0)
+            weights = scores.softmax(-1) * has_partner
+        return torch.matmul(weights.unsqueeze(-2), value).squeeze(-2)
+
+
+class MergeRusRouter(nn.Module):
+    """MERGE router: h = ReLU(W_h x); c = RUS context attention; r = GRU over t of [U_m(ℓ(t)); c];
+    logits = MLP([h; r]). Vectorised over (B, M, T): `(B, M, T, D)` → logits `(B, M, T, E)`."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.hidden = nn.Linear(config.d_model, config.router_hidden_dim)
+        self.context_attention = MergeRusContextAttention(config.router_hidden_dim, config.router_attention_dim)
+        self.gru = nn.GRU(1 + config.router_attention_dim, config.router_gru_dim, batch_first=True)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.router_hidden_dim + config.router_gru_dim, config.router_hidden_dim),
+            nn.ReLU(),
+            nn.Linear(config.router_hidden_dim, config.num_experts),
+        )
+
+    def forward(self, hidden_states: Tensor, rus: MergeRusContext) -> Tensor:
+        batch, num_modalities, num_tokens, _ = hidden_states.shape
+        hidden = F.relu(self.hidden(hidden_states))
+        context = self.context_attention(hidden, rus.pair_features.to(hidden.dtype), rus.pair_mask)
+        uniqueness = rus.token_uniqueness.to(hidden.dtype)[None, :, :, None].expand(batch, -1, -1, 1)
+        gru_input = torch.cat([uniqueness, context], dim=-1).reshape(batch * num_modalities, num_tokens, -1)
+        recurrent, _ = self.gru(gru_input)
+        recurrent = recurrent.reshape(batch, num_modalities, num_tokens, -1)
+        return self.mlp(torch.cat([hidden, recurrent], dim=-1))
+
+
+class MergeSoftmaxRouter(nn.Module):
+    """Standard top-k gate: logits = W x, `(B, M, T, D)` → `(B, M, T, E)`."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.weight = nn.Linear(config.d_model, config.num_experts, bias=False)
+
+    def forward(self, hidden_states: Tensor, rus: MergeRusContext | None = None) -> Tensor:
+        return self.weight(hidden_states)
+
+
+class MergeLaplaceRouter(nn.Module):
+    """FuseMoE Laplace gate: logits_e = −‖x − w_e‖₂ (w zero-initialised) with noisy top-k in training
+    (noise std = softplus(x W_noise) + 0.01). One gate per modality when `per_modality`."""
+
+    def __init__(self, config: MergeConfig, per_modality: bool):
+        super().__init__()
+        num_gates = config.num_modalities if per_modality else 1
+        self.weight = nn.Parameter(torch.zeros(num_gates, config.num_experts, config.d_model))
+        self.noise_weight = nn.Parameter(torch.zeros(num_gates, config.d_model, config.num_experts))
+
+    def forward(self, hidden_states: Tensor, rus: MergeRusContext | None = None) -> Tensor:
+        batch, num_modalities, num_tokens, dim = hidden_states.shape
+        grouped = hidden_states.transpose(0, 1).reshape(num_modalities, batch * num_tokens, dim)
+        if self.weight.shape[0] == 1:
+            grouped = grouped.reshape(1, -1, dim)
+        logits = -torch.cdist(grouped, self.weight.to(grouped.dtype))
+        if self.training:
+            noise_std = F.softplus(torch.bmm(grouped, self.noise_weight.to(grouped.dtype))) + 0.01
+            logits = logits + torch.randn_like(logits) * noise_std
+        return logits.reshape(num_modalities, batch, num_tokens, -1).transpose(0, 1)
+
+
+def _grouped_mm_supported(tokens: Tensor, weight: Tensor) -> bool:
+    """Whether `torch.nn.functional.grouped_mm` can run on these operands (dtype, 16-byte row alignment)."""
+    if not hasattr(F, "grouped_mm") or tokens.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if tokens.device.type == "cuda" and tokens.dtype != torch.bfloat16:
+        return False
+    row_bytes = tokens.element_size()
+    return all(size * row_bytes % 16 == 0 for size in weight.shape[1:])
+
+
+class MergeFeedForwardExperts(nn.Module):
+    """E_f feed-forward experts with stacked weights `w_in (E_f, D, H)`, `w_out (E_f, H, D)`.
+
+    `forward(tokens (S, D), expert_ids (S,))` → `(S, D)`: each slot goes only through its own expert.
+    """
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        num_experts, dim, hidden = config.num_feedforward_experts, config.d_model, config.expert_hidden_dim
+        self.num_experts = num_experts
+        self.dispatch = config.expert_dispatch
+        self.w_in = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.b_in = nn.Parameter(torch.zeros(num_experts, hidden))
+        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.b_out = nn.Parameter(torch.zeros(num_experts, dim))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, tokens: Tensor, expert_ids: Tensor) -> Tensor:
+        if self.dispatch == "eager":
+            return self._eager(tokens, expert_ids)
+        order = torch.argsort(expert_ids, stable=True)
+        sorted_ids = expert_ids[order]
+        counts = torch.bincount(sorted_ids, minlength=self.num_experts)
+        if self.dispatch == "grouped_mm" and _grouped_mm_supported(tokens, self.w_in):
+            outputs = self._grouped(tokens[order], sorted_ids, counts)
+        else:
+            outputs = self._sorted(tokens[order], counts)
+        return torch.zeros_like(outputs).index_copy(0, order, outputs)
+
+    def _expert(self, tokens: Tensor, expert: int) -> Tensor:
+        hidden = self.dropout(F.relu(tokens @ self.w_in[expert] + self.b_in[expert]))
+        return hidden @ self.w_out[expert] + self.b_out[expert]
+
+    def _eager(self, tokens: Tensor, expert_ids: Tensor) -> Tensor:
+        """Reference path: a boolean mask per expert."""
+        outputs = tokens.new_zeros(tokens.shape)
+        for expert in range(self.num_experts):
+            slots = torch.nonzero(expert_ids == expert).squeeze(1)
+            if slots.numel():
+                outputs = outputs.index_copy(0, slots, self._expert(tokens[slots], expert))
+        return outputs
+
+    def _sorted(self, sorted_tokens: Tensor, counts: Tensor) -> Tensor:
+        """Tokens sorted by expert, one matmul pair per non-empty expert slice."""
+        chunks = sorted_tokens.split(counts.tolist())
+        return torch.cat([self._expert(chunk, expert) for expert, chunk in enumerate(chunks) if chunk.shape[0]])
+
+    def _grouped(self, sorted_tokens: Tensor, sorted_ids: Tensor, counts: Tensor) -> Tensor:
+        """Tokens sorted by expert, one `grouped_mm` per projection over all experts."""
+        offsets = torch.cumsum(counts, 0).to(torch.int32)
+        hidden = F.grouped_mm(sorted_tokens, self.w_in.to(sorted_tokens.dtype), offs=offsets)
+        hidden = self.dropout(F.relu(hidden + self.b_in[sorted_ids]))
+        return F.grouped_mm(hidden, self.w_out.to(hidden.dtype), offs=offsets) + self.b_out[sorted_ids]
+
+
+class MergeSynergyExpert(nn.Module):
+    """Cross-modal expert: a token attends to the tokens of the OTHER present modalities of its OWN sample,
+    residual + LN, then a feed-forward sublayer, residual + LN. Only the routed tokens are computed."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.cross_attention = MergeAttention(config)
+        self.attention_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.feed_forward = MergeFeedForward(config, config.expert_hidden_dim)
+        self.output_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: Tensor, token_index: Tensor, presence: Tensor) -> Tensor:
+        """hidden_states `(B, M, T, D)`; token_index `(n,)` ascending flat indices into B·M·T; presence
+        `(B, M)` bool → `(n, D)`."""
+        batch, num_modalities, num_tokens, dim = hidden_states.shape
+        tokens_per_sample = num_modalities * num_tokens
+        sample = token_index // tokens_per_sample
+        samples, counts = torch.unique_consecutive(sample, return_counts=True)
+        group = torch.repeat_interleave(torch.arange(samples.shape[0], device=sample.device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        position = torch.arange(token_index.shape[0], device=sample.device) - starts[group]
+        padded_length = int(counts.max())
+        queries = hidden_states.new_zeros(samples.shape[0], padded_length, dim)
+        queries = queries.index_put((group, position), hidden_states.reshape(-1, dim)[token_index])
+        query_modality = torch.full((samples.shape[0], padded_length), -1, device=sample.device)
+        query_modality = query_modality.index_put((group, position), (token_index // num_tokens) % num_modalities)
+        key_modality = torch.arange(tokens_per_sample, device=sample.device) // num_tokens
+        allowed = (key_modality[None, None, :] != query_modality[:, :, None]) & presence[samples][:, None, key_modality]
+        has_partner = allowed.any(-1, keepdim=True)
+        keys_values = hidden_states[samples].reshape(samples.shape[0], tokens_per_sample, dim)
+        attended = self.cross_attention(queries, keys_values, allowed | ~has_partner) * has_partner
+        states = self.attention_norm(queries + self.dropout(attended))
+        states = self.output_norm(states + self.dropout(self.feed_forward(states)))
+        return states[group, position]
+
+
+class MergeMoeLayer(nn.Module):
+    """Router + experts over all (modality, time) tokens of `(B, M, T, D)`; synergy experts come first."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_token
+        self.num_synergy_experts = config.num_synergy_experts
+        routers = {
+            "rus": lambda: MergeRusRouter(config),
+            "softmax": lambda: MergeSoftmaxRouter(config),
+            "laplace": lambda: MergeLaplaceRouter(config, per_modality=False),
+            "laplace_per_modality": lambda: MergeLaplaceRouter(config, per_modality=True),
+        }
+        self.router = routers[config.router_type]()
+        self.synergy_experts = nn.ModuleList(MergeSynergyExpert(config) for _ in range(config.num_synergy_experts))
+        self.feedforward_experts = MergeFeedForwardExperts(config)
+
+    def forward(
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """→ (outputs `(B, M, T, D)`, zero for absent modalities; probs `(B, M, T, E)` float32; top-k ids
+        `(B, M, T, k)`)."""
+        batch, num_modalities, num_tokens, dim = hidden_states.shape
+        logits = self.router(hidden_states, rus).float()
+        probs = logits.softmax(-1)
+        top_logits, top_experts = torch.topk(logits, self.top_k, dim=-1)
+        top_weights = top_logits.softmax(-1).to(hidden_states.dtype)
+        present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, num_tokens).reshape(-1)).squeeze(1)
+        slot_token = present_tokens.repeat_interleave(self.top_k)
+        slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
+        slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
+        flat_states = hidden_states.reshape(-1, dim)
+        slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)
+        for expert, synergy_expert in enumerate(self.synergy_experts):
+            slots = torch.nonzero(slot_expert == expert).squeeze(1)
+            if slots.numel():
+                slot_outputs = slot_outputs.index_copy(
+                    0, slots, synergy_expert(hidden_states, slot_token[slots], presence)
+                )
+        feedforward_slots = torch.nonzero(slot_expert >= self.num_synergy_experts).squeeze(1)
+        if feedforward_slots.numel():
+            slot_outputs = slot_outputs.index_copy(
+                0,
+                feedforward_slots,
+                self.feedforward_experts(
+                    flat_states[slot_token[feedforward_slots]],
+                    slot_expert[feedforward_slots] - self.num_synergy_experts,
+                ),
+            )
+        outputs = flat_states.new_zeros(flat_states.shape).index_add(0, slot_token, slot_outputs * slot_weight)
+        return outputs.reshape(batch, num_modalities, num_tokens, dim), probs, top_experts
+
+
+class MergeBlock(nn.Module):
+    """Self-attention within each modality, then a feed-forward layer (dense) or an MoE layer over all
+    tokens, each followed by residual + LayerNorm. `(B, M, T, D)` → `(B, M, T, D)`."""
+
+    def __init__(self, config: MergeConfig, is_moe: bool):
+        super().__init__()
+        self.self_attention = MergeSelfAttentionSublayer(config)
+        self.is_moe = is_moe and config.router_type != "dense"
+        self.feed_forward = MergeMoeLayer(config) if self.is_moe else MergeFeedForward(config, config.ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        batch, num_modalities, num_tokens, dim = hidden_states.shape
+        hidden_states = self.self_attention(hidden_states.reshape(-1, num_tokens, dim))
+        hidden_states = hidden_states.reshape(batch, num_modalities, num_tokens, dim)
+        if not self.is_moe:
+            return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states))), None, None
+        update, probs, experts = self.feed_forward(hidden_states, presence, rus)
+        return self.norm(hidden_states + self.dropout(update)), probs, experts
+
+
+def merge_auxiliary_losses(
+    probs: Tensor, selected_experts: Tensor, presence: Tensor, rus: MergeRusContext | None, config: MergeConfig
+) -> dict[str, Tensor]:
+    """Unweighted auxiliary losses of one MoE layer (METHOD.md §2), on router probs `(B, M, T, E)`.
+
+    Means run over (b, t, pair) entries where both modalities are present and the pair passes its threshold;
+    with no such entry a loss is 0. Load balance (Switch): E · Σ_e f_e P_e over present tokens.
+    """
+    num_experts = probs.shape[-1]
+    token_present = presence[:, :, None].expand(-1, -1, probs.shape[2])
+    present_probs = probs[token_present]
+    slot_share = torch.bincount(selected_experts[token_present].reshape(-1), minlength=num_experts).to(probs.dtype)
+    slot_share = slot_share / slot_share.sum().clamp(min=1)
+    losses = {"load_balance": num_experts * (slot_share * present_probs.mean(0)).sum()}
+    if rus is None:
+        return losses
+    first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
+    pair_present = (presence[:, first] & presence[:, second])[:, :, None]
+    probs_first, probs_second = probs[:, first], probs[:, second]
+    divergence = jensen_shannon_divergence(probs_first, probs_second)
+    synergy_first = probs_first[..., : config.num_synergy_experts].sum(-1)
+    synergy_second = probs_second[..., : config.num_synergy_experts].sum(-1)
+    synergy_mass = 0.5 * (synergy_first + synergy_second)
+    if config.synergy_loss_type == "one_minus_p":
+        synergy_penalty = 1.0 - synergy_mass
+    else:
+        synergy_penalty = -torch.log(synergy_mass.clamp(min=1e-9))
+
+    def masked_mean(values: Tensor, pair_condition: Tensor) -> Tensor:
+        weights = (pair_present & pair_condition[None]).to(values.dtype)
+        return (values * weights).sum() / weights.sum().clamp(min=1)
+
+    losses["redundancy"] = masked_mean(divergence, rus.redundant)
+    losses["uniqueness"] = -masked_mean(divergence, rus.unique)
+    losses["synergy"] = masked_mean(synergy_penalty, rus.synergistic)
+    return losses
+
+
+class MergePreTrainedModel(PreTrainedModel):
+    config_class = MergeConfig
+    base_model_prefix = "merge"
+    main_input_name = "modality_mask"
+    accepts_loss_kwargs = False
+    _no_split_modules = ["MergeBlock", "MergeModalityEncoder"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, MergeFeedForwardExperts):
+            init.normal_(module.w_in, mean=0.0, std=std)
+            init.normal_(module.w_out, mean=0.0, std=std)
+            init.zeros_(module.b_in)
+            init.zeros_(module.b_out)
+        elif isinstance(module, MergeLaplaceRouter):
+            init.zeros_(module.weight)
+            init.zeros_(module.noise_weight)
+        elif isinstance(module, nn.GRU):
+            for name, parameter in module.named_parameters():
+                if name.startswith("weight"):
+                    init.normal_(parameter, mean=0.0, std=std)
+                else:
+                    init.zeros_(parameter)
+        elif isinstance(module, MergeModel):
+            for name in RUS_BUFFERS + ("rus_thresholds", "rus_is_set"):
+                init.zeros_(getattr(module, name))
+            init.copy_(module.rus_partner_index, _all_other_modalities(module.config.num_modalities)[
+                :, : module.rus_partner_index.shape[1]])
+
+
+def _all_other_modalities(num_modalities: int) -> Tensor:
+    """`(M, M−1)` int64: row m lists every modality except m, in index order."""
+    columns = torch.arange(num_modalities - 1)[None, :]
+    return columns + (columns >= torch.arange(num_modalities)[:, None]).long()
+
+
+class MergeModel(MergePreTrainedModel):
+    """Per-modality encoders and MERGE blocks; holds the dataset's RUS as persistent buffers."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__(config)
+        self.encoders = nn.ModuleDict(
+            {name: MergeModalityEncoder(config, channels, config.patch_size(name))
+             for name, channels in config.modalities.items()}
+        )
+        moe_indices = set(config.moe_block_indices)
+        self.blocks = nn.ModuleList(MergeBlock(config, index in moe_indices) for index in range(config.num_blocks))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        num_modalities, num_lags = config.num_modalities, config.num_rus_lags
+        for name in RUS_BUFFERS:
+            self.register_buffer(name, torch.zeros(num_modalities, num_modalities, num_lags), persistent=True)
+        self.register_buffer("rus_thresholds", torch.zeros(3), persistent=True)
+        self.register_buffer("rus_is_set", torch.zeros((), dtype=torch.bool), persistent=True)
+        num_partners = min(config.router_top_partners or num_modalities, num_modalities - 1)
+        self.register_buffer(
+            "rus_partner_index", _all_other_modalities(num_modalities)[:, :num_partners].clone(), persistent=True
+        )
+        self.post_init()
+
+    @torch.no_grad()
+    def set_rus(self, redundancy, uniqueness, synergy) -> None:
+        """Store the dataset's RUS (`[M, M, L]` each, bits, config modality order; `uniqueness[i, j, τ]` = U_i in
+        the pair (i, j)); resolve percentile thresholds and the top partners. Raises `ValueError` on a wrong
+        shape, non-finite or negative values, or asymmetric R / S."""
+        expected = (self.config.num_modalities, self.config.num_modalities, self.config.num_rus_lags)
+        tables = {}
+        for name, values in (("redundancy", redundancy), ("uniqueness", uniqueness), ("synergy", synergy)):
+            values = torch.as_tensor(values, dtype=torch.float32)
+            if tuple(values.shape) != expected:
+                raise ValueError(
+                    f"RUS {name} has shape {tuple(values.shape)}, expected [M, M, L] = {list(expected)} "
+                    f"(modalities {self.config.modality_names}, num_rus_lags={self.config.num_rus_lags})."
+                )
+            if not torch.isfinite(values).all():
+                raise ValueError(f"RUS {name} contains NaN or Inf values.")
+            if (values < 0).any():
+                raise ValueError(f"RUS {name} has negative values (min {values.min().item():.4g} bits).")
+            tables[name] = values
+        for name in ("redundancy", "synergy"):
+            if not torch.allclose(tables[name], tables[name].transpose(0, 1), atol=1e-5):
+                raise ValueError(f"RUS {name} must be symmetric in its first two axes ([i, j, τ] == [j, i, τ]).")
+        for name, values in tables.items():
+            getattr(self, f"rus_{name}").copy_(values)
+        self.rus_thresholds.copy_(self._resolve_thresholds(tables))
+        if self.config.router_top_partners is not None and self.config.num_modalities > 1:
+            score = (tables["redundancy"] + tables["synergy"]).sum(-1)
+            score.fill_diagonal_(float("-inf"))
+            top = torch.topk(score, self.rus_partner_index.shape[1], dim=1, sorted=False).indices
+            self.rus_partner_index.copy_(torch.sort(top, dim=1).values)
+        self.rus_is_set.fill_(True)
+
+    def _resolve_thresholds(self, tables: dict[str, Tensor]) -> Tensor:
+        """[τ_R, τ_U, τ_S] in bits: the config's values, or their percentiles of the RUS values (R, S over pairs
+        i < j and lags; U over U_m(τ) = max_j U[m, j, τ])."""
+        config = self.config
+        requested = torch.tensor(
+            [config.redundancy_threshold, config.uniqueness_threshold, config.synergy_threshold]
+        )
+        if config.threshold_mode == "absolute":
+            return requested
+        upper = torch.triu_indices(config.num_modalities, config.num_modalities, offset=1)
+        samples = [
+            tables["redundancy"][upper[0], upper[1]].reshape(-1),
+            _per_modality_uniqueness(tables["uniqueness"]).reshape(-1),
+            tables["synergy"][upper[0], upper[1]].reshape(-1),
+        ]
+        return torch.stack([
+            torch.quantile(values, percentile / 100.0) if values.numel() else torch.tensor(0.0)
+            for values, percentile in zip(samples, requested.tolist())
+        ])
+
+    def _rus_context(self, num_tokens: int, presence: Tensor) -> MergeRusContext:
+        """RUS lookups at each token's lag, partner features and loss pairs (vectorised over M and pairs)."""
+        if not bool(self.rus_is_set):
+            raise ValueError(
+                "router_type='rus' needs the dataset's RUS: call model.set_rus(redundancy, uniqueness, synergy) "
+                "(e.g. RusSidecar.load(path).apply_to(model)) before the forward pass."
+            )
+        lags = token_lags(num_tokens, self.config.num_rus_lags, presence.device)
+        num_modalities = self.config.num_modalities
+        partners = self.rus_partner_index
+        rows = torch.arange(num_modalities, device=presence.device)[:, None]
+        redundancy = self.rus_redundancy[:, :, lags]
+        synergy = self.rus_synergy[:, :, lags]
+        pair_features = torch.stack([redundancy[rows, partners], synergy[rows, partners]], dim=-1)
+        is_partner = torch.zeros(num_modalities, num_modalities, dtype=torch.bool, device=presence.device)
+        is_partner[rows.expand_as(partners), partners] = True
+        loss_pairs = torch.nonzero(torch.triu(is_partner | is_partner.T, diagonal=1))
+        token_uniqueness = _per_modality_uniqueness(self.rus_uniqueness)[:, lags]
+        first, second = loss_pairs[:, 0], loss_pairs[:, 1]
+        tau_redundancy, tau_uniqueness, tau_synergy = self.rus_thresholds
+        return MergeRusContext(
+            pair_features=pair_features.transpose(1, 2),
+            pair_mask=presence[:, partners][:, :, None, :],
+            token_uniqueness=token_uniqueness,
+            loss_pairs=loss_pairs,
+            redundant=redundancy[first, second] > tau_redundancy,
+            unique=(token_uniqueness[first] > tau_uniqueness) & (token_uniqueness[second] > tau_uniqueness),
+            synergistic=synergy[first, second] > tau_synergy,
+        )
+
+    def _validated_inputs(
+        self, modalities: dict[str, Tensor] | None, modality_inputs: dict[str, Tensor], modality_mask: Tensor | None
+    ) -> tuple[list[Tensor], Tensor]:
+        """Check names, shapes, token grids and finiteness → (inputs in config order, presence `(B, M)` bool)."""
+        config = self.config
+        if modalities is not None and modality_inputs:
+            raise ValueError(
+                f"Pass the modalities either as `modalities={{...}}` or as keyword tensors, not both "
+                f"(got both, keywords {sorted(modality_inputs)})."
+            )
+        given = dict(modalities if modalities is not None else modality_inputs)
+        unknown = sorted(set(given) - set(config.modalities))
+        if unknown:
+            raise ValueError(f"Unknown modality name(s) {unknown}; the model's modalities are {config.modality_names}.")
+        missing = [name for name in config.modalities if name not in given]
+        if missing:
+            raise ValueError(
+                f"Missing modality input(s) {missing}: pass every configured modality ({config.modality_names}); "
+                "mark absent ones False in `modality_mask`."
+            )
+        values = [given[name] for name in config.modalities]
+        for name, tensor in zip(config.modalities, values):
+            if not torch.is_tensor(tensor) or tensor.dim() != 3:
+                shape = tuple(tensor.shape) if torch.is_tensor(tensor) else type(tensor).__name__
+                raise ValueError(f"Modality {name!r} must be a (batch, time, {config.modalities[name]}) tensor, "
+                                 f"got {shape}.")
+        batch = values[0].shape[0]
+        grid = {}
+        for name, tensor in zip(config.modalities, values):
+            channels, patch = config.modalities[name], config.patch_size(name)
+            if tensor.shape[0] != batch:
+                raise ValueError(f"Modality {name!r} has batch size {tensor.shape[0]}, modality "
+                                 f"{config.modality_names[0]!r} has {batch}.")
+            if tensor.shape[2] != channels:
+                raise ValueError(f"Modality {name!r} has {tensor.shape[2]} channels, the config expects {channels} "
+                                 f"(input shape {tuple(tensor.shape)}).")
+            if tensor.shape[1] % patch:
+                raise ValueError(f"Modality {name!r} has {tensor.shape[1]} time steps, not a multiple of its patch "
+                                 f"size {patch}.")
+            grid[name] = tensor.shape[1] // patch
+        if len(set(grid.values())) != 1 or 0 in grid.values():
+            raise ValueError(f"Modalities disagree on the token-grid length (time / patch size): {grid}.")
+        if modality_mask is None:
+            presence = torch.ones(batch, config.num_modalities, dtype=torch.bool, device=values[0].device)
+        else:
+            if tuple(modality_mask.shape) != (batch, config.num_modalities):
+                raise ValueError(f"modality_mask has shape {tuple(modality_mask.shape)}, expected (batch, M) = "
+                                 f"({batch}, {config.num_modalities}) for modalities {config.modality_names}.")
+            presence = modality_mask.to(device=values[0].device, dtype=torch.bool)
+        if not presence.any(1).all():
+            empty = torch.nonzero(~presence.any(1)).squeeze(1).tolist()
+            raise ValueError(f"modality_mask marks every modality absent for sample(s) {empty}.")
+        for index, (name, tensor) in enumerate(zip(config.modalities, values)):
+            bad = ~torch.isfinite(tensor).flatten(1).all(1) & presence[:, index]
+            if bad.any():
+                raise ValueError(f"Modality {name!r} has NaN or Inf values in present sample(s) "
+                                 f"{torch.nonzero(bad).squeeze(1).tolist()}.")
+        dtype = self.final_norm.weight.dtype
+        values = [torch.where(presence[:, index, None, None], tensor, 0.0).to(dtype)
+                  for index, tensor in enumerate(values)]
+        return values, presence
+
+    def forward(
+        self,
+        modalities: dict[str, Tensor] | None = None,
+        modality_mask: Tensor | None = None,
+        output_router_probs: bool | None = None,
+        return_dict: bool | None = None,
+        **modality_inputs: Tensor,
+    ) -> MergeModelOutput | tuple:
+        """modalities: name → `(B, time_m, channels_m)` float (or the same as keyword tensors); modality_mask
+        `(B, M)` bool, False = absent."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        values, presence = self._validated_inputs(modalities, modality_inputs, modality_mask)
+        hidden_states = torch.stack(
+            [encoder(tensor) for encoder, tensor in zip(self.encoders.values(), values)], dim=1
+        )
+        rus = self._rus_context(hidden_states.shape[2], presence) if self.config.router_type == "rus" else None
+        layer_losses, all_probs, all_experts = [], [], []
+        for block in self.blocks:
+            hidden_states, probs, experts = block(hidden_states, presence, rus)
+            if probs is not None:
+                layer_losses.append(merge_auxiliary_losses(probs, experts, presence, rus, self.config))
+                all_probs.append(probs)
+                all_experts.append(experts)
+        aux_losses = {name: torch.stack([losses[name] for losses in layer_losses]).mean() for name in layer_losses[0]} \
+            if layer_losses else {}
+        aux_loss = sum(
+            (getattr(self.config, f"{name}_loss_weight") * value for name, value in aux_losses.items()),
+            hidden_states.new_zeros((), dtype=torch.float32),
+        )
+        normed = self.final_norm(hidden_states).mean(2)
+        weights = presence.to(normed.dtype)[:, :, None]
+        pooled = (normed * weights).sum(1) / weights.sum(1)
+        output = MergeModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled,
+            aux_loss=aux_loss,
+            aux_losses=aux_losses,
+            router_probs=tuple(all_probs) if output_router_probs else None,
+            selected_experts=tuple(all_experts) if output_router_probs else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _per_modality_uniqueness(uniqueness: Tensor) -> Tensor:
+    """U_m(τ) = max over partners j ≠ m of U[m, j, τ]: `[M, M, L]` → `(M, L)` (zeros when M = 1)."""
+    num_modalities = uniqueness.shape[0]
+    if num_modalities == 1:
+        return uniqueness.new_zeros(1, uniqueness.shape[2])
+    off_diagonal = ~torch.eye(num_modalities, dtype=torch.bool, device=uniqueness.device)[:, :, None]
+    return uniqueness.masked_fill(~off_diagonal, float("-inf")).amax(1)
+
+
+class MergeForSequenceClassification(MergePreTrainedModel):
+    """MERGE with a linear classification head on the pooled output."""
+
+    def __init__(self, config: MergeConfig):
+        super().__init__(config)
+        self.merge = MergeModel(config)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def set_rus(self, redundancy, uniqueness, synergy) -> None:
+        """See [`MergeModel.set_rus`]."""
+        self.merge.set_rus(redundancy, uniqueness, synergy)
+
+    def forward(
+        self,
+        modalities: dict[str, Tensor] | None = None,
+        modality_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_router_probs: bool | None = None,
+        return_dict: bool | None = None,
+        **modality_inputs: Tensor,
+    ) -> MergeSequenceClassifierOutput | tuple:
+        """As [`MergeModel.forward`]; labels `(B,)` int64 in [0, num_labels) → loss = CE + aux_loss."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.merge(
+            modalities, modality_mask, output_router_probs=output_router_probs, return_dict=True, **modality_inputs
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:1] or labels.dtype.is_floating_point:
+                raise ValueError(f"labels must be an integer tensor of shape ({logits.shape[0]},), got "
+                                 f"{labels.dtype} {tuple(labels.shape)}.")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_labels):
+                raise ValueError(f"labels must lie in [0, {self.config.num_labels}), got values in "
+                                 f"[{labels.min().item()}, {labels.max().item()}].")
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) + outputs.aux_loss
+        output = MergeSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            aux_loss=outputs.aux_loss,
+            aux_losses=outputs.aux_losses,
+            router_probs=outputs.router_probs,
+            selected_experts=outputs.selected_experts,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MergeForSequenceClassification",
+    "MergeModel",
+    "MergeModelOutput",
+    "MergePreTrainedModel",
+    "MergeRusContextAttention",
+    "MergeSequenceClassifierOutput",
+]
