@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+# Dataset names of the examples that map to a builder under another name, with fixed builder options.
+DATASET_ALIASES = {"wesad_e4": ("wesad", {"source": "e4"})}
 METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -46,7 +48,8 @@ class MultimodalCollator:
 
     ``modality_names``: the model's modalities in config order. Every row must hold each of them as an
     array (T_m, C_m) of the same shape across the batch, and an integer ``label_column``. A row's optional
-    ``modality_mask`` (M booleans, config order) marks absent modalities. Non-finite values are refused
+    ``modality_mask`` (M booleans, config order) marks absent modalities; without that column every modality
+    is present (the batch always carries ``modality_mask``, the model's ``main_input_name``). Non-finite values are refused
     with an error naming the modality and the row, so they never reach the loss as silent NaN.
     """
 
@@ -58,14 +61,17 @@ class MultimodalCollator:
         if not rows:
             raise ValueError("MultimodalCollator got an empty batch")
         batch: dict[str, Any] = {"modalities": {name: self._stack(rows, name) for name in self.modality_names}}
+        expected = (len(rows), len(self.modality_names))
         if self.mask_column in rows[0]:
             mask = torch.as_tensor(np.asarray([row[self.mask_column] for row in rows], dtype=bool))
-            if mask.shape != (len(rows), len(self.modality_names)):
+            if mask.shape != expected:
                 raise ValueError(
-                    f"column '{self.mask_column}' has shape {tuple(mask.shape)}, expected "
-                    f"({len(rows)}, {len(self.modality_names)}) for modalities {list(self.modality_names)}"
+                    f"column '{self.mask_column}' has shape {tuple(mask.shape)}, expected {expected} for "
+                    f"modalities {list(self.modality_names)}"
                 )
-            batch["modality_mask"] = mask
+        else:
+            mask = torch.ones(expected, dtype=torch.bool)
+        batch["modality_mask"] = mask
         if self.label_column in rows[0]:
             batch["labels"] = torch.as_tensor(np.asarray([row[self.label_column] for row in rows], dtype=np.int64))
         return batch
@@ -164,6 +170,15 @@ def merge_training_arguments(output_dir: str | Path, **overrides):
         **overrides,
     }
     return TrainingArguments(output_dir=str(output_dir), **settings)
+
+
+def build_dataset(name: str, data_dir: str | None, cache_dir: str | None, options: Mapping[str, Any] | None = None):
+    """``dataset_builders.build`` for a dataset name of the examples (a builder name or an alias such as
+    ``wesad_e4`` = the WESAD builder on the E4 wrist files); returns the ``DatasetDict``."""
+    import dataset_builders
+
+    builder, fixed = DATASET_ALIASES.get(name, (name, {}))
+    return dataset_builders.build(builder, data_dir=data_dir, cache_dir=cache_dir, **{**fixed, **(options or {})})
 
 
 def check_modalities_match(model_modalities: Mapping[str, int], data_modalities: Mapping[str, int], what: str) -> None:

@@ -32,6 +32,7 @@ def test_collator_stacks_modalities_in_config_order_with_labels_and_mask():
     assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.int64
     assert batch["modality_mask"].tolist() == [[True, False], [True, True]]
     assert "subject" not in batch
+    assert MultimodalCollator(["acc", "bvp"])([_row()])["modality_mask"].tolist() == [[True, True]]
 
 
 def test_collator_names_the_modality_and_row_of_bad_input():
@@ -86,3 +87,50 @@ def test_metrics_log_appends_one_json_object_per_line(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["train", "validation"]
     assert log.read()[0]["loss"] == pytest.approx(0.5)
+
+
+def _tiny_model():
+    from modeling_merge.configuration_merge import MergeConfig
+    from modeling_merge.modeling_merge import MergeForSequenceClassification
+
+    config = MergeConfig(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, d_model=16, num_blocks=2,
+                         num_moe_blocks=1, num_encoder_layers=1, ffn_dim=32, expert_hidden_dim=32, num_attention_heads=2,
+                         num_feedforward_experts=2, num_synergy_experts=1, num_rus_lags=2)
+    model = MergeForSequenceClassification(config)
+    rus = torch.rand(2, 2, 2)
+    model.set_rus(rus + rus.transpose(0, 1), torch.rand(2, 2, 2), rus + rus.transpose(0, 1))
+    return model
+
+
+def _separable_dataset(num_rows: int, seed: int):
+    """Class 1 has a positive mean on `acc`, class 0 a negative one; bvp is noise."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, num_rows)
+    acc = rng.normal(0, 0.3, (num_rows, 8, 3)).astype(np.float32) + (2 * labels[:, None, None] - 1)
+    features = datasets.Features({"acc": datasets.Array2D((8, 3), "float32"), "bvp": datasets.Array2D((16, 1), "float32"),
+                                  "label": datasets.ClassLabel(names=["low", "high"])})
+    return datasets.Dataset.from_dict(
+        {"acc": acc, "bvp": rng.normal(size=(num_rows, 16, 1)).astype(np.float32), "label": labels}, features=features)
+
+
+def test_trainer_trains_and_evaluates_with_the_collator_and_compute_metrics(tmp_path):
+    from transformers import Trainer
+
+    from modeling_merge.training import compute_metrics, merge_training_arguments
+
+    model = _tiny_model()
+    args = merge_training_arguments(tmp_path, num_train_epochs=1, max_steps=6, per_device_train_batch_size=8,
+                                    per_device_eval_batch_size=16, eval_strategy="no", save_strategy="no",
+                                    load_best_model_at_end=False, use_cpu=True, logging_steps=2, seed=0)
+    assert args.remove_unused_columns is False and args.label_names == ["labels"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = Trainer(model=model, args=args, train_dataset=_separable_dataset(48, 0), eval_dataset=_separable_dataset(32, 1),
+                      data_collator=MultimodalCollator(["acc", "bvp"]), compute_metrics=compute_metrics)
+    trainer.train()
+    assert trainer.state.global_step == 6
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+    metrics = trainer.evaluate()
+    assert {"eval_accuracy", "eval_macro_f1", "eval_roc_auc", "eval_loss"} <= set(metrics)
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])

@@ -1,0 +1,98 @@
+"""Publish a trained MERGE run to the Hugging Face Hub, and optionally its dataset with the RUS sidecar.
+
+    python examples/push_to_hub.py --run_dir outputs/main_job --repo_id org/merge-synthetic
+    python examples/push_to_hub.py --run_dir runs/seed0 --run_dir runs/seed1 --repo_id org/merge-wesad   # one row per seed
+    python examples/push_to_hub.py --run_dir outputs/main_job --repo_id org/merge-synthetic \
+        --dataset_repo_id org/synthetic-rus --dataset synthetic                                       # + dataset and sidecar
+
+The first ``--run_dir`` (written by ``examples/train.py``) provides the checkpoint (``best_model/``), the RUS sidecar
+and the figures; every run's ``results.json`` adds its validation and test rows to the model card. The model
+then loads by repo id: ``AutoModelForSequenceClassification.from_pretrained(repo_id, trust_remote_code=True)``.
+Set ``HF_ENDPOINT`` to publish to another Hub-compatible server; the token comes from ``--token`` or the usual
+``HF_TOKEN`` / ``hf auth login``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, export_dataset, push_folder  # noqa: E402
+from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.training import build_dataset  # noqa: E402
+
+
+@dataclass
+class PushArguments:
+    repo_id: str = field(metadata={"help": "model repo, e.g. org/merge-pamap2"})
+    run_dir: list[str] = field(default_factory=lambda: ["outputs/main_job"],
+                               metadata={"help": "train.py output folders (repeat for several seeds; the first is pushed)"})
+    dataset_repo_id: str | None = field(default=None, metadata={"help": "also push the dataset + RUS sidecar to this dataset repo"})
+    dataset: str | None = field(default=None, metadata={"help": "builder to rebuild for --dataset_repo_id (as in train.py)"})
+    data_dir: str | None = None
+    dataset_options: str = "{}"
+    token: str | None = None
+    private: bool = False
+    commit_message: str = "Upload MERGE checkpoint"
+
+
+def read_run(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a finished examples/train.py run")
+    return json.loads(path.read_text())
+
+
+def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
+    first = runs[0]
+    dataset, rus = first["dataset_metadata"], first["rus_metadata"]
+    rows = [ResultRow(split, run["seed"], run[split]) for run in runs for split in ("validation", "test")]
+    strongest = [f"{kind.removeprefix('estimated_top_')}: {'–'.join(found['pair'])} at lag {found['lag']} ({found['bits']:.3f} bits)"
+                 for kind, found in first["rus"].items() if kind.startswith("estimated_top_")]
+    return ModelCardInfo(
+        repo_id=args.repo_id, dataset_name=dataset["name"], task=f"{len(dataset['label_names'])}-class sequence classification",
+        protocol=dataset["protocol"], label_names=dataset["label_names"], rus_estimator=rus.get("estimator", "unknown"),
+        rus_fingerprint=rus.get("fingerprint", "unknown"), rus_class_balanced=bool(rus.get("class_balanced", False)),
+        results=rows, rus_summary="; ".join(strongest), dataset_repo_id=args.dataset_repo_id,
+        selection_metric=first["selection_metric"],
+        routing_figure="routing.png" if (Path(args.run_dir[0]) / "routing.png").exists() else None,
+        disabled_aux_losses=first["disabled_aux_losses"],
+    )
+
+
+def push_dataset(args: PushArguments, sidecar: Path) -> None:
+    if not args.dataset:
+        raise ValueError("--dataset_repo_id needs --dataset (and --data_dir for real benchmarks) to rebuild the dataset")
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as folder:
+        splits = build_dataset(args.dataset, args.data_dir, cache, json.loads(args.dataset_options))
+        export_dataset(splits, folder, sidecar_path=sidecar, pretty_name=args.dataset)
+        commit = push_folder(folder, args.dataset_repo_id, repo_type="dataset", token=args.token, private=args.private,
+                             commit_message="Upload dataset and RUS sidecar")
+    print(f"dataset pushed: {commit.commit_url}")
+
+
+def main(argv: list[str] | None = None) -> str:
+    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    runs = [read_run(Path(run_dir)) for run_dir in args.run_dir]
+    run_dir = Path(args.run_dir[0])
+    sidecar = Path(runs[0]["artifacts"]["rus_sidecar"])
+    model = MergeForSequenceClassification.from_pretrained(run_dir / "best_model")
+    figures = [path for path in (run_dir / "routing.png", run_dir / "temporal_rus.png") if path.exists()]
+    with tempfile.TemporaryDirectory() as folder:
+        export_checkpoint(model, folder, card_info(args, runs), sidecar_path=sidecar, figures=figures)
+        commit = push_folder(folder, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message)
+    print(f"model pushed: {commit.commit_url}")
+    if args.dataset_repo_id:
+        push_dataset(args, sidecar)
+    return commit.oid
+
+
+if __name__ == "__main__":
+    main()
