@@ -22,6 +22,7 @@ from .pamap2 import Pamap2Builder
 from .wesad import WesadBuilder
 from .physionet2012 import PhysioNet2012Builder
 from .synthetic import SyntheticRusBuilder
+from .mosi import MosiBuilder
 
 # The registry: one line per builder (name → builder class).
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
@@ -29,6 +30,7 @@ BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "wesad": WesadBuilder,
     "physionet2012": PhysioNet2012Builder,
     "synthetic": SyntheticRusBuilder,
+    "mosi": MosiBuilder,
 }
 
 
