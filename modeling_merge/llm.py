@@ -346,6 +346,29 @@ class RusRouting(nn.Module):
     def end_forward(self) -> None:
         self.token_state.features = None
 
+    def begin_forward_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Forward pre-hook of the routed model: takes `modality_ids` / `rus_lag_ids` out of its kwargs."""
+        modality_ids = kwargs.pop("modality_ids", None)
+        lag_ids = kwargs.pop("rus_lag_ids", None)
+        batch_size, seq_len = _token_shape(args, kwargs)
+        cache = kwargs.get("past_key_values")
+        offset = cache.get_seq_length() if cache is not None else 0
+        self.begin_forward(batch_size, seq_len, offset, modality_ids, lag_ids)
+        return args, kwargs
+
+    def end_forward_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Forward hook of the routed model: adds the RUS losses to `output.loss` (ModelOutput only)."""
+        try:
+            if isinstance(output, ModelOutput) and self.token_state.router_probs:
+                losses = self.auxiliary_losses()
+                output["rus_aux_loss"] = losses["total"]
+                output["rus_aux_losses"] = losses
+                if output.get("loss") is not None:
+                    output["loss"] = output["loss"] + losses["total"].to(output["loss"].device)
+        finally:
+            self.end_forward()
+        return output
+
     def _pooled_probs(self) -> tuple[Tensor, Tensor]:
         """Mean router distribution per (layer, sample, modality, lag) (G, B, M+1, L, E) and presence (B, M+1, L).
 
@@ -425,35 +448,6 @@ def _token_shape(args: tuple, kwargs: dict) -> tuple[int, int]:
     return inputs.shape[0], inputs.shape[1]
 
 
-def _begin_forward_hook(routing: RusRouting):
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        modality_ids = kwargs.pop("modality_ids", None)
-        lag_ids = kwargs.pop("rus_lag_ids", None)
-        batch_size, seq_len = _token_shape(args, kwargs)
-        cache = kwargs.get("past_key_values")
-        offset = cache.get_seq_length() if cache is not None else 0
-        routing.begin_forward(batch_size, seq_len, offset, modality_ids, lag_ids)
-        return args, kwargs
-
-    return hook
-
-
-def _end_forward_hook(routing: RusRouting):
-    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-        try:
-            if isinstance(output, ModelOutput) and routing.token_state.router_probs:
-                losses = routing.auxiliary_losses()
-                output["rus_aux_loss"] = losses["total"]
-                output["rus_aux_losses"] = losses
-                if output.get("loss") is not None:
-                    output["loss"] = output["loss"] + losses["total"].to(output["loss"].device)
-        finally:
-            routing.end_forward()
-        return output
-
-    return hook
-
-
 def _replace_gate(parent: nn.Module, name: str, stock: nn.Module, lm_config: Any, routing: RusRouting) -> None:
     gate = RUS_GATE_FOR_STOCK_GATE[type(stock)](lm_config, routing.gate_config, routing.token_state)
     gate.weight = stock.weight
@@ -499,8 +493,8 @@ def install_rus_router(
         parent_name, _, attribute = name.rpartition(".")
         _replace_gate(model.get_submodule(parent_name), attribute, stock, model.config, routing)
     model.rus_routing = routing
-    model.register_forward_pre_hook(_begin_forward_hook(routing), with_kwargs=True)
-    model.register_forward_hook(_end_forward_hook(routing))
+    model.register_forward_pre_hook(routing.begin_forward_hook, with_kwargs=True)  # bound: deepcopy rebinds them
+    model.register_forward_hook(routing.end_forward_hook)
     model.config.rus_router = {
         "modality_names": modality_names,
         "num_lags": routing.num_lags,

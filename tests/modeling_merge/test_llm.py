@@ -331,3 +331,16 @@ def test_expert_usage_by_modality_counts_top_k_slots_per_modality():
     record_pooled(routing, torch.tensor([[1, 2]]), probs)
     usage = routing.expert_usage_by_modality()
     assert usage.tolist() == [[0, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]]
+
+
+def test_a_deep_copy_of_a_routed_model_routes_with_its_own_state():
+    model = tiny_lm("qwen3_moe")
+    install_rus_router(model, sensor_rus())
+    perturb_rus_paths(model)
+    twin = copy.deepcopy(model)
+    input_ids, modality_ids = mixed_batch()
+    with torch.no_grad():
+        expected = model(input_ids, modality_ids=modality_ids, output_router_logits=True).router_logits[0]
+        got = twin(input_ids, modality_ids=modality_ids, output_router_logits=True).router_logits[0]
+    assert twin.rus_routing is not model.rus_routing
+    assert torch.equal(got, expected)
