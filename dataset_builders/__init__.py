@@ -18,6 +18,7 @@ from ._common import (
     metadata_of,
 )
 
+from .opportunity import OpportunityBuilder
 from .pamap2 import Pamap2Builder
 from .wesad import WesadBuilder
 from .physionet2012 import PhysioNet2012Builder
@@ -27,6 +28,7 @@ from .mosi import MosiBuilder
 # The registry: one line per builder (name → builder class).
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "pamap2": Pamap2Builder,
+    "opportunity": OpportunityBuilder,
     "wesad": WesadBuilder,
     "physionet2012": PhysioNet2012Builder,
     "synthetic": SyntheticRusBuilder,

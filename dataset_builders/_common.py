@@ -127,7 +127,12 @@ class DatasetMetadata:
 
     def description(self) -> str:
         """`DatasetInfo.description`: the protocol for people, then the metadata as JSON after a marker."""
-        return f"{self.name}: {self.protocol}{METADATA_MARKER}{json.dumps(asdict(self))}"
+        normalisation = (
+            "every split z-scored per channel with the training split's mean / std"
+            if self.normalization_applied
+            else "not normalised"
+        )
+        return f"{self.name}: {self.protocol}. Normalisation: {normalisation}.{METADATA_MARKER}{json.dumps(asdict(self))}"
 
 
 def metadata_of(dataset: datasets.Dataset | datasets.DatasetDict | datasets.DatasetInfo) -> DatasetMetadata:
@@ -295,6 +300,11 @@ def recording_windows(
         )
 
 
+def describe_splits(splits: Mapping[str, Sequence[str]], what: str = "subjects") -> str:
+    """'subjects train [...], validation [...], test [...]' for the protocol text."""
+    return f"{what} " + ", ".join(f"{split} {list(splits[split])}" for split in SPLITS)
+
+
 def resolve_subject_splits(
     dataset: str,
     available: Sequence[str],
@@ -348,6 +358,11 @@ class ChannelMoments:
 
 
 # ------------------------------------------------------------------------------------------ the builder
+
+
+def unit_name(unit: Hashable) -> str:
+    """How the metadata names a unit: a file or folder by its stem (no local paths), anything else as str."""
+    return unit.stem if isinstance(unit, Path) else str(unit)
 
 
 @dataclass
@@ -420,14 +435,22 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
             raise FileNotFoundError(f"{self.name}: data_dir {str(path)!r} does not exist or is not a directory")
         return path
 
+    def _find_folder(self, relative_candidates: Sequence[str], pattern: str) -> Path:
+        """The first of `data_dir / candidate` that holds a file matching `pattern` (clear error if none)."""
+        root = self.data_path
+        for candidate in (root / relative for relative in relative_candidates):
+            if any(candidate.glob(pattern)):
+                return candidate
+        raise FileNotFoundError(f"{self.name}: no {pattern} file under {root} (looked in {list(relative_candidates)})")
+
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         plan = self._plan()
         metadata = plan.metadata
-        metadata.skipped = {str(unit): reason for unit, reason in plan.skipped.items()}
+        metadata.skipped = {unit_name(unit): reason for unit, reason in plan.skipped.items()}
         for unit, reason in metadata.skipped.items():
             logger.warning("%s: skipped %s: %s", self.name, unit, reason)
         self._metadata = metadata
-        metadata.split_units = {split: [str(unit) for unit in plan.units.get(split, [])] for split in SPLITS}
+        metadata.split_units = {split: [unit_name(unit) for unit in plan.units.get(split, [])] for split in SPLITS}
         if self.config.normalize:
             metadata.normalization = self._train_statistics(metadata, plan.units["train"])
             metadata.normalization_applied = True
@@ -440,10 +463,31 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
 
     def _report_skip(self, unit: Hashable, reason: str) -> None:
         """Record (and log) a unit left out while reading; the metadata in the dataset info lists it."""
-        if str(unit) not in self._metadata.skipped:
+        if unit_name(unit) not in self._metadata.skipped:
             logger.warning("%s: skipped %s: %s", self.name, unit, reason)
-            self._metadata.skipped[str(unit)] = reason
+            self._metadata.skipped[unit_name(unit)] = reason
             self.info.description = self._metadata.description()
+
+    def _recording_windows(
+        self,
+        unit: Hashable,
+        subject: str,
+        signals: Mapping[str, np.ndarray],
+        labels: np.ndarray,
+        label_to_index: Mapping[Any, int],
+        ignored_labels: set,
+        key_prefix: str | None = None,
+    ) -> Iterator[Example]:
+        """`recording_windows` with this dataset's window, stride and patch sizes; a recording shorter than
+        one window is reported as skipped."""
+        metadata = self._metadata
+        if labels.shape[0] < metadata.window:
+            self._report_skip(unit, f"{labels.shape[0]} steps, shorter than one window ({metadata.window})")
+            return
+        yield from recording_windows(
+            subject, signals, labels, label_to_index, ignored_labels, metadata.window, metadata.stride,
+            metadata.patch_sizes, key_prefix,
+        )
 
     def _train_statistics(self, metadata: DatasetMetadata, units: list[Hashable]) -> dict[str, dict[str, list[float]]]:
         moments = {name: ChannelMoments(channels) for name, channels in metadata.modalities.items()}
@@ -468,7 +512,7 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
                 yield example
         if count == 0:
             raise ValueError(
-                f"{self.name}: the {split} split ({[str(unit) for unit in units]}) gives no example; "
+                f"{self.name}: the {split} split ({[unit_name(unit) for unit in units]}) gives no example; "
                 "check the window length against the recordings and the subjects chosen"
             )
 

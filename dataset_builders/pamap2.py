@@ -18,9 +18,9 @@ from ._common import (
     Example,
     MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    describe_splits,
     fill_nan_linear,
     read_whitespace_table,
-    recording_windows,
     resolve_subject_splits,
 )
 
@@ -63,15 +63,8 @@ class Pamap2Builder(MergeTimeSeriesBuilder):
 
     BUILDER_CONFIG_CLASS = Pamap2Config
 
-    def _protocol_dir(self) -> Path:
-        root = self.data_path
-        for candidate in (root / "PAMAP2_Dataset" / "Protocol", root / "Protocol", root):
-            if any(candidate.glob("subject1*.dat")):
-                return candidate
-        raise FileNotFoundError(f"pamap2: no Protocol/subject1NN.dat file under {root}")
-
     def _plan(self) -> BuildPlan:
-        protocol_dir = self._protocol_dir()
+        protocol_dir = self._find_folder(["PAMAP2_Dataset/Protocol", "Protocol", "."], "subject1*.dat")
         available = sorted(path.stem.removeprefix("subject") for path in protocol_dir.glob("subject1*.dat"))
         splits = resolve_subject_splits("pamap2", available, PROTOCOL_SPLITS, self.config.split_overrides())
         window, stride = self.config.window or 100, self.config.stride or 50
@@ -88,9 +81,8 @@ class Pamap2Builder(MergeTimeSeriesBuilder):
             channel_names={**{location: list(IMU_CHANNELS) for location in IMU_LOCATIONS}, "heart_rate": ["bpm"]},
             protocol=(
                 f"PAMAP2 Protocol recordings; NaN filled by linear interpolation per subject; windows of {window} "
-                f"samples (100 Hz), stride {stride}, majority label, transient (0) windows dropped; subjects "
-                f"train {splits['train']}, validation {splits['validation']}, test {splits['test']}; "
-                "per-channel z-score with train statistics"
+                f"samples (100 Hz), stride {stride}, majority label, transient (0) windows dropped; "
+                + describe_splits(splits)
             ),
         )
         units = {split: [protocol_dir / f"subject{subject}.dat" for subject in subjects] for split, subjects in splits.items()}
@@ -110,15 +102,11 @@ class Pamap2Builder(MergeTimeSeriesBuilder):
             for location, first in IMU_LOCATIONS.items()
         }
         signals["heart_rate"] = fill_nan_linear(table[:, 2:3], f"{path.name} heart rate")
-        if table.shape[0] < self._metadata.window:
-            self._report_skip(subject, f"{table.shape[0]} samples, shorter than one window ({self._metadata.window})")
-            return
-        yield from recording_windows(
+        yield from self._recording_windows(
+            path.name,
             subject,
             signals,
             activity.astype(np.int64),
             {activity_id: index for index, activity_id in enumerate(ACTIVITIES)},
             {TRANSIENT},
-            self._metadata.window,
-            self._metadata.stride,
         )

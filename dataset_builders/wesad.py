@@ -23,8 +23,8 @@ from ._common import (
     Example,
     MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    describe_splits,
     majority_labels,
-    recording_windows,
     resample_to_grid,
     resolve_subject_splits,
 )
@@ -164,9 +164,7 @@ class WesadBuilder(MergeTimeSeriesBuilder):
     def _protocol_text(self, source: str, splits: dict[str, list[str]], grid_hz: float, window: int, stride: int) -> str:
         return (
             f"WESAD {source} source; signals resampled (interpolated, then mean-downsampled) to a {grid_hz:g} Hz "
-            f"grid; windows of {window} steps, stride {stride}, majority label; subjects train "
-            f"{splits['train']}, validation {splits['validation']}, test {splits['test']}; per-channel "
-            "z-score with train statistics"
+            f"grid; windows of {window} steps, stride {stride}, majority label; " + describe_splits(splits)
         )
 
     def _pickle_metadata(self, splits: dict[str, list[str]]) -> DatasetMetadata:
@@ -216,17 +214,11 @@ class WesadBuilder(MergeTimeSeriesBuilder):
 
     def _unit_examples(self, subject_dir: Path) -> Iterator[Example]:
         subject = subject_dir.name
-        metadata = self._metadata
         if self._source_kind == "pickle":
             signals, labels, label_to_index = self._pickle_signals(subject_dir)
         else:
             signals, labels, label_to_index = self._e4_signals(subject_dir)
-        if labels.shape[0] < metadata.window:
-            self._report_skip(subject, f"{labels.shape[0]} grid steps, shorter than one window ({metadata.window})")
-            return
-        yield from recording_windows(
-            subject, signals, labels, label_to_index, set(), metadata.window, metadata.stride, metadata.patch_sizes
-        )
+        yield from self._recording_windows(subject, subject, signals, labels, label_to_index, set())
 
     def _pickle_signals(self, subject_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict[int, int]]:
         path = subject_dir / f"{subject_dir.name}.pkl"

@@ -59,3 +59,35 @@ def write_wesad_pickle(subject_dir: Path, subject: str, segments: list[tuple[int
     with open(path, "wb") as handle:
         pickle.dump(payload, handle, protocol=2)
     return path
+
+
+def write_opportunity_run(
+    dataset_dir: Path, run: str, segments: list[tuple[int, int]], mostly_nan_columns: tuple[int, ...] = (), seed: int = 0
+) -> Path:
+    """`S<s>-ADL<r>.dat`: 250 space-separated columns at 30 Hz (1-based column c is `table[:, c - 1]`).
+
+    segments: [(HL_Activity, rows)]. The signal level encodes HL_Activity − 100; every sensor column has
+    a short NaN run; `mostly_nan_columns` are NaN on 80 % of the rows (sensor lost)."""
+    rng = np.random.default_rng(seed)
+    activity = segment_labels(segments)
+    rows = activity.size
+    table = rng.normal(size=(rows, 250)) + np.where(activity > 0, activity - 100, 0)[:, None]
+    table[:, 0] = np.arange(rows) * 33
+    table[5:9, 1:243] = np.nan
+    for column in mostly_nan_columns:
+        table[: int(0.8 * rows), column - 1] = np.nan
+    table[:, 243:250] = 0
+    table[:, 243] = rng.integers(1, 6, size=rows)
+    table[:, 244] = activity
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    path = dataset_dir / f"{run}.dat"
+    integer_columns = {0, *range(243, 250)}
+    lines = [
+        " ".join(
+            "NaN" if np.isnan(value) else (str(int(value)) if index in integer_columns else f"{value:.5f}")
+            for index, value in enumerate(row)
+        )
+        for row in table
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
