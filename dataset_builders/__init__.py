@@ -24,6 +24,7 @@ from .wesad import WesadBuilder
 from .physionet2012 import PhysioNet2012Builder
 from .synthetic import SyntheticRusBuilder
 from .mosi import MosiBuilder
+from .mimic_iv import MimicIVBuilder
 
 # The registry: one line per builder (name → builder class).
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
@@ -33,6 +34,7 @@ BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "physionet2012": PhysioNet2012Builder,
     "synthetic": SyntheticRusBuilder,
     "mosi": MosiBuilder,
+    "mimic_iv": MimicIVBuilder,
 }
 
 
