@@ -32,8 +32,9 @@ class MergeConfig(PreTrainedConfig):
 
     Args:
         modalities (`dict[str, int]`):
-            Ordered mapping modality name → input channels. The order is the modality index of RUS tensors
-            (`[M, M, L]`) and of the `(batch, M)` presence mask.
+            Ordered mapping modality name → input channels (a list of `[name, channels]` pairs is accepted too,
+            and is how `config.json` stores it). The order is the modality index of RUS tensors (`[M, M, L]`)
+            and of the `(batch, M)` presence mask.
         patch_sizes (`dict[str, int]`):
             Stride (in input steps) of modalities sampled faster than the token grid; absent names use 1. An
             input of `time_m` steps gives `time_m / patch_m` tokens, and all modalities must agree on that
@@ -119,6 +120,13 @@ class MergeConfig(PreTrainedConfig):
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__post_init__(**kwargs)
         self._validate()
+
+    def to_dict(self) -> dict:
+        """As the base class, with `modalities` as a list of `[name, channels]` pairs: JSON configs are written
+        with sorted keys, and the modality order is the RUS / mask index."""
+        output = super().to_dict()
+        output["modalities"] = [[name, channels] for name, channels in self.modalities.items()]
+        return output
 
     @property
     def modality_names(self) -> list[str]:

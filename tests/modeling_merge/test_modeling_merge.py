@@ -1,0 +1,383 @@
+"""MERGE model: shapes, losses, RUS handling, batch independence, missing modalities, dispatch parity,
+save/load and input validation, on a tiny configuration (ModelTester style)."""
+
+import copy
+import io
+import math
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from modeling_merge import MergeConfig, MergeForSequenceClassification, MergeModel
+from modeling_merge.modeling_merge import (
+    MergeFeedForwardExperts,
+    MergeMoeLayer,
+    MergeRusContextAttention,
+    jensen_shannon_divergence,
+    merge_auxiliary_losses,
+    token_lags,
+)
+
+ROUTER_TYPES = ["rus", "softmax", "laplace", "laplace_per_modality", "dense"]
+MODALITIES = {"acc": 3, "bvp": 1, "eda": 2}
+PATCHES = {"bvp": 2}
+
+
+def tiny_config(**overrides) -> MergeConfig:
+    settings = dict(
+        modalities=MODALITIES, patch_sizes=PATCHES, num_labels=3, d_model=16, num_attention_heads=2, ffn_dim=32,
+        num_encoder_layers=1, num_blocks=2, num_moe_blocks=1, num_feedforward_experts=3, num_synergy_experts=2,
+        expert_hidden_dim=16, router_hidden_dim=8, router_gru_dim=8, router_attention_dim=8, num_rus_lags=3,
+        dropout=0.0,
+    )
+    settings.update(overrides)
+    return MergeConfig(**settings)
+
+
+def random_rus(num_modalities: int, num_lags: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    redundancy, synergy = (torch.rand(num_modalities, num_modalities, num_lags, generator=generator) for _ in "RS")
+    uniqueness = torch.rand(num_modalities, num_modalities, num_lags, generator=generator)
+    return (redundancy + redundancy.transpose(0, 1)) / 2, uniqueness, (synergy + synergy.transpose(0, 1)) / 2
+
+
+def tiny_model(model_class=MergeForSequenceClassification, **overrides):
+    config = tiny_config(**overrides)
+    model = model_class(config)
+    model.set_rus(*random_rus(config.num_modalities, config.num_rus_lags))
+    return model
+
+
+def make_inputs(config: MergeConfig, batch: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn(batch, tokens * config.patch_size(name), channels, generator=generator)
+        for name, channels in config.modalities.items()
+    }
+
+
+def subset(inputs: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
+    return {name: values[rows] for name, values in inputs.items()}
+
+
+@pytest.mark.parametrize("router_type", ROUTER_TYPES)
+def test_output_shapes_for_odd_batch_and_time_sizes(router_type):
+    model = tiny_model(router_type=router_type).eval()
+    inputs = make_inputs(model.config, batch=3, tokens=5)
+    output = model(modalities=inputs, labels=torch.tensor([0, 2, 1]), output_router_probs=True)
+    assert output.logits.shape == (3, 3)
+    assert output.loss.shape == () and torch.isfinite(output.loss)
+    if router_type == "dense":
+        assert output.router_probs == () and output.aux_losses == {}
+    else:
+        assert [probs.shape for probs in output.router_probs] == [(3, 3, 5, 5)]
+        assert [experts.shape for experts in output.selected_experts] == [(3, 3, 5, 2)]
+        assert torch.allclose(output.router_probs[0].sum(-1), torch.ones(3, 3, 5))
+    base = MergeModel(model.config)
+    base.set_rus(*random_rus(3, 3))
+    hidden = base(modalities=inputs)
+    assert hidden.last_hidden_state.shape == (3, 3, 5, 16) and hidden.pooler_output.shape == (3, 16)
+
+
+def test_rus_router_reports_every_auxiliary_loss_and_their_weighted_sum():
+    model = tiny_model(redundancy_loss_weight=2.0, uniqueness_loss_weight=3.0, synergy_loss_weight=0.5)
+    output = model(modalities=make_inputs(model.config, 2, 4))
+    assert set(output.aux_losses) == {"redundancy", "uniqueness", "synergy", "load_balance"}
+    weights = {"redundancy": 2.0, "uniqueness": 3.0, "synergy": 0.5, "load_balance": 0.02}
+    expected = sum(weights[name] * value for name, value in output.aux_losses.items())
+    assert torch.allclose(output.aux_loss, expected)
+    assert output.aux_losses["uniqueness"] <= 0
+
+
+def test_keyword_tensors_and_the_modalities_dict_give_the_same_logits():
+    model = tiny_model().eval()
+    inputs = make_inputs(model.config, 2, 4)
+    assert torch.equal(model(modalities=inputs).logits, model(**inputs).logits)
+
+
+def test_aux_loss_backward_reaches_every_part_of_the_rus_router():
+    model = tiny_model()
+    model(modalities=make_inputs(model.config, 2, 6)).aux_loss.backward()
+    router = model.merge.blocks[1].feed_forward.router
+    for name, parameter in router.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_rus_router_without_rus_is_a_clear_error():
+    model = MergeForSequenceClassification(tiny_config())
+    with pytest.raises(ValueError, match="set_rus"):
+        model(modalities=make_inputs(model.config, 2, 4))
+
+
+@pytest.mark.parametrize("router_type", ["rus", "softmax", "laplace_per_modality"])
+def test_a_samples_logits_do_not_change_when_other_samples_join_its_batch(router_type):
+    model = tiny_model(router_type=router_type, num_synergy_experts=4, num_feedforward_experts=1).eval()
+    inputs = make_inputs(model.config, batch=5, tokens=4)
+    full = model(modalities=inputs, output_router_probs=True)
+    assert (full.selected_experts[0] < 4).any(), "the synergy experts must be exercised"
+    for rows in ([0], [3, 1], [4, 2, 0]):
+        alone = model(modalities=subset(inputs, rows)).logits
+        assert torch.allclose(alone, full.logits[rows], atol=1e-5), rows
+
+
+@pytest.mark.parametrize("router_type", ["rus", "softmax"])
+def test_an_absent_modality_changes_nothing_for_the_present_ones(router_type):
+    model = tiny_model(router_type=router_type).eval()
+    inputs = make_inputs(model.config, batch=3, tokens=4)
+    mask = torch.ones(3, 3, dtype=torch.bool)
+    mask[1, 0] = mask[2, 2] = False
+    labels = torch.tensor([0, 1, 2])
+    reference = model(modalities=inputs, modality_mask=mask, labels=labels)
+    scrambled = dict(inputs)
+    scrambled["acc"] = inputs["acc"].clone()
+    scrambled["acc"][1] = float("nan")
+    scrambled["eda"] = inputs["eda"].clone()
+    scrambled["eda"][2] = torch.randn(4, 2) * 100
+    changed = model(modalities=scrambled, modality_mask=mask, labels=labels)
+    assert torch.allclose(changed.logits, reference.logits, atol=1e-6)
+    assert torch.allclose(changed.loss, reference.loss, atol=1e-6)
+    for name, value in reference.aux_losses.items():
+        assert torch.allclose(changed.aux_losses[name], value, atol=1e-6), name
+
+
+def test_absent_modalities_get_no_expert_slots_and_no_cross_attention():
+    model = tiny_model(num_synergy_experts=4, num_feedforward_experts=1).eval()
+    inputs = make_inputs(model.config, batch=2, tokens=3)
+    only_acc = torch.tensor([[True, False, False], [True, False, False]])
+    output = model(modalities=inputs, modality_mask=only_acc)
+    assert torch.isfinite(output.logits).all() and torch.isfinite(output.aux_loss)
+    assert output.aux_losses["redundancy"] == 0 and output.aux_losses["synergy"] == 0
+
+
+def test_top_k_weights_sum_to_one():
+    config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4)
+    layer = MergeMoeLayer(config)
+    experts = layer.feedforward_experts
+    with torch.no_grad():
+        for parameter in (experts.w_in, experts.b_in, experts.w_out, experts.b_out):
+            parameter.normal_()
+            parameter.copy_(parameter[:1].expand_as(parameter))
+    hidden = torch.randn(2, 3, 5, 16)
+    output, _, _ = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None)
+    single_expert = experts(hidden.reshape(-1, 16), torch.zeros(30, dtype=torch.long)).reshape(hidden.shape)
+    assert torch.allclose(output, single_expert, atol=1e-5)
+
+
+@pytest.mark.parametrize("dispatch", ["sorted", "grouped_mm"])
+def test_sparse_dispatch_matches_the_eager_reference_in_values_and_gradients(dispatch):
+    eager = tiny_model(expert_dispatch="eager", d_model=32, expert_hidden_dim=64, num_attention_heads=4)
+    other = tiny_model(expert_dispatch=dispatch, d_model=32, expert_hidden_dim=64, num_attention_heads=4)
+    other.load_state_dict(eager.state_dict())
+    inputs = make_inputs(eager.config, batch=3, tokens=5)
+    labels = torch.tensor([0, 1, 2])
+    outputs = [model(modalities=inputs, labels=labels) for model in (eager, other)]
+    assert torch.allclose(outputs[0].logits, outputs[1].logits, atol=1e-5)
+    for output in outputs:
+        output.loss.backward()
+    for (name, reference), (_, parameter) in zip(eager.named_parameters(), other.named_parameters()):
+        assert torch.allclose(reference.grad, parameter.grad, atol=1e-5), name
+
+
+def test_feedforward_experts_only_compute_the_routed_tokens():
+    experts = MergeFeedForwardExperts(tiny_config(expert_dispatch="sorted"))
+    calls = []
+    experts._expert = lambda tokens, expert: calls.append((expert, tokens.shape[0])) or tokens
+    experts(torch.randn(7, 16), torch.tensor([2, 0, 2, 2, 0, 2, 2]))
+    assert sorted(calls) == [(0, 2), (2, 5)]
+
+
+@pytest.mark.parametrize("router_type", ROUTER_TYPES)
+def test_each_router_type_learns_a_tiny_synthetic_task(router_type):
+    model = tiny_model(router_type=router_type)
+    generator = torch.Generator().manual_seed(1)
+    inputs = make_inputs(model.config, batch=24, tokens=4, seed=1)
+    labels = torch.randint(0, 3, (24,), generator=generator)
+    inputs["eda"] = inputs["eda"] + 2.0 * (labels.float() - 1.0)[:, None, None]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss = model(modalities=inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_save_and_reload_through_the_auto_classes_gives_identical_logits(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, MergeForSequenceClassification)
+    for name in ("rus_redundancy", "rus_uniqueness", "rus_synergy", "rus_thresholds", "rus_partner_index"):
+        assert torch.equal(getattr(reloaded.merge, name), getattr(model.merge, name)), name
+    inputs = make_inputs(model.config, batch=3, tokens=5)
+    assert torch.equal(reloaded(modalities=inputs).logits, model(modalities=inputs).logits)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, MergeModel) and bool(base.rus_is_set)
+
+
+def test_set_rus_resolves_percentile_thresholds_from_the_stored_values():
+    model = tiny_model(redundancy_threshold=50.0, synergy_threshold=100.0, uniqueness_threshold=0.0)
+    redundancy = torch.zeros(3, 3, 3)
+    for (i, j), value in {(0, 1): 1.0, (0, 2): 2.0, (1, 2): 3.0}.items():
+        redundancy[i, j] = redundancy[j, i] = value
+    uniqueness = torch.arange(27, dtype=torch.float32).reshape(3, 3, 3)
+    model.set_rus(redundancy, uniqueness, redundancy)
+    tau_redundancy, tau_uniqueness, tau_synergy = model.merge.rus_thresholds.tolist()
+    assert tau_redundancy == 2.0 and tau_synergy == 3.0
+    per_modality = [max(uniqueness[m, j, lag].item() for j in range(3) if j != m) for m in range(3) for lag in range(3)]
+    assert tau_uniqueness == min(per_modality)
+
+
+def test_token_lags_split_the_grid_into_equal_segments():
+    assert token_lags(10, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert token_lags(3, 5).tolist() == [0, 1, 3]
+    assert token_lags(7, 1).tolist() == [0] * 7
+
+
+def test_router_top_partners_keeps_only_the_strongest_pairs_in_context_and_losses():
+    modalities = {f"m{index}": 1 for index in range(5)}
+    model = tiny_model(modalities=modalities, patch_sizes={}, router_top_partners=1, threshold_mode="absolute",
+                       redundancy_threshold=0.5, synergy_threshold=0.5, uniqueness_threshold=0.5).eval()
+    strength = torch.zeros(5, 5, 3)
+    for i, j in [(0, 1), (2, 3), (3, 4)]:
+        strength[i, j] = strength[j, i] = 1.0 + i
+    model.set_rus(strength, torch.zeros(5, 5, 3), torch.zeros(5, 5, 3))
+    assert model.merge.rus_partner_index.squeeze(1).tolist() == [1, 0, 3, 4, 3]
+    with torch.no_grad():
+        for parameter in model.merge.blocks[1].feed_forward.router.parameters():
+            parameter.normal_()
+    inputs = make_inputs(model.config, batch=2, tokens=4)
+    reference = model(modalities=inputs, output_router_probs=True).router_probs[0]
+    weaker = strength.clone()
+    weaker[2, 3] = weaker[3, 2] = 0.0
+    weaker[0, 2] = weaker[2, 0] = 0.3
+    model.set_rus(weaker, torch.zeros(5, 5, 3), torch.zeros(5, 5, 3))
+    assert model.merge.rus_partner_index.squeeze(1).tolist() == [1, 0, 0, 4, 3]
+    context = model.merge._rus_context(4, torch.ones(2, 5, dtype=torch.bool))
+    assert context.pair_features.shape == (5, 4, 1, 2)
+    assert sorted(map(tuple, context.loss_pairs.tolist())) == [(0, 1), (0, 2), (3, 4)]
+    probs = model(modalities=inputs, output_router_probs=True).router_probs[0]
+    unchanged = [0, 1, 3, 4]
+    assert torch.allclose(probs[:, unchanged], reference[:, unchanged], atol=1e-7)
+    assert not torch.allclose(probs[:, 2], reference[:, 2], atol=1e-7)
+
+
+def test_rus_context_attention_ignores_masked_partners_and_is_zero_without_any():
+    attention = MergeRusContextAttention(input_dim=6, attention_dim=4)
+    query = torch.randn(2, 5, 6)
+    features = torch.rand(2, 5, 3, 2)
+    mask = torch.tensor([True, False, True]).expand(2, 5, 3).clone()
+    mask[1] = False
+    context = attention(query, features, mask)
+    assert context.shape == (2, 5, 4)
+    assert torch.equal(context[1], torch.zeros(5, 4))
+    altered = features.clone()
+    altered[..., 1, :] = 100.0
+    assert torch.allclose(attention(query, altered, mask), context)
+    assert torch.allclose(attention(query[0], features[0, :, [0, 2]]), context[0], atol=1e-6)
+
+
+def test_jensen_shannon_divergence_is_symmetric_zero_on_equal_and_ln2_on_disjoint():
+    p, q = torch.tensor([0.7, 0.3, 0.0]), torch.tensor([0.1, 0.2, 0.7])
+    assert torch.allclose(jensen_shannon_divergence(p, q), jensen_shannon_divergence(q, p))
+    assert jensen_shannon_divergence(p, p).abs() < 1e-7
+    disjoint = jensen_shannon_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(disjoint, torch.tensor(math.log(2.0)))
+
+
+@pytest.mark.parametrize("synergy_loss_type", ["one_minus_p", "neg_log_p"])
+def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabilities(synergy_loss_type):
+    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
+                         num_feedforward_experts=1, num_experts_per_token=1, synergy_loss_type=synergy_loss_type,
+                         threshold_mode="absolute", redundancy_threshold=0.1, uniqueness_threshold=0.1,
+                         synergy_threshold=0.1)
+    model = MergeModel(config)
+    rus = torch.zeros(2, 2, 3)
+    rus[0, 1, 0] = rus[1, 0, 0] = 1.0
+    model.set_rus(rus, rus, rus)
+    context = model._rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+    probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3]])
+    selected = probs.argmax(-1, keepdim=True)
+    losses = merge_auxiliary_losses(probs, selected, torch.ones(1, 2, dtype=torch.bool), context, config)
+    assert torch.allclose(losses["redundancy"], torch.tensor(math.log(2.0)))
+    assert torch.allclose(losses["uniqueness"], torch.tensor(-math.log(2.0)))
+    expected_synergy = 0.5 if synergy_loss_type == "one_minus_p" else math.log(2.0)
+    assert torch.allclose(losses["synergy"], torch.tensor(expected_synergy))
+    assert torch.allclose(losses["load_balance"], torch.tensor(1.0))
+
+
+def bad_input_cases():
+    config = tiny_config()
+    good = make_inputs(config, batch=2, tokens=4)
+    with_nan = dict(good, eda=good["eda"].clone())
+    with_nan["eda"][1, 2, 0] = float("nan")
+    return [
+        ("unknown name", dict(modalities=dict(good, gyro=good["acc"])), "gyro"),
+        ("missing name", dict(modalities={k: v for k, v in good.items() if k != "bvp"}), "bvp"),
+        ("wrong channels", dict(modalities=dict(good, acc=torch.randn(2, 4, 5))), "'acc' has 5 channels"),
+        ("time not a multiple of patch", dict(modalities=dict(good, bvp=torch.randn(2, 7, 1))), "'bvp'.*patch"),
+        ("grids disagree", dict(modalities=dict(good, bvp=torch.randn(2, 10, 1))), "token-grid"),
+        ("not 3-d", dict(modalities=dict(good, eda=torch.randn(2, 4))), "'eda'"),
+        ("NaN in a present modality", dict(modalities=with_nan), "'eda'.*NaN.*\\[1\\]"),
+        ("both dict and keywords", dict(modalities=good, acc=good["acc"]), "not both"),
+        ("mask shape", dict(modalities=good, modality_mask=torch.ones(2, 2, dtype=torch.bool)), "modality_mask"),
+        ("all absent", dict(modalities=good, modality_mask=torch.zeros(2, 3, dtype=torch.bool)), "every modality"),
+        ("label out of range", dict(modalities=good, labels=torch.tensor([0, 3])), "labels"),
+        ("float labels", dict(modalities=good, labels=torch.tensor([0.0, 1.0])), "labels"),
+    ]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "message"), bad_input_cases(), ids=[c[0] for c in bad_input_cases()])
+def test_bad_inputs_raise_errors_naming_the_problem(case, kwargs, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model(**kwargs)
+
+
+def test_bad_rus_tables_raise_errors_naming_the_problem():
+    model = tiny_model()
+    redundancy, uniqueness, synergy = random_rus(3, 3)
+    with pytest.raises(ValueError, match=r"redundancy has shape \(3, 3, 2\).*\[3, 3, 3\]"):
+        model.set_rus(redundancy[..., :2], uniqueness, synergy)
+    asymmetric = synergy.clone()
+    asymmetric[0, 1, 0] += 0.5
+    with pytest.raises(ValueError, match="synergy must be symmetric"):
+        model.set_rus(redundancy, uniqueness, asymmetric)
+    with pytest.raises(ValueError, match="uniqueness has negative"):
+        model.set_rus(redundancy, -uniqueness, synergy)
+    with pytest.raises(ValueError, match="redundancy contains NaN"):
+        model.set_rus(redundancy.fill_(float("nan")), uniqueness, synergy)
+
+
+def read_e4_csv(archive: zipfile.ZipFile, name: str) -> tuple[float, np.ndarray]:
+    """Empatica E4 CSV: row 1 start time, row 2 sampling rate (Hz), then samples."""
+    rows = np.loadtxt(io.StringIO(archive.read(name).decode()), delimiter=",", ndmin=2)
+    return float(rows[1, 0]), rows[2:].astype(np.float32)
+
+
+def test_real_wesad_wrist_window_runs_through_patched_encoders(shared_data):
+    with zipfile.ZipFile(shared_data / "wesad_e4" / "WESAD" / "S2" / "S2_E4_Data.zip") as archive:
+        signals = {name.lower(): read_e4_csv(archive, f"{name}.csv") for name in ("ACC", "BVP", "EDA", "TEMP")}
+    seconds, grid_hz = 8, 4
+    config = tiny_config(
+        modalities={name: values.shape[1] for name, (_, values) in signals.items()},
+        patch_sizes={name: int(rate) // grid_hz for name, (rate, _) in signals.items() if rate > grid_hz},
+    )
+    model = MergeForSequenceClassification(config).eval()
+    model.set_rus(*random_rus(4, 3))
+    window = {
+        name: torch.from_numpy(values[600 * int(rate): (600 + seconds) * int(rate)])[None]
+        for name, (rate, values) in signals.items()
+    }
+    window = {name: (values - values.mean(1, keepdim=True)) / (values.std(1, keepdim=True) + 1e-6)
+              for name, values in window.items()}
+    output = model(modalities=window, output_router_probs=True)
+    assert output.router_probs[0].shape == (1, 4, seconds * grid_hz, 5)
+    assert torch.isfinite(output.logits).all()
+    assert copy.deepcopy(config.patch_sizes) == {"acc": 8, "bvp": 16}
