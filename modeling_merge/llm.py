@@ -118,7 +118,8 @@ class RusTokenState:
     """Per-forward state the gates read their token features from and record their routing into."""
 
     def __init__(self, text_features: Callable[[int], TokenRusFeatures]) -> None:
-        self.features: TokenRusFeatures | None = None
+        self.features: TokenRusFeatures | None = None  # of the forward in progress
+        self.last_features: TokenRusFeatures | None = None  # of the latest forward, for its recorded routing
         self.router_probs: list[Tensor] = []  # per gate call, (N, E) float32
         self.router_indices: list[Tensor] = []  # per gate call, (N, k) int64
         self.text_features = text_features
@@ -344,7 +345,13 @@ class RusRouting(nn.Module):
         self.token_state.router_probs, self.token_state.router_indices = [], []
 
     def end_forward(self) -> None:
-        self.token_state.features = None
+        self.token_state.last_features, self.token_state.features = self.token_state.features, None
+
+    def _recorded_features(self) -> TokenRusFeatures:
+        features = self.token_state.features or self.token_state.last_features
+        if features is None or not self.token_state.router_probs:
+            raise ValueError("no routing recorded yet: run a forward of the routed model first")
+        return features
 
     def begin_forward_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Forward pre-hook of the routed model: takes `modality_ids` / `rus_lag_ids` out of its kwargs."""
@@ -375,7 +382,7 @@ class RusRouting(nn.Module):
         MergeModel's `merge_auxiliary_losses` takes presence per (sample, modality) and the synergy experts from a
         MergeConfig, so the LLM pools per lag and computes the pair losses below with the shared JSD.
         """
-        features = self.token_state.features
+        features = self._recorded_features()
         batch_size, seq_len = features.modality_ids.shape
         probs = torch.stack(self.token_state.router_probs).reshape(-1, batch_size, seq_len, self.num_experts)
         group = features.modality_ids * self.num_lags + features.lag_ids  # (B, S)
@@ -431,7 +438,7 @@ class RusRouting(nn.Module):
 
     def expert_usage_by_modality(self) -> Tensor:
         """(M+1, E) share of each modality's top-k slots given to each expert in the last forward, all layers."""
-        features = self.token_state.features
+        features = self._recorded_features()
         indices = torch.stack(self.token_state.router_indices)  # (G, N, k)
         slots = F.one_hot(indices, self.num_experts).sum(dim=2).float()  # (G, N, E)
         membership = F.one_hot(features.modality_ids.reshape(-1), len(self.modality_names)).float()  # (N, M+1)

@@ -344,3 +344,16 @@ def test_a_deep_copy_of_a_routed_model_routes_with_its_own_state():
         got = twin(input_ids, modality_ids=modality_ids, output_router_logits=True).router_logits[0]
     assert twin.rus_routing is not model.rus_routing
     assert torch.equal(got, expected)
+
+
+def test_expert_usage_of_the_latest_model_forward_gives_each_present_modality_a_distribution():
+    model = tiny_lm("olmoe")
+    routing = install_rus_router(model, sensor_rus())
+    with pytest.raises(ValueError, match="no routing recorded yet"):
+        routing.expert_usage_by_modality()
+    input_ids, modality_ids = mixed_batch()
+    with torch.no_grad():
+        model(input_ids, modality_ids=modality_ids)
+    usage = routing.expert_usage_by_modality()
+    assert usage.shape == (3, 4)
+    assert torch.allclose(usage.sum(dim=1), torch.ones(3))
