@@ -18,6 +18,7 @@ from ._common import (
     metadata_of,
 )
 
+from .generic import GenericBuilder
 from .opportunity import OpportunityBuilder
 from .pamap2 import Pamap2Builder
 from .wesad import WesadBuilder
@@ -30,6 +31,7 @@ from .mimic_iv import MimicIVBuilder
 BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "pamap2": Pamap2Builder,
     "opportunity": OpportunityBuilder,
+    "generic": GenericBuilder,
     "wesad": WesadBuilder,
     "physionet2012": PhysioNet2012Builder,
     "synthetic": SyntheticRusBuilder,

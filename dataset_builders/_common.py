@@ -435,6 +435,16 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
             raise FileNotFoundError(f"{self.name}: data_dir {str(path)!r} does not exist or is not a directory")
         return path
 
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        """As in `datasets`, but a problem with the input found while writing a split surfaces as its own
+        clear error (ValueError / OSError naming the file, modality or field) rather than wrapped."""
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as error:
+            if isinstance(error.__cause__, (ValueError, OSError)):
+                raise error.__cause__ from None
+            raise
+
     def _find_folder(self, relative_candidates: Sequence[str], pattern: str) -> Path:
         """The first of `data_dir / candidate` that holds a file matching `pattern` (clear error if none)."""
         root = self.data_path
