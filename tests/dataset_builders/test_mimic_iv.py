@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
+from test_synthetic import forward_through_merge
 from dataset_builders.mimic_iv import LAB_ITEMS, VITAL_ITEMS
 
 NUM_STAYS = 22  # stays 20 and 21 last < 48 h
@@ -202,3 +203,7 @@ def test_embedding_file_with_nan_or_wrong_shape_is_rejected(mimic_dir, tmp_path)
 
 def test_mimic_iv_is_registered():
     assert BUILDERS["mimic_iv"].__name__ == "MimicIVBuilder"
+
+
+def test_mimic_iv_batch_with_missing_modalities_feeds_the_merge_model(ihm):
+    forward_through_merge(ihm)

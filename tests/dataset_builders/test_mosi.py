@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
+from test_synthetic import forward_through_merge
 
 STEPS, CHANNELS = 6, {"vision": 5, "audio": 4, "text": 7}
 SENTIMENT = {
@@ -118,3 +119,7 @@ def test_mosi_missing_file_or_subject_override_is_refused(tmp_path):
 
 def test_mosi_is_registered():
     assert BUILDERS["mosi"].__name__ == "MosiBuilder"
+
+
+def test_mosi_batch_feeds_the_merge_model(mosi):
+    forward_through_merge(mosi)

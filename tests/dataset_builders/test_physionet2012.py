@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
+from test_synthetic import forward_through_merge
 from dataset_builders.physionet2012 import (
     VARIABLE_INDEX,
     bin_irregular_series,
@@ -229,3 +230,7 @@ def test_warning_lists_each_skipped_record(tmp_path, caplog):
 
 def test_physionet_is_registered():
     assert BUILDERS["physionet2012"].__name__ == "PhysioNet2012Builder"
+
+
+def test_real_archive_batch_feeds_the_merge_model(real_subset):
+    forward_through_merge(real_subset[1])
