@@ -425,8 +425,6 @@ class RusRouting(nn.Module):
             "uniqueness": -cfg.uniqueness_loss_weight * _masked_mean(divergence, both_present & unique),
         }
         if cfg.synergy_experts:
-            if max(cfg.synergy_experts) >= self.num_experts:
-                raise ValueError(f"synergy_experts {cfg.synergy_experts} exceed the {self.num_experts} experts")
             experts = torch.tensor(cfg.synergy_experts, device=pooled.device)
             on_synergy = pooled.index_select(-1, experts).sum(-1)  # (G, B, M+1, L)
             shared = 0.5 * (on_synergy[:, :, first] + on_synergy[:, :, second])
@@ -479,7 +477,11 @@ def install_rus_router(
     The routing module is attached as `model.rus_routing`; `model.config.rus_router` records what a reload needs.
     """
     if modality_names is None:
-        modality_names = list(getattr(rus, "metadata", {}).get("modality_names", []))
+        metadata = getattr(rus, "metadata", None)
+        modality_names = metadata.get("modality_names") if isinstance(metadata, dict) else None
+        modality_names = modality_names or getattr(metadata, "modality_names", None)
+    if not modality_names:
+        raise ValueError("install_rus_router needs modality_names (none given and none in rus.metadata)")
     modality_names = list(modality_names)
     if TEXT_MODALITY in modality_names:
         raise ValueError(f"{TEXT_MODALITY!r} is the built-in text modality (id 0); rename the sidecar's modality")

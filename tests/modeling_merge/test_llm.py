@@ -182,6 +182,26 @@ def test_save_pretrained_then_rus_router_class_reloads_gates_tables_and_outputs(
         assert torch.equal(reloaded(input_ids, modality_ids=modality_ids).logits, expected)
 
 
+def test_a_gate_called_outside_a_model_forward_routes_its_tokens_as_text():
+    model = tiny_lm("qwen2_moe")
+    routing = install_rus_router(model, sensor_rus())
+    perturb_rus_paths(model)
+    gate, hidden = model.model.layers[1].mlp.gate, torch.randn(6, model.config.hidden_size)
+    with torch.no_grad():
+        outside = gate(hidden)
+        routing.begin_forward(1, 6, 0, torch.zeros(1, 6, dtype=torch.long), None)
+        as_text = gate(hidden)
+    for got, expected in zip(outside, as_text):
+        assert torch.equal(got, expected)
+
+
+def test_modality_names_are_required_when_the_tables_carry_none():
+    rus = sensor_rus()
+    rus.metadata = {}
+    with pytest.raises(ValueError, match="needs modality_names"):
+        install_rus_router(tiny_lm("mixtral"), rus)
+
+
 def test_unsupported_architecture_is_an_error_listing_the_supported_ones():
     llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in COMMON.items() if k != "num_experts_per_tok"}))
     with pytest.raises(ValueError, match="llama.*mixtral, qwen2_moe, qwen3_moe, olmoe"):
