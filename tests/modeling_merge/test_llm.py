@@ -80,14 +80,15 @@ def model_type(request) -> str:
     return request.param
 
 
-def test_installed_gate_returns_the_stock_triple_bitwise_at_installation(model_type):
-    model = tiny_lm(model_type)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_installed_gate_returns_the_stock_triple_bitwise_at_installation(model_type, dtype):
+    model = tiny_lm(model_type).to(dtype)
     stock_gates = [copy.deepcopy(layer.mlp.gate) for layer in model.model.layers]
     input_ids, modality_ids = mixed_batch()
     with torch.no_grad():
         stock = model(input_ids, output_router_logits=True)
         routing = install_rus_router(model, sensor_rus())
-        hidden = torch.randn(20, model.config.hidden_size)
+        hidden = torch.randn(20, model.config.hidden_size, dtype=dtype)
         with routing.tokens(modality_ids):
             rus = model(input_ids, output_router_logits=True)
             routing.begin_forward(2, 10, 0, modality_ids, None)
