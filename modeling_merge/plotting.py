@@ -1,5 +1,6 @@
-"""Figures for interpreting MERGE: routing distribution per modality × expert per MoE layer (paper Fig. 8)
-and temporal RUS curves per modality pair (paper Fig. 5). PNG files; matplotlib is imported lazily."""
+"""Figures for interpreting MERGE: routing distribution per modality × expert per MoE layer (paper Fig. 8),
+temporal RUS curves per modality pair (paper Fig. 5) and auxiliary-loss ablations (paper Fig. 7). PNG files;
+matplotlib is imported lazily."""
 
 from __future__ import annotations
 
@@ -96,6 +97,30 @@ def plot_temporal_rus(
         axis.set_xlabel("lag (s)" if lags_seconds is not None else "lag (steps)")
         axis.set_ylabel("bits")
         axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_ablation(test_metrics: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """Grouped bars of test metrics (in [0, 1]) per run, e.g. MERGE with each auxiliary loss disabled (paper
+    Fig. 7). ``test_metrics``: run label → metric name → value. Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not test_metrics:
+        raise ValueError("plot_ablation needs at least one run")
+    labels = list(test_metrics)
+    metric_names = sorted({name for metrics in test_metrics.values() for name in metrics})
+    width = 0.8 / len(labels)
+    figure, axis = plt.subplots(figsize=(2 + 1.5 * len(metric_names), 4), constrained_layout=True)
+    for index, label in enumerate(labels):
+        values = [test_metrics[label].get(name, np.nan) for name in metric_names]
+        axis.bar(np.arange(len(metric_names)) + index * width, values, width, label=label)
+    axis.set_xticks(np.arange(len(metric_names)) + 0.4 - width / 2, metric_names)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("test score")
+    axis.legend(fontsize="small")
     return _save(figure, path)
 
 

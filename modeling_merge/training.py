@@ -256,3 +256,44 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
+    """Classification metrics of ``model`` over ``loader``; with an ``accelerator`` the logits are gathered from
+    every process (``gather_for_metrics``). With ``keep_routing`` also returns the experts chosen per MoE layer,
+    a list of (N, M, T, k) arrays, and the (N, M) presence masks (for :func:`modeling_merge.plotting.routing_shares`);
+    otherwise those are None."""
+    model.eval()
+    logits_parts, label_parts, routing_parts, mask_parts = [], [], [], []
+    for batch in loader:
+        outputs = model(**batch, output_router_probs=keep_routing)
+        logits, labels = outputs.logits.float(), batch["labels"]
+        if accelerator is not None:
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+        logits_parts.append(logits.cpu().numpy())
+        label_parts.append(labels.cpu().numpy())
+        if keep_routing and outputs.selected_experts:
+            routing_parts.append([layer.cpu().numpy() for layer in outputs.selected_experts])
+            mask_parts.append(batch["modality_mask"].cpu().numpy())
+    metrics = classification_metrics(np.concatenate(logits_parts), np.concatenate(label_parts))
+    if not routing_parts:
+        return metrics, None, None
+    routing = [np.concatenate([parts[layer] for parts in routing_parts]) for layer in range(len(routing_parts[0]))]
+    return metrics, routing, np.concatenate(mask_parts)
+
+
+def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: Sequence[float] | None = None) -> list[Path]:
+    """Write ``temporal_rus.png`` (the RUS stored in the model, paper Fig. 5) and, for MoE routers, ``routing.png``
+    (share of each modality's routing slots per expert per MoE layer over ``loader``, paper Fig. 8)."""
+    from .plotting import plot_routing_distribution, plot_temporal_rus, routing_shares
+
+    output_dir = Path(output_dir)
+    names = list(model.config.modalities)
+    rus = [getattr(model.merge, f"rus_{kind}").detach().cpu().numpy() for kind in ("redundancy", "uniqueness", "synergy")]
+    figures = [plot_temporal_rus(*rus, names, output_dir / "temporal_rus.png", lags_seconds)]
+    _, routing, masks = evaluate_model(model, loader, keep_routing=True)
+    if routing is not None:
+        shares = routing_shares(routing, model.config.num_experts, masks)
+        figures.append(plot_routing_distribution(shares, names, output_dir / "routing.png"))
+    return figures

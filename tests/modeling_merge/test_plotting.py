@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modeling_merge.plotting import plot_routing_distribution, plot_temporal_rus, routing_shares
+from modeling_merge.plotting import plot_ablation, plot_routing_distribution, plot_temporal_rus, routing_shares
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,8 +37,9 @@ def test_figures_are_written_as_png(tmp_path):
     routing = plot_routing_distribution(shares, ["acc", "bvp"], tmp_path / "figs" / "routing.png")
     values = np.random.default_rng(0).random((3, 3, 4))
     curves = plot_temporal_rus(values, values, values, ["a", "b", "c"], tmp_path / "rus.png", lags_seconds=[0, 1, 2, 3])
-    for path in (routing, curves):
+    ablation = plot_ablation({"rus": {"accuracy": 0.9}, "rus − synergy": {"accuracy": 0.8, "macro_f1": 0.7}}, tmp_path / "ab.png")
+    for path in (routing, curves, ablation):
         assert path.read_bytes()[:8] == PNG_SIGNATURE
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "rus.png"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ab.png", "figs", "rus.png"]  # no temporary files left
     with pytest.raises(ValueError, match="3 modality names"):
         plot_routing_distribution(shares, ["a", "b", "c"], tmp_path / "bad.png")

@@ -1,0 +1,97 @@
+"""Evaluate a MERGE checkpoint and draw what it learned; compare ablation runs.
+
+    python examples/evaluate.py --checkpoint outputs/main_job/best_model                # synthetic test split
+    python examples/evaluate.py --checkpoint org/merge-wesad --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
+    python examples/evaluate.py --ablation_runs runs/full runs/no_redundancy runs/no_synergy --output_dir runs/ablation
+
+Writes under ``--output_dir``: ``evaluation.json`` (metrics on ``--split``), ``routing.png`` (share of each
+modality's routing slots per expert per MoE layer, paper Fig. 8), ``temporal_rus.png`` (the RUS curves stored
+in the checkpoint, paper Fig. 5) and, with ``--ablation_runs`` (folders written by ``train.py``, e.g. with
+``--disable_aux_loss``), ``ablation.png`` comparing their test metrics (paper Fig. 7).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dataset_builders  # noqa: E402
+from modeling_merge.hub import write_text_atomic  # noqa: E402
+from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.plotting import plot_ablation  # noqa: E402
+from modeling_merge.training import (  # noqa: E402
+    MultimodalCollator,
+    build_dataset,
+    check_modalities_match,
+    evaluate_model,
+    interpretation_figures,
+)
+
+
+@dataclass
+class EvaluateArguments:
+    checkpoint: str | None = field(default=None, metadata={"help": "folder or Hub repo id of a MERGE checkpoint"})
+    dataset: str = field(default="synthetic", metadata={"help": "builder name, as in train.py"})
+    data_dir: str | None = None
+    dataset_options: str = "{}"
+    split: str = "test"
+    batch_size: int = 64
+    output_dir: str = "outputs/evaluation"
+    ablation_runs: list[str] = field(default_factory=list, metadata={"help": "train.py output folders to compare"})
+
+
+def evaluate_checkpoint(args: EvaluateArguments) -> dict:
+    output_dir = Path(args.output_dir)
+    splits = build_dataset(args.dataset, args.data_dir, str(output_dir / "cache"), json.loads(args.dataset_options))
+    metadata = dataset_builders.metadata_of(splits)
+    if args.split not in splits:
+        raise KeyError(f"split {args.split!r} is not in the dataset (splits: {sorted(splits)})")
+    model = MergeForSequenceClassification.from_pretrained(args.checkpoint)
+    check_modalities_match(model.config.modalities, metadata.modalities, f"checkpoint {args.checkpoint}")
+    loader = DataLoader(splits[args.split].with_format("numpy"), batch_size=args.batch_size,
+                        collate_fn=MultimodalCollator(metadata.modality_names))
+    metrics, _, _ = evaluate_model(model, loader)
+    figures = interpretation_figures(model, loader, output_dir)
+    report = {"checkpoint": args.checkpoint, "dataset": metadata.name, "split": args.split, "metrics": metrics,
+              "figures": [str(path) for path in figures]}
+    write_text_atomic(output_dir / "evaluation.json", json.dumps(report, indent=2))
+    print(f"{metadata.name} {args.split}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    print("figures: " + ", ".join(report["figures"]))
+    return report
+
+
+def compare_ablations(run_dirs: list[str], output_dir: Path) -> Path:
+    """Bar chart of the test metrics of several train.py runs, labelled by the auxiliary losses they disabled."""
+    runs = {}
+    for run_dir in run_dirs:
+        results_path = Path(run_dir) / "results.json"
+        if not results_path.exists():
+            raise FileNotFoundError(f"{results_path} is missing: {run_dir} is not a finished examples/train.py run")
+        results = json.loads(results_path.read_text())
+        disabled = results["disabled_aux_losses"]
+        label = f"{results['router_type']}" + (f" − {'/'.join(disabled)}" if disabled else " (all losses)")
+        runs[label] = results["test"]
+    path = plot_ablation(runs, output_dir / "ablation.png")
+    print(f"ablation figure: {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
+    if not args.checkpoint and not args.ablation_runs:
+        raise SystemExit("give --checkpoint (evaluate one model) and/or --ablation_runs (compare train.py runs)")
+    if args.checkpoint:
+        evaluate_checkpoint(args)
+    if args.ablation_runs:
+        compare_ablations(args.ablation_runs, Path(args.output_dir))
+
+
+if __name__ == "__main__":
+    main()
