@@ -1,0 +1,357 @@
+"""Train and evaluate MERGE with Accelerate: dataset → RUS sidecar → model → best-validation checkpoint → test.
+
+With no arguments this is the project's main job: the synthetic benchmark with planted (known) temporal RUS is
+built, its RUS estimated on the training split, MERGE trained and evaluated in a few minutes on 2 CPU cores,
+and a table compares the test metrics and the planted vs estimated RUS structure.
+
+    python examples/train.py                                         # the main job
+    python examples/train.py --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
+    python examples/train.py --dataset physionet2012 --data_dir ../shared/data/physionet2012
+    python examples/train.py --router_type laplace                   # FuseMoE baseline
+    python examples/train.py --disable_aux_loss redundancy synergy   # ablation (paper Fig. 7)
+    python examples/train.py --resume                                # continue a killed run in --output_dir
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py   # 2-process DDP (gloo)
+
+Artifacts under ``--output_dir``: ``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere),
+``checkpoints/checkpoint-<step>`` (``accelerator.save_state``, every epoch), ``best_model/`` (``save_pretrained``),
+``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dataset_builders  # noqa: E402
+from dataset_builders.synthetic import PLANTED_MARKER, planted_structure  # noqa: E402
+from modeling_merge.configuration_merge import MergeConfig  # noqa: E402
+from modeling_merge.hub import write_text_atomic  # noqa: E402
+from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.rus import RusSidecar, estimate_temporal_rus, fingerprint_arrays, pool_to_grid  # noqa: E402
+from modeling_merge.training import (  # noqa: E402
+    MetricsLog,
+    MultimodalCollator,
+    atomic_directory,
+    build_dataset,
+    check_modalities_match,
+    evaluate_model,
+    interpretation_figures,
+    latest_checkpoint,
+    prune_checkpoints,
+)
+
+AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
+
+
+@dataclass
+class TrainArguments:
+    """Command-line options (`--name value`); every one has a default, so no config file is needed."""
+
+    dataset: str = field(default="synthetic", metadata={"help": "builder name: synthetic, wesad_e4, physionet2012, pamap2, ..."})
+    data_dir: str | None = field(default=None, metadata={"help": "folder with the benchmark's raw files (not for synthetic)"})
+    dataset_options: str = field(default="{}", metadata={"help": "JSON of builder config fields, e.g. '{\"window\": 50}'"})
+    hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset repo (pushed by push_to_hub.py) instead of a builder"})
+    output_dir: str = field(default="outputs/main_job", metadata={"help": "where checkpoints, logs and figures go"})
+    rus_sidecar: str | None = field(default=None, metadata={"help": "RUS sidecar to load; estimated and cached there if absent "
+                                                                    "(default: <output_dir>/rus.safetensors)"})
+    rus_estimator: str = field(default="multiscale_batch", metadata={"help": "multiscale_batch, stepwise_batch or quantized_exact"})
+    num_rus_lags: int = field(default=4, metadata={"help": "L, lags of the temporal RUS"})
+    router_type: str = field(default="rus", metadata={"help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense"})
+    disable_aux_loss: list[str] = field(default_factory=list, metadata={"help": f"auxiliary losses to switch off: {AUX_LOSSES}"})
+    model_options: str = field(default='{"d_model": 32, "num_blocks": 2, "num_moe_blocks": 2, "num_encoder_layers": 1, '
+                                        '"ffn_dim": 64, "expert_hidden_dim": 64, "num_attention_heads": 4}',
+                               metadata={"help": "JSON of MergeConfig fields (the default is a small model for CPU)"})
+    num_epochs: int = field(default=6, metadata={"help": "training epochs"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: no limit)"})
+    batch_size: int = field(default=32, metadata={"help": "global batch size (split over processes)"})
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.05
+    selection_metric: str = field(default="macro_f1", metadata={"help": "validation metric that picks the best checkpoint"})
+    seed: int = 0
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir/checkpoints"})
+    checkpoint_every_steps: int = field(default=0, metadata={"help": "also save state every N steps (0: only at epoch ends)"})
+    keep_checkpoints: int = 2
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, none on CPU), no, fp16, bf16"})
+    cpu: bool = field(default=False, metadata={"help": "train on CPU even if a GPU is present"})
+    report_to: str = field(default="all", metadata={"help": "Accelerate trackers (all = those installed, none = off)"})
+    limit_examples: int = field(default=0, metadata={"help": "use only the first N examples of each split (0: all)"})
+
+
+@dataclass
+class RunState:
+    """What `--resume` needs besides Accelerate's state: progress and the best validation score so far."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_metrics: dict = field(default_factory=dict)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def load_data(args: TrainArguments, accelerator: Accelerator):
+    """The `DatasetDict` (train / validation / test) and its `DatasetMetadata`."""
+    if args.hub_dataset:
+        from modeling_merge.hub import download_dataset
+
+        with accelerator.main_process_first():
+            splits, _ = download_dataset(args.hub_dataset, cache_dir=Path(args.output_dir) / "cache")
+    else:
+        with accelerator.main_process_first():
+            splits = build_dataset(args.dataset, args.data_dir, str(Path(args.output_dir) / "cache"), json.loads(args.dataset_options))
+    metadata = dataset_builders.metadata_of(splits)
+    if args.limit_examples:
+        splits = type(splits)({split: data.select(range(min(len(data), args.limit_examples))) for split, data in splits.items()})
+    return splits, metadata
+
+
+def grid_arrays(split, metadata) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A split's modalities pooled onto the common token grid, name → (N, T, C_m), and its labels (N,)."""
+    columns = split.with_format("numpy")
+    modalities = {name: pool_to_grid(columns[name], metadata.patch_sizes[name]) for name in metadata.modality_names}
+    return modalities, columns["label"]
+
+
+def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Accelerator) -> RusSidecar:
+    """The training split's RUS sidecar: loaded and checked against the data when the file exists, otherwise
+    estimated on the main process (class-balanced batches) and cached atomically for the next run."""
+    path = Path(args.rus_sidecar or Path(args.output_dir) / "rus.safetensors")
+    modalities, labels = grid_arrays(splits["train"], metadata)
+    fingerprint = fingerprint_arrays(modalities, labels)
+    if accelerator.is_main_process and not path.exists():
+        accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the training split")
+        sidecar = estimate_temporal_rus(modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator,
+                                        seed=args.seed)
+        sidecar.save(path)
+    accelerator.wait_for_everyone()
+    sidecar = RusSidecar.load(path)
+    sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags, fingerprint=fingerprint)
+    return sidecar
+
+
+def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeForSequenceClassification:
+    unknown = sorted(set(args.disable_aux_loss) - set(AUX_LOSSES))
+    if unknown:
+        raise ValueError(f"--disable_aux_loss got {unknown}; choose from {AUX_LOSSES}")
+    options = json.loads(args.model_options)
+    options.update({f"{name}_loss_weight": 0.0 for name in args.disable_aux_loss})
+    config = MergeConfig(**metadata.merge_config_kwargs(), num_rus_lags=args.num_rus_lags, router_type=args.router_type,
+                         **options)
+    model = MergeForSequenceClassification(config)
+    sidecar.apply_to(model)
+    return model
+
+
+def make_loader(split, collator, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(split.with_format("numpy"), batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
+                      generator=generator, drop_last=False)
+
+
+def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState, keep: int) -> None:
+    """`accelerator.save_state` (every rank writes its RNG state) plus the run state into a partial folder that
+    is renamed to ``checkpoint-<global step>`` only once complete, so a kill mid-write loses nothing."""
+    target = checkpoints / f"checkpoint-{state.global_step}"
+    partial = checkpoints / f".checkpoint-{state.global_step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_text_atomic(partial / "run_state.json", json.dumps(asdict(state)))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+        prune_checkpoints(checkpoints, keep)
+    accelerator.wait_for_everyone()
+
+
+def train(args: TrainArguments) -> dict:
+    output_dir = Path(args.output_dir)
+    mixed_precision = args.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and not args.cpu else "no"
+    trackers = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output_dir),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))
+    set_seed(args.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = output_dir / "checkpoints"
+    resume_from = latest_checkpoint(checkpoints) if args.resume else None
+    if args.resume and resume_from is None:
+        accelerator.print(f"--resume: no checkpoint in {checkpoints}; starting from scratch")
+    if not args.resume and accelerator.is_main_process and latest_checkpoint(checkpoints) is not None:
+        raise FileExistsError(f"{checkpoints} holds checkpoints of an earlier run; pass --resume to continue it "
+                              "or choose another --output_dir")
+
+    splits, metadata = load_data(args, accelerator)
+    sidecar = load_or_estimate_rus(args, splits, metadata, accelerator)
+    model = build_model(args, metadata, sidecar)
+    collator = MultimodalCollator(metadata.modality_names)
+    per_process_batch = max(1, args.batch_size // accelerator.num_processes)
+    train_loader = make_loader(splits["train"], collator, per_process_batch, shuffle=True, seed=args.seed)
+    val_loader = make_loader(splits["validation"], collator, per_process_batch, shuffle=False, seed=args.seed)
+    test_loader = make_loader(splits["test"], collator, per_process_batch, shuffle=False, seed=args.seed)
+
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    total_steps = steps_per_epoch * args.num_epochs if args.max_steps < 0 else min(args.max_steps, steps_per_epoch * args.num_epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader, scheduler)
+
+    state = RunState()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = RunState(**json.loads((resume_from / "run_state.json").read_text()))
+        accelerator.print(f"resumed from {resume_from} (epoch {state.epoch}, step {state.global_step})")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("merge", config={k: str(v) for k, v in asdict(args).items()})
+    log = MetricsLog(output_dir / "metrics.jsonl")
+    best_dir = output_dir / "best_model"
+
+    while state.epoch < args.num_epochs and state.global_step < total_steps:
+        model.train()
+        train_loader.set_epoch(state.epoch)
+        batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+        progress = tqdm(batches, desc=f"epoch {state.epoch + 1}/{args.num_epochs}", initial=state.step_in_epoch,
+                        total=steps_per_epoch, disable=not accelerator.is_local_main_process)
+        for batch in progress:
+            outputs = model(**batch)
+            loss = outputs.loss
+            if not torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")):
+                last_good = latest_checkpoint(checkpoints)
+                raise NonFiniteLossError(
+                    f"the training loss became {loss.item()} at epoch {state.epoch + 1}, step {state.global_step}; "
+                    f"stopped without saving. Last good checkpoint: {last_good or 'none yet'}, best model: "
+                    f"{best_dir if best_dir.exists() else 'none yet'}. Lower --learning_rate or check the inputs.")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            state.step_in_epoch += 1
+            state.global_step += 1
+            record = {"step": state.global_step, "epoch": state.epoch + 1, "loss": loss.item(),
+                      "aux_loss": outputs.aux_loss.item() if outputs.aux_loss is not None else 0.0,
+                      "lr": scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if accelerator.is_main_process:
+                log.write(split="train", **record)
+            accelerator.log({"train/loss": record["loss"], "train/aux_loss": record["aux_loss"]}, step=state.global_step)
+            if args.checkpoint_every_steps and state.global_step % args.checkpoint_every_steps == 0:
+                save_run_state(accelerator, checkpoints, state, args.keep_checkpoints)
+            if state.global_step >= total_steps:
+                break
+
+        metrics, _, _ = evaluate_model(model, val_loader, accelerator)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        score = metrics[args.selection_metric]
+        accelerator.print(f"epoch {state.epoch}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if accelerator.is_main_process:
+            log.write(split="validation", epoch=state.epoch, step=state.global_step, **metrics)
+        accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.best_metrics = score, state.epoch, metrics
+            if accelerator.is_main_process:
+                with atomic_directory(best_dir) as temporary:
+                    accelerator.unwrap_model(model).save_pretrained(temporary)
+            accelerator.wait_for_everyone()
+        save_run_state(accelerator, checkpoints, state, args.keep_checkpoints)
+
+    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log)
+
+
+def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log) -> dict:
+    """Evaluate the best checkpoint on test, write results.json and the figures, print the results table."""
+    output_dir = Path(args.output_dir)
+    best = MergeForSequenceClassification.from_pretrained(output_dir / "best_model")
+    check_modalities_match(best.config.modalities, metadata.modalities, f"checkpoint {output_dir / 'best_model'}")
+    accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+    test_metrics, _, _ = evaluate_model(model, test_loader, accelerator)
+    results = {"dataset": args.dataset if not args.hub_dataset else args.hub_dataset, "seed": args.seed,
+               "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
+               "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,
+               "validation": state.best_metrics, "test": test_metrics,
+               "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol.split(PLANTED_MARKER)[0],
+                                    "label_names": metadata.label_names, "modalities": metadata.modalities},
+               "rus_metadata": sidecar.metadata, "steps": state.global_step, "num_processes": accelerator.num_processes}
+    if accelerator.is_main_process:
+        log.write(split="test", step=state.global_step, **test_metrics)
+        accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
+        main_loader = make_loader(splits["test"], MultimodalCollator(metadata.modality_names), args.batch_size, False, args.seed)
+        figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"))
+        results["rus"] = rus_summary(sidecar, splits, metadata.name)
+        results["artifacts"] = {"best_model": str(output_dir / "best_model"), "rus_sidecar": str(args.rus_sidecar or output_dir / "rus.safetensors"),
+                                "metrics_log": str(log.path), "figures": [str(path) for path in figures],
+                                "checkpoints": str(output_dir / "checkpoints")}
+        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
+        print_results(results, metadata)
+    accelerator.end_training()
+    return results
+
+
+def rus_summary(sidecar: RusSidecar, splits, metadata_name: str) -> dict:
+    """The strongest estimated pair per RUS kind (pair and lag, bits), beside the planted structure when the
+    dataset carries one (the synthetic benchmark)."""
+    names = sidecar.metadata["modality_names"]
+    summary = {}
+    for kind in ("redundancy", "synergy", "uniqueness"):
+        values = getattr(sidecar, kind).numpy()
+        i, j, lag = np.unravel_index(int(np.argmax(values)), values.shape)
+        summary[f"estimated_top_{kind}"] = {"pair": [names[i], names[j]], "lag": int(lag), "bits": float(values[i, j, lag])}
+    if metadata_name == "synthetic":
+        planted = planted_structure(splits)
+        summary["planted"] = {key: planted[key] for key in ("unique", "synergistic", "redundant", "noise", "information_bits")}
+    return summary
+
+
+def print_results(results: dict, metadata) -> None:
+    rows = [("test " + name, f"{value:.4f}") for name, value in results["test"].items()]
+    rows.append(("best epoch", str(results["best_epoch"])))
+    for kind, found in results["rus"].items():
+        if kind.startswith("estimated_top_"):
+            rows.append((kind.replace("_", " "), f"{found['pair'][0]}–{found['pair'][1]} at lag {found['lag']} "
+                                                 f"({found['bits']:.3f} bits)"))
+    planted = results["rus"].get("planted")
+    if planted:
+        rows.append(("planted redundancy", f"{'–'.join(planted['redundant']['pair'])} at lag {planted['redundant']['lag']}"))
+        rows.append(("planted synergy", f"{'–'.join(planted['synergistic']['pair'])} at lag {planted['synergistic']['lag']}"))
+        rows.append(("planted uniqueness", ", ".join(f"{name} at lag {lag}" for name, lag in planted["unique"].items())))
+    width = max(len(name) for name, _ in rows)
+    print(f"\nResults — {metadata.name}, router {results['router_type']}, seed {results['seed']}")
+    print("\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows))
+    print("\nArtifacts:")
+    for name, path in results["artifacts"].items():
+        print(f"  {name}: {path}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()
