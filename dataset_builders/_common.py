@@ -500,8 +500,11 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
         )
 
     def _train_statistics(self, metadata: DatasetMetadata, units: list[Hashable]) -> dict[str, dict[str, list[float]]]:
+        from tqdm.auto import tqdm
+
         moments = {name: ChannelMoments(channels) for name, channels in metadata.modalities.items()}
-        for example in self._checked_examples(units, "train"):
+        examples = self._checked_examples(units, "train")
+        for example in tqdm(examples, desc=f"{self.name}: train normalisation statistics", unit=" examples"):
             for index, name in enumerate(metadata.modality_names):
                 if example.modality_mask is None or example.modality_mask[index]:
                     moments[name].update(example.modalities[name])

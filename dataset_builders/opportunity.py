@@ -141,7 +141,7 @@ class OpportunityBuilder(MergeTimeSeriesBuilder):
             raise ValueError(f"{path}: HL_Activity (column {HL_ACTIVITY_COLUMN}) has NaN values")
         signals = {}
         for name, columns in self._kept_columns.items():
-            values = pd.DataFrame(table[:, [column - 1 for column in columns]]).ffill().bfill().to_numpy()
+            values = pd.DataFrame(table[:, [column - 1 for column in columns]]).ffill().bfill().to_numpy(copy=True)
             empty = np.isnan(values).all(axis=0)
             if empty.any():
                 logger.warning("opportunity: %s: column(s) %s NaN through the run; training mean used", run,

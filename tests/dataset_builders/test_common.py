@@ -12,8 +12,12 @@ from dataset_builders import BuildPlan, DatasetMetadata, Example, MergeTimeSerie
 from dataset_builders._common import (
     ChannelMoments,
     block_mean,
+    fields_per_line,
     fill_nan_linear,
     majority_labels,
+    read_whitespace_table,
+    recording_windows,
+    resample_to_grid,
     resolve_subject_splits,
     window_starts,
 )
@@ -179,3 +183,40 @@ def test_metadata_survives_a_second_builder_reading_the_cache(tmp_path):
 def test_metadata_of_a_plain_dataset_says_it_has_none():
     with pytest.raises(ValueError, match="carries no MERGE metadata"):
         metadata_of(datasets.Dataset.from_dict({"x": [1]}))
+
+
+def test_resample_to_grid_averages_fast_signals_and_interpolates_slow_ones():
+    fast = np.repeat(np.arange(4.0), 8)[:, None]  # 8 Hz, one level per second
+    np.testing.assert_allclose(resample_to_grid(fast, 8.0, 1.0, 4)[:, 0], [0.0, 1.0, 2.0, 3.0], atol=0.07)
+    slow = np.array([[0.0], [10.0]])  # 1 Hz ramp onto 4 Hz: step centres at 0.125, 0.375, ...
+    np.testing.assert_allclose(resample_to_grid(slow, 1.0, 4.0, 4)[:, 0], [1.25, 3.75, 6.25, 8.75])
+    shifted = resample_to_grid(slow, 1.0, 4.0, 4, start_s=0.5)[:, 0]  # samples at 0.5 s and 1.5 s
+    np.testing.assert_allclose(shifted, [0.0, 0.0, 1.25, 3.75])
+
+
+def test_fields_per_line_counts_whitespace_separated_fields():
+    assert fields_per_line(b"1 2 3\n4  5\t6\n\n7 NaN").tolist() == [3, 3, 0, 2]
+    assert fields_per_line(b"1 2\n").tolist() == [2]
+
+
+def test_read_whitespace_table_names_an_empty_file_and_a_non_number(tmp_path):
+    empty = tmp_path / "empty.dat"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.dat: the file is empty"):
+        read_whitespace_table(empty, 3)
+    wrong = tmp_path / "wrong.dat"
+    wrong.write_text("1 2 3\n4 five 6\n")
+    with pytest.raises(ValueError, match="wrong.dat: a field is not a number"):
+        read_whitespace_table(wrong, 3)
+
+
+def test_recording_windows_reject_unknown_labels_and_misaligned_signals():
+    signals = {"a": np.zeros((6, 1)), "b": np.zeros((12, 2))}
+    windows = recording_windows("s1", signals, np.array([1, 1, 1, 2, 2, 2]), {1: 0, 2: 1}, set(), 3, 3, {"b": 2})
+    assert [(example.key, example.label, example.modalities["b"].shape) for example in windows] == [
+        ("s1-0", 0, (6, 2)), ("s1-3", 1, (6, 2))
+    ]
+    with pytest.raises(ValueError, match="subject s1: unknown label value\\(s\\) \\[7\\]"):
+        list(recording_windows("s1", signals, np.array([1, 1, 1, 7, 7, 7]), {1: 0, 2: 1}, set(), 3, 3, {"b": 2}))
+    with pytest.raises(ValueError, match="modality 'b' has 12 rows, expected 6"):
+        list(recording_windows("s1", signals, np.array([1] * 6), {1: 0}, set(), 3, 3))

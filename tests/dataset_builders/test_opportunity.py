@@ -19,7 +19,9 @@ def opportunity_dir(tmp_path_factory):
     write_opportunity_run(dataset, "S1-ADL1", [(0, 25), (101, 60), (102, 45)], mostly_nan_columns=(140,), seed=1)
     write_opportunity_run(dataset, "S2-ADL1", [(103, 40), (104, 40)], mostly_nan_columns=(140,), seed=2)
     write_opportunity_run(dataset, "S1-ADL5", [(105, 40)], seed=3)
-    write_opportunity_run(dataset, "S4-ADL1", [(101, 30), (0, 30)], seed=4)
+    lost_sensor = write_opportunity_run(dataset, "S4-ADL1", [(101, 30), (0, 30)], seed=4)
+    lines = [line.split() for line in lost_sensor.read_text().splitlines()]
+    lost_sensor.write_text("\n".join(" ".join(fields[:9] + ["NaN"] + fields[10:]) for fields in lines) + "\n")
     write_opportunity_run(dataset, "S1-Drill", [(101, 40)], seed=5)
     return dataset.parent.parent
 
@@ -47,6 +49,16 @@ def test_opportunity_windows_take_the_majority_high_level_activity(opportunity):
     assert [names[label] for label in rows["label"][s1]] == ["relaxing"] * 6 + ["coffee_time"] * 4
     assert set(rows["subject"]) == {"S1", "S2"}
     assert all(np.isfinite(rows[name]).all() for name in metadata_of(opportunity).modality_names)
+
+
+def test_opportunity_fills_a_sensor_lost_for_a_whole_run_with_its_training_mean(opportunity):
+    test = opportunity["test"].with_format("numpy")[:]
+    column_10 = metadata_of(opportunity).channel_names["arms"].index("column_10")
+    assert np.isfinite(test["arms"]).all()
+    filled = test["arms"][:, :, column_10]
+    assert np.ptp(filled) == 0  # one value through the run
+    # the raw training mean sits near zero after z-scoring (a raw 0 would sit ~2 std below: training levels are 0-4)
+    assert abs(float(filled[0, 0])) < 0.5
 
 
 def test_opportunity_excludes_drill_runs_and_splits_by_run(opportunity):

@@ -131,3 +131,21 @@ def test_wesad_e4_native_rates_keep_fast_signals_as_patches(shared_data, tmp_pat
     assert built["test"].features["bvp"].shape == (240 * 16, 1)
     temperature = built["train"].with_format("numpy")[:]["temp"]
     assert 20.0 < float(np.median(temperature)) < 40.0  # degrees Celsius, untouched when normalize=False
+
+
+def test_wesad_e4_subject_without_samples_is_named(shared_data, tmp_path):
+    import zipfile
+
+    root = tmp_path / "WESAD"
+    for subject in ("S2", "S3", "S4"):
+        shutil.copytree(shared_data / "wesad_e4" / "WESAD" / subject, root / subject)
+    archive_path = root / "S3" / "S3_E4_Data.zip"
+    with zipfile.ZipFile(archive_path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["EDA.csv"] = b"\n".join(members["EDA.csv"].splitlines()[:2]) + b"\n"  # header rows only
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match="S3_E4_Data.zip/EDA.csv: expected a start-time row, a rate row and samples"):
+        build("wesad", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=60, stride=60,
+              train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"])
