@@ -40,15 +40,23 @@ BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
 }
 
 
-def build(name: str, data_dir: str | None = None, cache_dir: str | None = None, **config_fields) -> datasets.DatasetDict:
+def build(
+    name: str,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    download_mode: str | None = None,
+    **config_fields,
+) -> datasets.DatasetDict:
     """Prepare the builder `name` (see `BUILDERS`) on `data_dir` and return its train / validation / test splits.
 
-    `config_fields` are fields of that builder's config (window, stride, *_subjects, ...).
+    `config_fields` are fields of that builder's config (window, stride, *_subjects, ...). A build is cached
+    under `cache_dir` by builder, config and data_dir path (not file contents): after changing the files,
+    pass `download_mode="force_redownload"` to rebuild.
     """
     if name not in BUILDERS:
         raise KeyError(f"unknown dataset builder {name!r}; known builders: {sorted(BUILDERS)}")
     builder = BUILDERS[name](data_dir=data_dir, cache_dir=cache_dir, **config_fields)
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_mode=download_mode)
     return builder.as_dataset()
 
 

@@ -103,3 +103,17 @@ def test_generic_arrays_reject_nan_and_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="modality 'y' has 6 time steps, not a multiple of the shortest modality's 4"):
         build("generic", cache_dir=str(tmp_path / "b"), arrays={"x": np.zeros((6, 4, 1)), "y": np.zeros((6, 6, 1))},
               labels=[0, 1] * 3, subjects=list("aabbcc"))
+
+
+def test_build_reuses_its_cache_until_asked_to_rebuild(csv_dir, tmp_path):
+    kwargs = dict(data_dir=str(csv_dir), cache_dir=str(tmp_path / "cache"), modality_columns=COLUMNS,
+                  label_column="activity", subject_column="person", window=10, stride=10, normalize=False,
+                  train_subjects=["ann", "dan"], validation_subjects=["bob"], test_subjects=["cid"])
+    before = build("generic", **kwargs)
+    frame = pd.read_csv(csv_dir / "day2.csv")
+    frame["ax"] = 100.0
+    frame.to_csv(csv_dir / "day2.csv", index=False)
+    cached = build("generic", **kwargs)
+    np.testing.assert_array_equal(cached["test"].with_format("numpy")[:]["imu"], before["test"].with_format("numpy")[:]["imu"])
+    rebuilt = build("generic", download_mode="force_redownload", **kwargs)
+    assert (rebuilt["test"].with_format("numpy")[:]["imu"][:, :, 0] == 100.0).all()
