@@ -197,9 +197,11 @@ def majority_labels(labels: np.ndarray, starts: np.ndarray, window: int) -> np.n
     if starts.size == 0:
         return labels[:0]
     values, codes = np.unique(labels, return_inverse=True)
-    counts = np.zeros((labels.shape[0] + 1, values.size), dtype=np.int64)
-    np.cumsum(np.eye(values.size, dtype=np.int64)[codes], axis=0, out=counts[1:])
-    per_window = counts[starts + window] - counts[starts]
+    per_window = np.empty((starts.size, values.size), dtype=np.int64)
+    running = np.zeros(labels.shape[0] + 1, dtype=np.int64)
+    for code in range(values.size):  # one class at a time: O(N) memory for long 700 Hz label streams
+        np.cumsum(codes == code, out=running[1:])
+        per_window[:, code] = running[starts + window] - running[starts]
     return values[per_window.argmax(axis=1)]
 
 
@@ -210,9 +212,14 @@ def resample_to_grid(
 
     Step k is the mean of the signal (linearly interpolated) over [k, k + 1) / grid_hz seconds, so a faster
     signal is mean-downsampled and a slower one interpolated. Times outside the samples hold the edge value.
+    When the rate is an integer multiple of the grid and the signal starts at 0, step k is exactly the mean
+    of its samples k·ratio … (k + 1)·ratio − 1.
     """
     values = np.asarray(values, dtype=np.float64)
-    factor = max(1, int(np.ceil(rate_hz / grid_hz)))
+    ratio = rate_hz / grid_hz
+    if start_s == 0 and ratio == int(ratio) and values.shape[0] >= steps * int(ratio):
+        return block_mean(values[: steps * int(ratio)], int(ratio))  # aligned integer ratio: exact block means
+    factor = max(1, int(np.ceil(ratio)))
     fine_times = (np.arange(steps * factor) + 0.5) / (grid_hz * factor)
     sample_times = start_s + np.arange(values.shape[0]) / rate_hz
     fine = np.stack([np.interp(fine_times, sample_times, values[:, c]) for c in range(values.shape[1])], axis=1)

@@ -187,7 +187,9 @@ def test_metadata_of_a_plain_dataset_says_it_has_none():
 
 def test_resample_to_grid_averages_fast_signals_and_interpolates_slow_ones():
     fast = np.repeat(np.arange(4.0), 8)[:, None]  # 8 Hz, one level per second
-    np.testing.assert_allclose(resample_to_grid(fast, 8.0, 1.0, 4)[:, 0], [0.0, 1.0, 2.0, 3.0], atol=0.07)
+    np.testing.assert_array_equal(resample_to_grid(fast, 8.0, 1.0, 4)[:, 0], [0.0, 1.0, 2.0, 3.0])
+    ramp = (np.arange(18) / 3.0)[:, None]  # x(t) = t at 3 Hz onto 2 Hz: interpolated, then averaged
+    np.testing.assert_allclose(resample_to_grid(ramp, 3.0, 2.0, 8)[:, 0], (np.arange(8) + 0.5) / 2.0)
     slow = np.array([[0.0], [10.0]])  # 1 Hz ramp onto 4 Hz: step centres at 0.125, 0.375, ...
     np.testing.assert_allclose(resample_to_grid(slow, 1.0, 4.0, 4)[:, 0], [1.25, 3.75, 6.25, 8.75])
     shifted = resample_to_grid(slow, 1.0, 4.0, 4, start_s=0.5)[:, 0]  # samples at 0.5 s and 1.5 s
