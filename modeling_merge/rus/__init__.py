@@ -12,6 +12,20 @@ _EXPORTS = {
     "TemporalRusBenchmark": "synthetic",
     "make_temporal_rus_benchmark": "synthetic",
     "discrete_pid_cases": "synthetic",
+    "exact_pid": "pid",
+    "quantized_pid": "pid",
+    "PairwiseRus": "pid",
+    "BatchConfig": "batch",
+    "multiscale_batch": "batch",
+    "stepwise_batch": "batch",
+    "ESTIMATORS": "temporal",
+    "estimate_temporal_rus": "temporal",
+    "lagged_samples": "temporal",
+    "pool_to_grid": "temporal",
+    "arrays_from_dataset": "temporal",
+    "RusSidecar": "sidecar",
+    "RusSidecarMismatch": "sidecar",
+    "fingerprint_arrays": "sidecar",
 }
 
 __all__ = sorted(_EXPORTS)

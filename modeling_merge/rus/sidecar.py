@@ -1,0 +1,223 @@
+"""The RUS sidecar ``rus.safetensors``: temporal RUS of a dataset's training split, cached next to the data.
+
+Tensors (float32, bits): ``redundancy`` [M, M, L] and ``synergy`` [M, M, L] (symmetric, zero diagonals),
+``uniqueness`` [M, M, L] (entry [i, j, τ] = U_i within the pair (i, j), zero diagonal). The safetensors
+header holds the metadata as JSON under the key ``merge_rus``. On the Hub the file sits in the dataset
+repo beside the data, and the dataset card's YAML key ``merge_rus`` points to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RusSidecar", "RusSidecarMismatch",
+           "fingerprint_arrays"]
+
+FORMAT_VERSION = 1
+SIDECAR_FILENAME = "rus.safetensors"
+CARD_KEY = "merge_rus"
+_REQUIRED_METADATA = ("modality_names", "lags_steps", "units", "estimator", "estimator_settings", "split",
+                      "class_balanced", "fingerprint", "format_version")
+_TENSOR_NAMES = ("redundancy", "uniqueness", "synergy")
+
+
+class RusSidecarMismatch(ValueError):
+    """A sidecar does not belong to the dataset or model it is used with; the message says what differs."""
+
+
+def fingerprint_arrays(modalities: Mapping[str, np.ndarray], labels: np.ndarray) -> str:
+    """SHA-256 content hash of a split (modality names, order, shapes, dtypes, values, labels) → ``sha256:…``."""
+    digest = hashlib.sha256()
+    for name, values in [*modalities.items(), ("label", labels)]:
+        values = np.ascontiguousarray(values)
+        digest.update(json.dumps([name, list(values.shape), values.dtype.str]).encode())
+        digest.update(values.tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _resolve_file(path_or_dir: str | os.PathLike) -> Path:
+    path = Path(path_or_dir)
+    return path / SIDECAR_FILENAME if path.is_dir() or not path.suffix else path
+
+
+@dataclass
+class RusSidecar:
+    """Temporal RUS tensors [M, M, L] (float32, bits) and their metadata (see module docstring)."""
+
+    redundancy: torch.Tensor
+    uniqueness: torch.Tensor
+    synergy: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        tensors = {}
+        for name in _TENSOR_NAMES:
+            tensor = torch.as_tensor(getattr(self, name), dtype=torch.float32)
+            if tensor.dim() != 3 or tensor.shape[0] != tensor.shape[1]:
+                raise ValueError(f"{name} must be [M, M, L], got {tuple(tensor.shape)}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} holds NaN or inf values")
+            if (tensor < 0).any():
+                raise ValueError(f"{name} holds negative values (min {tensor.min().item():.3g} bits)")
+            if tensor.diagonal(dim1=0, dim2=1).abs().max() > 0:
+                raise ValueError(f"{name} must have a zero diagonal (a modality is not paired with itself)")
+            tensors[name] = tensor.contiguous()
+            setattr(self, name, tensors[name])
+        shapes = {tuple(t.shape) for t in tensors.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"redundancy, uniqueness and synergy shapes differ: {sorted(shapes)}")
+        for name in ("redundancy", "synergy"):
+            if not torch.allclose(tensors[name], tensors[name].transpose(0, 1), atol=1e-6):
+                raise ValueError(f"{name} must be symmetric in its two modality axes")
+        names = self.metadata.get("modality_names")
+        if names is not None and len(names) != self.num_modalities:
+            raise ValueError(f"metadata names {len(names)} modalities {names} but the tensors hold "
+                             f"{self.num_modalities}")
+
+    @property
+    def num_modalities(self) -> int:
+        return self.redundancy.shape[0]
+
+    @property
+    def num_lags(self) -> int:
+        return self.redundancy.shape[2]
+
+    @property
+    def modality_names(self) -> list[str]:
+        return list(self.metadata.get("modality_names") or [])
+
+    def modality_uniqueness(self) -> torch.Tensor:
+        """U_m(τ) [M, L]: per modality the max over the pairs containing it (reference rule)."""
+        return self.uniqueness.max(dim=1).values
+
+    # --------------------------------------------------------------------------------------------- files
+    def save(self, path_or_dir: str | os.PathLike) -> Path:
+        """Write ``rus.safetensors`` (or the given file name) atomically; returns the file path."""
+        from safetensors.torch import save_file
+
+        missing = [key for key in _REQUIRED_METADATA if key not in self.metadata]
+        if missing:
+            raise ValueError(f"sidecar metadata lacks {missing}")
+        path = _resolve_file(path_or_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file({name: getattr(self, name) for name in _TENSOR_NAMES}, temporary,
+                      metadata={CARD_KEY: json.dumps(self.metadata, sort_keys=True)})
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path_or_dir: str | os.PathLike) -> "RusSidecar":
+        """Read a sidecar file (or ``<dir>/rus.safetensors``), checking its format."""
+        from safetensors import safe_open
+
+        path = _resolve_file(path_or_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"no RUS sidecar at {path}")
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            if CARD_KEY not in header:
+                raise ValueError(f"{path} is not a RUS sidecar (no {CARD_KEY!r} metadata in its header)")
+            missing = [name for name in _TENSOR_NAMES if name not in handle.keys()]
+            if missing:
+                raise ValueError(f"{path} lacks the tensors {missing}")
+            tensors = {name: handle.get_tensor(name) for name in _TENSOR_NAMES}
+        metadata = json.loads(header[CARD_KEY])
+        version = metadata.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has sidecar format version {version}; this library reads {FORMAT_VERSION}")
+        return cls(**tensors, metadata=metadata)
+
+    # ---------------------------------------------------------------------------------------- validation
+    def validate(self, modality_names: Sequence[str] | None = None, num_lags: int | None = None,
+                 fingerprint: str | None = None) -> "RusSidecar":
+        """Check the sidecar against a dataset or model; raise :class:`RusSidecarMismatch` naming every difference."""
+        problems = []
+        if modality_names is not None:
+            expected, stored = list(modality_names), self.modality_names
+            if stored != expected:
+                only_expected = [n for n in expected if n not in stored]
+                only_stored = [n for n in stored if n not in expected]
+                if only_expected or only_stored:
+                    problems.append(f"modalities differ: missing from the sidecar {only_expected}, only in the "
+                                    f"sidecar {only_stored}")
+                else:
+                    problems.append(f"modality order differs: sidecar {stored}, expected {expected}")
+        if num_lags is not None and num_lags != self.num_lags:
+            problems.append(f"lag count differs: sidecar has {self.num_lags}, expected {num_lags}")
+        if fingerprint is not None and fingerprint != self.metadata.get("fingerprint"):
+            problems.append(f"data fingerprint differs: sidecar {self.metadata.get('fingerprint')}, "
+                            f"data {fingerprint} (was it computed on this training split?)")
+        if problems:
+            raise RusSidecarMismatch("RUS sidecar does not match: " + "; ".join(problems))
+        return self
+
+    def apply_to(self, model) -> None:
+        """Check names (and lag count, where configured) against ``model.config`` and call ``model.set_rus``."""
+        config = model.config
+        self.validate(modality_names=list(config.modalities), num_lags=getattr(config, "num_rus_lags", None))
+        model.set_rus(self.redundancy, self.uniqueness, self.synergy)
+
+    # ----------------------------------------------------------------------------------------------- Hub
+    def card_entry(self, filename: str = SIDECAR_FILENAME) -> dict:
+        """The dataset-card YAML value under ``merge_rus`` that points to the sidecar."""
+        return {"file": filename, "modalities": self.modality_names, "num_lags": self.num_lags,
+                "split": self.metadata.get("split"), "fingerprint": self.metadata.get("fingerprint"),
+                "format_version": FORMAT_VERSION}
+
+    def push_to_hub(self, repo_id: str, filename: str = SIDECAR_FILENAME, revision: str | None = None,
+                    token: str | None = None, commit_message: str = "Add MERGE RUS sidecar") -> str:
+        """Upload the sidecar into the dataset repo ``repo_id`` and point the card's ``merge_rus`` key to it.
+
+        Returns the commit URL of the upload.
+        """
+        from huggingface_hub import HfApi, metadata_update
+
+        with tempfile.TemporaryDirectory() as folder:
+            local = self.save(Path(folder) / filename)
+            info = HfApi(token=token).upload_file(path_or_fileobj=str(local), path_in_repo=filename,
+                                                  repo_id=repo_id, repo_type="dataset", revision=revision,
+                                                  commit_message=commit_message)
+        metadata_update(repo_id, {CARD_KEY: self.card_entry(filename)}, repo_type="dataset", overwrite=True,
+                        token=token, revision=revision, commit_message="Point the dataset card to the RUS sidecar")
+        return str(info)
+
+    @classmethod
+    def from_hub(cls, repo_id: str, filename: str | None = None, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, token: str | None = None) -> "RusSidecar":
+        """Download a sidecar from the dataset repo ``repo_id``; without ``filename`` the card's key (or
+        ``rus.safetensors``) names the file."""
+        from huggingface_hub import hf_hub_download
+
+        if filename is None:
+            filename = cls._card_filename(repo_id, revision, cache_dir, token)
+        path = hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, cache_dir=cache_dir,
+                               token=token)
+        return cls.load(path)
+
+    @staticmethod
+    def _card_filename(repo_id: str, revision: str | None, cache_dir, token) -> str:
+        from huggingface_hub import DatasetCard, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision,
+                                     cache_dir=cache_dir, token=token)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return SIDECAR_FILENAME
+        entry = DatasetCard.load(readme).data.to_dict().get(CARD_KEY) or {}
+        return entry.get("file", SIDECAR_FILENAME)
