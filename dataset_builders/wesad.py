@@ -135,6 +135,8 @@ class WesadBuilder(MergeTimeSeriesBuilder):
         return root
 
     def _source(self, root: Path, subjects: list[str]) -> str:
+        if self.config.source not in ("auto", "pickle", "e4"):
+            raise ValueError(f"wesad: source must be 'auto', 'pickle' or 'e4', got {self.config.source!r}")
         with_pickle = [subject for subject in subjects if (root / subject / f"{subject}.pkl").is_file()]
         if self.config.source == "auto":
             return "pickle" if with_pickle and len(with_pickle) == len(subjects) else "e4"
@@ -156,7 +158,7 @@ class WesadBuilder(MergeTimeSeriesBuilder):
         units = {split: [root / subject for subject in subjects] for split, subjects in splits.items()}
         return BuildPlan(metadata=metadata, units=units)
 
-    def _grid(self) -> float:
+    def _grid(self) -> float | None:
         if self.config.target_rate_hz is not None and self.config.target_rate_hz <= 0:
             raise ValueError(f"wesad: target_rate_hz must be positive, got {self.config.target_rate_hz}")
         return self.config.target_rate_hz

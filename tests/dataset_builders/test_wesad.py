@@ -76,6 +76,8 @@ def test_wesad_pickle_missing_field_is_named(tmp_path, pickle_dir):
 def test_wesad_asking_for_pickles_without_them_names_the_missing_file(tmp_path, shared_data):
     with pytest.raises(FileNotFoundError, match="S2.pkl is missing"):
         build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="pickle", **E4_SPLIT)
+    with pytest.raises(ValueError, match="source must be 'auto', 'pickle' or 'e4', got 'chest'"):
+        build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="chest", **E4_SPLIT)
 
 
 def test_quest_times_are_minutes_dot_seconds(tmp_path):
