@@ -110,3 +110,32 @@ def test_export_refuses_a_dataset_without_merge_metadata(tmp_path):
     plain = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"x": [1.0]})})
     with pytest.raises(ValueError, match="carries no MERGE metadata"):
         export_for_hub(plain, tmp_path / "export")
+
+
+def test_a_real_rus_sidecar_travels_beside_the_published_data(small, tmp_path):
+    import torch
+
+    from modeling_merge.rus.sidecar import FORMAT_VERSION, RusSidecar, fingerprint_arrays
+
+    metadata = metadata_of(small)
+    train = small["train"].with_format("numpy")[:]
+    fingerprint = fingerprint_arrays({name: train[name] for name in metadata.modality_names}, train["label"])
+    off_diagonal = 1.0 - torch.eye(2).unsqueeze(-1).expand(2, 2, 3)
+    sidecar = RusSidecar(
+        0.2 * off_diagonal, 0.1 * off_diagonal, 0.3 * off_diagonal,
+        metadata=dict(modality_names=metadata.modality_names, lags_steps=[0, 1, 2], units="bits",
+                      estimator="quantized_exact", estimator_settings={}, split="train", class_balanced=True,
+                      fingerprint=fingerprint, format_version=FORMAT_VERSION),
+    )
+    folder = export_for_hub(small, tmp_path / "export", sidecar=sidecar.save(tmp_path / "estimate"))
+    loaded = load_published(folder, cache_dir=tmp_path / "cache")
+    reloaded = RusSidecar.load(published_sidecar(folder))
+    loaded_train = loaded["train"].with_format("numpy")[:]
+    reloaded.validate(
+        modality_names=metadata_of(loaded).modality_names, num_lags=3,
+        fingerprint=fingerprint_arrays({name: loaded_train[name] for name in metadata.modality_names}, loaded_train["label"]),
+    )
+    swapped = RusSidecar(sidecar.redundancy, sidecar.uniqueness, sidecar.synergy,
+                         metadata={**sidecar.metadata, "modality_names": ["bvp", "acc"]})
+    with pytest.raises(ValueError, match="computed for modalities \\['bvp', 'acc'\\]"):
+        export_for_hub(small, tmp_path / "other", sidecar=swapped.save(tmp_path / "swapped"))
