@@ -63,7 +63,7 @@ class OpportunityConfig(MergeBuilderConfig):
 
     *_runs: file stems ("S1-ADL1") per split; *_subjects ("S1"…"S4"), when given instead, put every ADL
     run of those subjects in the split. Default: S1–S3 ADL1–4 train, S1–S3 ADL5 validation, S4 test.
-    max_nan_fraction: columns with more NaN than this on the training runs are dropped.
+    max_nan_fraction: columns whose share of NaN on the training runs is at least this are dropped (paper: 50 %).
     """
 
     train_runs: list[str] | None = None
@@ -105,7 +105,7 @@ class OpportunityBuilder(MergeTimeSeriesBuilder):
         self._kept_columns = {}
         dropped = []
         for name, columns in MODALITY_COLUMNS.items():
-            kept = [column for column in columns if nan_fraction[column - 1] <= self.config.max_nan_fraction]
+            kept = [column for column in columns if nan_fraction[column - 1] < self.config.max_nan_fraction]
             dropped += [column for column in columns if column not in kept]
             if kept:
                 self._kept_columns[name] = kept
@@ -122,7 +122,7 @@ class OpportunityBuilder(MergeTimeSeriesBuilder):
             channel_names={name: [f"column_{column}" for column in columns] for name, columns in self._kept_columns.items()},
             protocol=(
                 f"Opportunity ADL runs (Drill excluded), label HL_Activity, null (0) windows dropped; "
-                f"{len(dropped)} column(s) with > {self.config.max_nan_fraction:.0%} NaN on the training runs "
+                f"{len(dropped)} column(s) with >= {self.config.max_nan_fraction:.0%} NaN on the training runs "
                 f"dropped {sorted(dropped)}, modalities dropped {dropped_modalities}; forward/backward fill per "
                 f"run; windows of {window} samples (30 Hz), stride {stride}, majority label; "
                 + describe_splits(runs, "runs")
