@@ -98,10 +98,15 @@ class OpportunityBuilder(MergeTimeSeriesBuilder):
         dataset_dir = self._find_folder(["OpportunityUCIDataset/dataset", "dataset", "."], "S*-ADL*.dat")
         available = sorted(path.stem for path in dataset_dir.glob("S*-ADL*.dat"))
         runs = self._runs_per_split(available)
-        train_tables = [read_whitespace_table(dataset_dir / f"{run}.dat", COLUMNS) for run in runs["train"]]
-        stacked = np.concatenate(train_tables)
-        nan_fraction = np.isnan(stacked).mean(axis=0)
-        self._column_means = np.nanmean(np.where(np.isnan(stacked).all(axis=0), 0.0, stacked), axis=0)
+        rows, valid_counts, valid_sums = 0, np.zeros(COLUMNS), np.zeros(COLUMNS)
+        for run in runs["train"]:  # one run in memory at a time
+            table = read_whitespace_table(dataset_dir / f"{run}.dat", COLUMNS)
+            valid = np.isfinite(table)
+            rows += table.shape[0]
+            valid_counts += valid.sum(axis=0)
+            valid_sums += np.where(valid, table, 0.0).sum(axis=0)
+        nan_fraction = 1.0 - valid_counts / rows
+        self._column_means = valid_sums / np.maximum(valid_counts, 1)
         self._kept_columns = {}
         dropped = []
         for name, columns in MODALITY_COLUMNS.items():
