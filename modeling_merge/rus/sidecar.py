@@ -180,44 +180,49 @@ class RusSidecar:
                 "format_version": FORMAT_VERSION}
 
     def push_to_hub(self, repo_id: str, filename: str = SIDECAR_FILENAME, revision: str | None = None,
-                    token: str | None = None, commit_message: str = "Add MERGE RUS sidecar") -> str:
-        """Upload the sidecar into the dataset repo ``repo_id`` and point the card's ``merge_rus`` key to it.
+                    token: str | None = None, endpoint: str | None = None,
+                    commit_message: str = "Add MERGE RUS sidecar") -> str:
+        """Upload the sidecar into the dataset repo ``repo_id`` beside the data, in one commit with the dataset
+        card whose YAML key ``merge_rus`` points to it. Returns the commit id."""
+        from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi
 
-        Returns the commit URL of the upload.
-        """
-        from huggingface_hub import HfApi, metadata_update
-
+        card = _existing_card(repo_id, revision, None, token, endpoint) or DatasetCard("---\n---\n")
+        card.data[CARD_KEY] = self.card_entry(filename)
         with tempfile.TemporaryDirectory() as folder:
             local = self.save(Path(folder) / filename)
-            info = HfApi(token=token).upload_file(path_or_fileobj=str(local), path_in_repo=filename,
-                                                  repo_id=repo_id, repo_type="dataset", revision=revision,
-                                                  commit_message=commit_message)
-        metadata_update(repo_id, {CARD_KEY: self.card_entry(filename)}, repo_type="dataset", overwrite=True,
-                        token=token, revision=revision, commit_message="Point the dataset card to the RUS sidecar")
-        return str(info)
+            operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(local)),
+                          CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
+            info = HfApi(endpoint=endpoint, token=token).create_commit(
+                repo_id, operations, commit_message=commit_message, repo_type="dataset", revision=revision)
+        return info.oid
 
     @classmethod
     def from_hub(cls, repo_id: str, filename: str | None = None, revision: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, token: str | None = None) -> "RusSidecar":
-        """Download a sidecar from the dataset repo ``repo_id``; without ``filename`` the card's key (or
-        ``rus.safetensors``) names the file."""
+                 cache_dir: str | os.PathLike | None = None, token: str | None = None,
+                 endpoint: str | None = None) -> "RusSidecar":
+        """Download the sidecar of the dataset repo ``repo_id`` (``hf_hub_download``, repo_type dataset).
+
+        Without ``filename`` the dataset card's ``merge_rus`` key names the file (default ``rus.safetensors``).
+        """
         from huggingface_hub import hf_hub_download
 
         if filename is None:
-            filename = cls._card_filename(repo_id, revision, cache_dir, token)
+            card = _existing_card(repo_id, revision, cache_dir, token, endpoint)
+            entry = (card.data.to_dict().get(CARD_KEY) if card is not None else None) or {}
+            filename = entry.get("file", SIDECAR_FILENAME)
         path = hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, cache_dir=cache_dir,
-                               token=token)
+                               token=token, endpoint=endpoint)
         return cls.load(path)
 
-    @staticmethod
-    def _card_filename(repo_id: str, revision: str | None, cache_dir, token) -> str:
-        from huggingface_hub import DatasetCard, hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-        try:
-            readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision,
-                                     cache_dir=cache_dir, token=token)
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            return SIDECAR_FILENAME
-        entry = DatasetCard.load(readme).data.to_dict().get(CARD_KEY) or {}
-        return entry.get("file", SIDECAR_FILENAME)
+def _existing_card(repo_id: str, revision, cache_dir, token, endpoint):
+    """The dataset card of ``repo_id`` or None when the repo has no README.md."""
+    from huggingface_hub import DatasetCard, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision,
+                                 cache_dir=cache_dir, token=token, endpoint=endpoint)
+    except EntryNotFoundError:
+        return None
+    return DatasetCard.load(readme)

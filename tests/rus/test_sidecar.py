@@ -1,0 +1,156 @@
+"""The RUS sidecar: file format, validation against data / models, and the Hub round trip."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import DatasetCard, constants
+from safetensors import safe_open
+
+from hub_server import LocalHubServer
+from modeling_merge.rus.sidecar import (
+    CARD_KEY,
+    FORMAT_VERSION,
+    RusSidecar,
+    RusSidecarMismatch,
+    fingerprint_arrays,
+)
+
+NAMES = ["acc", "bvp", "eda"]
+
+
+def make_sidecar(names=NAMES, lags=3, seed=0) -> RusSidecar:
+    generator = torch.Generator().manual_seed(seed)
+    m = len(names)
+    sym = torch.rand(m, m, lags, generator=generator)
+    sym = (sym + sym.transpose(0, 1)) / 2
+    off_diagonal = (1 - torch.eye(m)).unsqueeze(-1)
+    metadata = {"modality_names": list(names), "lags_steps": list(range(lags)), "lags_seconds": None,
+                "units": "bits", "estimator": "multiscale_batch", "estimator_settings": {"seed": seed},
+                "split": "train", "class_balanced": True, "fingerprint": "sha256:abc", "format_version": FORMAT_VERSION}
+    return RusSidecar(sym * off_diagonal, torch.rand(m, m, lags, generator=generator) * off_diagonal,
+                      sym.flip(-1) * off_diagonal, metadata)
+
+
+def test_save_load_round_trip_keeps_tensors_and_metadata(tmp_path):
+    sidecar = make_sidecar()
+    path = sidecar.save(tmp_path)
+    assert path == tmp_path / "rus.safetensors"
+    assert sorted(os.listdir(tmp_path)) == ["rus.safetensors"]  # no temporary file left behind
+    loaded = RusSidecar.load(tmp_path)
+    for name in ("redundancy", "uniqueness", "synergy"):
+        assert torch.equal(getattr(loaded, name), getattr(sidecar, name))
+        assert getattr(loaded, name).dtype == torch.float32
+    assert loaded.metadata == sidecar.metadata
+    with safe_open(str(path), framework="pt") as handle:
+        assert json.loads(handle.metadata()[CARD_KEY])["units"] == "bits"
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    make_sidecar(seed=0).save(tmp_path)
+    import safetensors.torch
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make_sidecar(seed=1).save(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["rus.safetensors"]
+    assert torch.equal(RusSidecar.load(tmp_path).synergy, make_sidecar(seed=0).synergy)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.redundancy.__setitem__((0, 1, 0), 5.0), "symmetric"),
+        (lambda s: s.uniqueness.__setitem__((1, 1, 0), 1.0), "zero diagonal"),
+        (lambda s: s.synergy.__setitem__((0, 2, 1), float("nan")), "NaN"),
+        (lambda s: s.metadata.__setitem__("modality_names", ["acc"]), "names 1 modalities"),
+    ],
+)
+def test_invalid_tensors_or_metadata_are_rejected_with_the_reason(change, message):
+    sidecar = make_sidecar()
+    change(sidecar)
+    with pytest.raises(ValueError, match=message):
+        RusSidecar(sidecar.redundancy, sidecar.uniqueness, sidecar.synergy, sidecar.metadata)
+
+
+def test_validate_names_what_differs():
+    sidecar = make_sidecar()
+    assert sidecar.validate(modality_names=NAMES, num_lags=3, fingerprint="sha256:abc") is sidecar
+    with pytest.raises(RusSidecarMismatch, match=r"order differs: sidecar \['acc', 'bvp', 'eda'\], expected \['bvp'"):
+        sidecar.validate(modality_names=["bvp", "acc", "eda"])
+    with pytest.raises(RusSidecarMismatch, match=r"missing from the sidecar \['temp'\], only in the sidecar \['eda'\]"):
+        sidecar.validate(modality_names=["acc", "bvp", "temp"])
+    with pytest.raises(RusSidecarMismatch, match="lag count differs: sidecar has 3, expected 5"):
+        sidecar.validate(num_lags=5)
+    with pytest.raises(RusSidecarMismatch, match="fingerprint differs"):
+        sidecar.validate(fingerprint="sha256:other")
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "rus.safetensors"))
+    with pytest.raises(ValueError, match="not a RUS sidecar"):
+        RusSidecar.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no RUS sidecar"):
+        RusSidecar.load(tmp_path / "missing")
+
+
+def test_fingerprint_changes_with_values_order_and_labels():
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(4, 5, 2)).astype(np.float32), "b": rng.normal(size=(4, 5, 1)).astype(np.float32)}
+    labels = np.array([0, 1, 0, 1])
+    base = fingerprint_arrays(arrays, labels)
+    assert base == fingerprint_arrays({k: v.copy() for k, v in arrays.items()}, labels.copy())
+    assert base != fingerprint_arrays({"b": arrays["b"], "a": arrays["a"]}, labels)
+    assert base != fingerprint_arrays(arrays, labels[::-1].copy())
+    changed = {k: v.copy() for k, v in arrays.items()}
+    changed["a"][0, 0, 0] += 1e-3
+    assert base != fingerprint_arrays(changed, labels)
+
+
+def test_apply_to_a_real_merge_model_stores_the_tensors_as_buffers():
+    modeling = pytest.importorskip("modeling_merge.modeling_merge")
+    configuration = pytest.importorskip("modeling_merge.configuration_merge")
+    config = configuration.MergeConfig(modalities={"acc": 3, "bvp": 1, "eda": 1}, num_labels=2, num_rus_lags=3,
+                                       d_model=16, ffn_dim=32, num_blocks=2, num_moe_blocks=1,
+                                       expert_hidden_dim=16, num_encoder_layers=1)
+    model = modeling.MergeForSequenceClassification(config)
+    sidecar = make_sidecar()
+    sidecar.apply_to(model)
+    buffers = dict(model.named_buffers())
+    stored = next(v for k, v in buffers.items() if k.endswith("rus_synergy"))
+    assert torch.allclose(stored, sidecar.synergy)
+    with pytest.raises(RusSidecarMismatch, match="order differs"):
+        make_sidecar(names=["bvp", "acc", "eda"]).apply_to(model)
+
+
+def test_hub_round_trip_through_a_local_hub_api_server(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    from huggingface_hub import HfApi
+
+    sidecar = make_sidecar()
+    with LocalHubServer(lifetime_s=120) as server:
+        api = HfApi(endpoint=server.url, token="hf_local")
+        api.create_repo("lab/wearable", repo_type="dataset")
+        api.upload_file(path_or_fileobj=b"---\nlicense: cc-by-4.0\n---\n# Wearable\n", path_in_repo="README.md",
+                        repo_id="lab/wearable", repo_type="dataset")
+        sidecar.push_to_hub("lab/wearable", filename="rus/train.safetensors", token="hf_local", endpoint=server.url)
+        files = server.hub.get("dataset", "lab/wearable").commits[-1].files
+        assert {"README.md", "rus/train.safetensors"} <= set(files)
+        card = DatasetCard(files["README.md"].decode())
+        assert card.data.license == "cc-by-4.0"  # the existing card is kept, the key is added
+        assert card.data.to_dict()[CARD_KEY]["file"] == "rus/train.safetensors"
+        downloaded = RusSidecar.from_hub("lab/wearable", cache_dir=tmp_path / "cache", endpoint=server.url)
+    assert torch.equal(downloaded.uniqueness, sidecar.uniqueness)
+    assert downloaded.metadata == sidecar.metadata
+    # Offline afterwards, the same call resolves from the Hub cache.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    again = RusSidecar.from_hub("lab/wearable", filename="rus/train.safetensors", cache_dir=tmp_path / "cache")
+    assert torch.equal(again.redundancy, sidecar.redundancy)
