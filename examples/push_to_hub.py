@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, export_dataset, push_folder  # noqa: E402
+from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, push_folder  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
 from modeling_merge.training import build_dataset  # noqa: E402
 
@@ -68,12 +68,14 @@ def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
 
 
 def push_dataset(args: PushArguments, sidecar: Path) -> None:
+    """Rebuild the dataset the run trained on and publish it with its RUS sidecar (``dataset_builders.publish``)."""
+    from dataset_builders.publish import push_to_hub
+
     if not args.dataset:
         raise ValueError("--dataset_repo_id needs --dataset (and --data_dir for real benchmarks) to rebuild the dataset")
-    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as cache:
         splits = build_dataset(args.dataset, args.data_dir, cache, json.loads(args.dataset_options))
-        export_dataset(splits, folder, sidecar_path=sidecar, pretty_name=args.dataset)
-        commit = push_folder(folder, args.dataset_repo_id, repo_type="dataset", token=args.token, private=args.private,
+        commit = push_to_hub(splits, args.dataset_repo_id, sidecar=sidecar, token=args.token, private=args.private,
                              commit_message="Upload dataset and RUS sidecar")
     print(f"dataset pushed: {commit.commit_url}")
 

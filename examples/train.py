@@ -42,7 +42,14 @@ from dataset_builders.synthetic import PLANTED_MARKER, planted_structure  # noqa
 from modeling_merge.configuration_merge import MergeConfig  # noqa: E402
 from modeling_merge.hub import write_text_atomic  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
-from modeling_merge.rus import RusSidecar, estimate_temporal_rus, fingerprint_arrays, pool_to_grid  # noqa: E402
+from modeling_merge.rus import (  # noqa: E402
+    BatchConfig,
+    RusSidecar,
+    arrays_from_dataset,
+    estimate_temporal_rus,
+    fingerprint_arrays,
+    pool_to_grid,
+)
 from modeling_merge.training import (  # noqa: E402
     MetricsLog,
     MultimodalCollator,
@@ -65,7 +72,8 @@ class TrainArguments:
     dataset: str = field(default="synthetic", metadata={"help": "builder name: synthetic, wesad_e4, physionet2012, pamap2, ..."})
     data_dir: str | None = field(default=None, metadata={"help": "folder with the benchmark's raw files (not for synthetic)"})
     dataset_options: str = field(default="{}", metadata={"help": "JSON of builder config fields, e.g. '{\"window\": 50}'"})
-    hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset repo (pushed by push_to_hub.py) instead of a builder"})
+    hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset repo or exported folder (dataset_builders.publish) "
+                                                                     "instead of a builder"})
     output_dir: str = field(default="outputs/main_job", metadata={"help": "where checkpoints, logs and figures go"})
     rus_sidecar: str | None = field(default=None, metadata={"help": "RUS sidecar to load; estimated and cached there if absent "
                                                                     "(default: <output_dir>/rus.safetensors)"})
@@ -113,10 +121,10 @@ class NonFiniteLossError(RuntimeError):
 def load_data(args: TrainArguments, accelerator: Accelerator):
     """The `DatasetDict` (train / validation / test) and its `DatasetMetadata`."""
     if args.hub_dataset:
-        from modeling_merge.hub import download_dataset
+        from dataset_builders.publish import load_published
 
         with accelerator.main_process_first():
-            splits, _ = download_dataset(args.hub_dataset, cache_dir=Path(args.output_dir) / "cache")
+            splits = load_published(args.hub_dataset, cache_dir=Path(args.output_dir) / "cache")
     else:
         with accelerator.main_process_first():
             splits = build_dataset(args.dataset, args.data_dir, str(Path(args.output_dir) / "cache"), json.loads(args.dataset_options))
@@ -126,27 +134,31 @@ def load_data(args: TrainArguments, accelerator: Accelerator):
     return splits, metadata
 
 
-def grid_arrays(split, metadata) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """A split's modalities pooled onto the common token grid, name → (N, T, C_m), and its labels (N,)."""
-    columns = split.with_format("numpy")
-    modalities = {name: pool_to_grid(columns[name], metadata.patch_sizes[name]) for name in metadata.modality_names}
-    return modalities, columns["label"]
+def grid_arrays(split, metadata) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+    """A split's modalities pooled onto the common token grid, name → (N, T, C_m), its labels (N,) and its
+    (N, M) presence mask (None when every modality is always present)."""
+    modalities, labels, mask = arrays_from_dataset(split, metadata.modality_names)
+    pooled = {name: pool_to_grid(values, metadata.patch_sizes[name], name) for name, values in modalities.items()}
+    return pooled, labels, mask
 
 
 def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Accelerator) -> RusSidecar:
     """The training split's RUS sidecar: loaded and checked against the data when the file exists, otherwise
-    estimated on the main process (class-balanced batches) and cached atomically for the next run."""
+    estimated on the main process (class-balanced, resumable through a partial-results file) and cached
+    atomically for the next run."""
     path = Path(args.rus_sidecar or Path(args.output_dir) / "rus.safetensors")
-    modalities, labels = grid_arrays(splits["train"], metadata)
-    fingerprint = fingerprint_arrays(modalities, labels)
+    modalities, labels, mask = grid_arrays(splits["train"], metadata)
     if accelerator.is_main_process and not path.exists():
         accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the training split")
-        sidecar = estimate_temporal_rus(modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator,
-                                        seed=args.seed)
+        sidecar = estimate_temporal_rus(
+            modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator, config=BatchConfig(seed=args.seed),
+            modality_mask=mask, lags_seconds=[lag / metadata.token_grid_hz for lag in range(args.num_rus_lags)],
+            partial_path=str(path.with_name(path.name + ".partial")))
         sidecar.save(path)
     accelerator.wait_for_everyone()
     sidecar = RusSidecar.load(path)
-    sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags, fingerprint=fingerprint)
+    sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags,
+                     fingerprint=fingerprint_arrays(modalities, labels))
     return sidecar
 
 

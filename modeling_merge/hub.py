@@ -1,8 +1,8 @@
-"""Publishing to the Hugging Face Hub: model checkpoints (with remote code, RUS buffer, rendered model card)
-and datasets (parquet splits plus the RUS sidecar beside them).
+"""Publishing MERGE checkpoints to the Hugging Face Hub: weights + config with ``auto_map`` for remote code, the
+remote-code modules, the RUS sidecar and a README rendered from the ``model_card.md`` template. (Datasets and
+their sidecar are published by ``dataset_builders.publish``.)
 
-The README of every pushed checkpoint is rendered from the ``model_card.md`` template (Jinja2, through
-``huggingface_hub.ModelCard.from_template``). Uploads go through the real ``huggingface_hub`` client, so
+The README is rendered with Jinja2 through ``huggingface_hub.ModelCard.from_template``. Uploads go through the real ``huggingface_hub`` client, so
 ``HF_ENDPOINT`` / ``endpoint=`` can point at any server that speaks the Hub API.
 """
 
@@ -135,49 +135,3 @@ def push_folder(
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=commit_message)
-
-
-def export_dataset(dataset_dict, folder: str | Path, sidecar_path: str | Path | None = None, pretty_name: str = "") -> Path:
-    """Write a ``DatasetDict`` the way the Hub serves datasets: ``data/<split>-00000-of-00001.parquet`` (features,
-    Array2D and ClassLabel included, travel in the parquet schema), a README whose YAML maps the splits,
-    ``dataset_info.json`` (the builder's info, whose description carries the MERGE metadata) and the RUS
-    sidecar of the training split as ``rus.safetensors``."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    folder = Path(folder)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    data_files = []
-    for split, dataset in dataset_dict.items():
-        relative = f"data/{split}-00000-of-00001.parquet"
-        dataset.to_parquet(str(folder / relative))
-        data_files.append({"split": split, "path": relative})
-    next(iter(dataset_dict.values())).info.write_to_directory(str(folder))
-    if sidecar_path is not None:
-        shutil.copyfile(sidecar_path, folder / SIDECAR_FILENAME)
-    card_data = DatasetCardData(pretty_name=pretty_name or None, tags=["time-series", "multimodal", "merge"],
-                                configs=[{"config_name": "default", "data_files": data_files}])
-    sidecar_note = (f"`{SIDECAR_FILENAME}` holds the temporal RUS of the training split (see `modeling_merge.rus`)."
-                    if sidecar_path is not None else "")
-    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n# {pretty_name or 'MERGE dataset'}\n\n{sidecar_note}\n")
-    write_text_atomic(folder / "README.md", str(card))
-    return folder
-
-
-def download_dataset(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
-                     endpoint: str | None = None):
-    """Fetch a dataset pushed with :func:`export_dataset` + :func:`push_folder`; returns (``DatasetDict`` with the
-    pushed dataset info restored, path of its RUS sidecar or None)."""
-    from datasets import DatasetInfo, load_dataset
-    from huggingface_hub import snapshot_download
-
-    root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir, endpoint=endpoint))
-    data_files = {path.name.split("-00000-")[0]: str(path) for path in sorted((root / "data").glob("*.parquet"))}
-    if not data_files:
-        raise FileNotFoundError(f"dataset repo {repo_id} has no data/*.parquet files (found {sorted(os.listdir(root))})")
-    dataset_dict = load_dataset("parquet", data_files=data_files, cache_dir=str(cache_dir) if cache_dir else None)
-    if (root / "dataset_info.json").exists():
-        description = DatasetInfo.from_directory(str(root)).description
-        for split in dataset_dict.values():
-            split.info.description = description
-    sidecar = root / SIDECAR_FILENAME
-    return dataset_dict, (sidecar if sidecar.exists() else None)

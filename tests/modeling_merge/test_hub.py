@@ -5,15 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
-import numpy as np
 import pytest
 from huggingface_hub import constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hub_server import LocalHubServer  # noqa: E402
 
-from modeling_merge.hub import download_dataset, export_dataset, push_folder  # noqa: E402
+from modeling_merge.hub import push_folder  # noqa: E402
 
 
 @pytest.fixture
@@ -23,35 +21,6 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     with LocalHubServer(lifetime_s=120) as server:
         yield server
-
-
-def _tiny_dataset_dict() -> datasets.DatasetDict:
-    features = datasets.Features({"acc": datasets.Array2D((4, 3), "float32"), "label": datasets.ClassLabel(names=["calm", "stress"]),
-                                  "subject": datasets.Value("string")})
-    rng = np.random.default_rng(0)
-    info = datasets.DatasetInfo(description="tiny: protocol text\n\nmerge_metadata_json: {}", features=features)
-
-    def split(n):
-        return datasets.Dataset.from_dict({"acc": rng.random((n, 4, 3), dtype=np.float32), "label": rng.integers(0, 2, n),
-                                           "subject": [f"S{i}" for i in range(n)]}, features=features, info=info)
-
-    return datasets.DatasetDict({"train": split(6), "validation": split(2), "test": split(3)})
-
-
-def test_dataset_and_sidecar_round_trip_through_the_hub(hub, tmp_path):
-    original = _tiny_dataset_dict()
-    sidecar = tmp_path / "rus.safetensors"
-    sidecar.write_bytes(b"sidecar bytes")
-    export_dataset(original, tmp_path / "export", sidecar_path=sidecar, pretty_name="tiny")
-    commit = push_folder(tmp_path / "export", "org/tiny-data", repo_type="dataset", token="hf_local", endpoint=hub.url)
-    assert commit.oid == hub.hub.get("dataset", "org/tiny-data").commits[-1].sha
-
-    loaded, sidecar_copy = download_dataset("org/tiny-data", cache_dir=tmp_path / "cache", endpoint=hub.url)
-    assert sidecar_copy.read_bytes() == b"sidecar bytes"
-    assert set(loaded) == {"train", "validation", "test"}
-    assert loaded["train"].features == original["train"].features
-    np.testing.assert_array_equal(np.asarray(loaded["test"]["acc"]), np.asarray(original["test"]["acc"]))
-    assert loaded["train"].info.description == original["train"].info.description
 
 
 def test_pushing_again_makes_a_new_commit_and_unknown_repos_fail_clearly(hub, tmp_path):

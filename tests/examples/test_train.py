@@ -1,0 +1,147 @@
+"""examples/train.py end to end on a tiny synthetic known-RUS job: artifacts, bad input, NaN loss, resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+
+import train  # noqa: E402
+
+from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+
+TINY_DATA = '{"num_sequences": 96, "seq_len": 8, "num_noise_modalities": 0}'
+TINY_MODEL = json.dumps({"d_model": 16, "num_blocks": 1, "num_moe_blocks": 1, "num_encoder_layers": 1, "ffn_dim": 32,
+                         "expert_hidden_dim": 32, "num_attention_heads": 2, "num_feedforward_experts": 2,
+                         "num_synergy_experts": 1, "router_hidden_dim": 16, "router_gru_dim": 16,
+                         "router_attention_dim": 8, "dropout": 0.0})
+
+
+def tiny_arguments(output_dir: Path, sidecar: Path, *extra: str) -> list[str]:
+    return ["--output_dir", str(output_dir), "--rus_sidecar", str(sidecar), "--dataset_options", TINY_DATA,
+            "--model_options", TINY_MODEL, "--batch_size", "16", "--num_epochs", "2", "--rus_estimator", "quantized_exact",
+            "--report_to", "none", "--cpu", *extra]
+
+
+def run_script(arguments: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT)}
+    command = (launcher or [sys.executable]) + [str(REPO_ROOT / "examples" / "train.py"), *arguments]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted single-process run; its RUS sidecar is reused by the other runs (same data)."""
+    root = tmp_path_factory.mktemp("reference")
+    results = train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
+    return root, results
+
+
+def test_the_job_writes_every_artifact_and_a_results_table(reference_run, capsys):
+    root, results = reference_run
+    run = root / "run"
+    assert (root / "rus.safetensors").exists()
+    assert {"accuracy", "macro_f1", "roc_auc"} <= set(results["test"])
+    assert results["best_epoch"] in (1, 2) and results["num_processes"] == 1
+    assert set(results["rus"]["planted"]) >= {"unique", "synergistic", "redundant"}
+    assert json.loads((run / "results.json").read_text())["test"] == results["test"]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [entry["step"] for entry in log if entry["split"] == "train"]
+    assert train_steps == list(range(1, results["steps"] + 1))
+    assert [entry["epoch"] for entry in log if entry["split"] == "validation"] == [1, 2]
+    assert [entry["split"] for entry in log][-1] == "test"
+    for figure in ("routing.png", "temporal_rus.png"):
+        assert (run / figure).read_bytes()[:4] == b"\x89PNG"
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {f"checkpoint-{results['steps'] // 2}",
+                                                                 f"checkpoint-{results['steps']}"}
+    best = MergeForSequenceClassification.from_pretrained(run / "best_model")
+    assert list(best.config.modalities) == list(results["dataset_metadata"]["modalities"])
+    assert torch.count_nonzero(best.merge.rus_synergy) > 0  # the estimated RUS travels inside the checkpoint
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(reference_run):
+    root, _ = reference_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
+
+
+def test_a_sidecar_estimated_on_other_data_is_refused(reference_run, tmp_path):
+    root, _ = reference_run
+    other_data = TINY_DATA.replace('"num_sequences": 96', '"num_sequences": 96, "seed": 7')
+    arguments = tiny_arguments(tmp_path / "run", root / "rus.safetensors")
+    arguments[arguments.index(TINY_DATA)] = other_data
+    with pytest.raises(ValueError, match="fingerprint"):
+        train.main(arguments)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(reference_run, tmp_path, monkeypatch):
+    root, results = reference_run
+    steps_per_epoch = results["steps"] // 2
+    calls = {"training": 0}
+    original_forward = MergeForSequenceClassification.forward
+
+    def forward_turning_nan_in_epoch_two(self, *args, **kwargs):
+        outputs = original_forward(self, *args, **kwargs)
+        if self.training:
+            calls["training"] += 1
+            if calls["training"] > steps_per_epoch:
+                outputs.loss = outputs.loss * float("nan")
+        return outputs
+
+    monkeypatch.setattr(MergeForSequenceClassification, "forward", forward_turning_nan_in_epoch_two)
+    with pytest.raises(train.NonFiniteLossError, match=rf"epoch 2.*checkpoint-{steps_per_epoch}"):
+        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors"))
+    assert (tmp_path / "run" / "checkpoints" / f"checkpoint-{steps_per_epoch}" / "run_state.json").exists()
+    assert (tmp_path / "run" / "best_model" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(reference_run, tmp_path):
+    root, reference = reference_run
+    arguments = tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--checkpoint_every_steps", "1")
+    process = run_script(arguments)
+    first_checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-1"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert first_checkpoint.exists(), process.stdout.read()[-3000:]
+    killed_at = train.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert int(killed_at.name.split("-")[1]) < reference["steps"], "the run finished before it could be killed"
+
+    resumed = run_script(arguments + ["--resume"])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"resumed from {killed_at}" in output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == reference["steps"]
+    assert results["test"] == pytest.approx(reference["test"], abs=1e-6)
+    resumed_model = MergeForSequenceClassification.from_pretrained(tmp_path / "run" / "best_model")
+    reference_model = MergeForSequenceClassification.from_pretrained(root / "run" / "best_model")
+    for (name, value), expected in zip(resumed_model.state_dict().items(), reference_model.state_dict().values()):
+        torch.testing.assert_close(value, expected, msg=name, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_matches_one_process(reference_run, tmp_path):
+    root, reference = reference_run
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    process = run_script(tiny_arguments(tmp_path / "ddp", root / "rus.safetensors"), launcher=launcher)
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == 0, output[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["num_processes"] == 2
+    assert results["steps"] == reference["steps"]  # the global batch is split, not multiplied
+    for name in ("accuracy", "macro_f1", "roc_auc"):
+        assert results["test"][name] == pytest.approx(reference["test"][name], abs=0.1), name
