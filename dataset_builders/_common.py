@@ -231,10 +231,13 @@ def fields_per_line(raw: bytes) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8)
     newline = data == ord("\n")
     blank = newline | (data == ord(" ")) | (data == ord("\t")) | (data == ord("\r"))
-    starts = np.flatnonzero(~blank & np.concatenate([[True], blank[:-1]]))
+    token_start = ~blank
+    token_start[1:] &= blank[:-1]
+    starts = np.flatnonzero(token_start)
     line_ends = np.flatnonzero(newline)
-    lines = line_ends.size + int(data.size > 0 and not newline[-1])
-    return np.bincount(np.searchsorted(line_ends, starts), minlength=lines)
+    if data.size and not newline[-1]:
+        line_ends = np.append(line_ends, data.size)
+    return np.diff(np.searchsorted(starts, line_ends), prepend=0)
 
 
 def read_whitespace_table(path: Path, columns: int) -> np.ndarray:
