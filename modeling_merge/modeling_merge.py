@@ -99,11 +99,13 @@ def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype:
 
 
 def jensen_shannon_divergence(p: Tensor, q: Tensor) -> Tensor:
-    """JSD(p‖q) in nats over the last dim of two probability tensors (no extra softmax)."""
+    """JSD(p‖q) in nats over the last dim of two probability tensors (no extra softmax); rounding below 0 is
+    clipped."""
     mean = 0.5 * (p + q)
-    return 0.5 * (torch.xlogy(p, p) - torch.xlogy(p, mean)).sum(-1) + 0.5 * (
+    divergence = 0.5 * (torch.xlogy(p, p) - torch.xlogy(p, mean)).sum(-1) + 0.5 * (
         torch.xlogy(q, q) - torch.xlogy(q, mean)
     ).sum(-1)
+    return divergence.clamp(min=0.0)
 
 
 class MergeAttention(nn.Module):
@@ -222,29 +224,28 @@ class MergeRusContextAttention(nn.Module):
 
     q = W_q x, k = W_k f, v = W_v f with f = [R, S] of (own modality, partner) at the token's lag;
     c = Σ_j softmax_j(q·k_j / √A) v_j. Leading dims of the inputs broadcast against each other.
+    Because f has only 2 features, q·k_j = (W_kᵀ q)·f_j and Σ_j α_j v_j = W_v (Σ_j α_j f_j): the cost per
+    (token, partner) is O(1) instead of O(A), which keeps the router cheap for many modalities.
     """
 
     def __init__(self, input_dim: int, attention_dim: int):
         super().__init__()
         self.scale = 1.0 / math.sqrt(attention_dim)
         self.query = nn.Linear(input_dim, attention_dim)
-        self.key = nn.Linear(2, attention_dim)
+        self.key = nn.Linear(2, attention_dim, bias=False)
         self.value = nn.Linear(2, attention_dim)
 
     def forward(self, query_input: Tensor, pair_features: Tensor, pair_mask: Tensor | None = None) -> Tensor:
         """query_input `(..., input_dim)`, pair_features `(..., P, 2)`, pair_mask `(..., P)` bool (False = not a
         partner) → context `(..., attention_dim)`, zeros where a token has no partner."""
-        query = self.query(query_input).unsqueeze(-2)
-        key = self.key(pair_features)
-        value = self.value(pair_features)
-        scores = torch.matmul(query, key.transpose(-1, -2)).squeeze(-2) * self.scale
+        query_in_feature_space = self.query(query_input) @ self.key.weight
+        scores = (query_in_feature_space.unsqueeze(-2) * pair_features).sum(-1) * self.scale
         if pair_mask is None:
-            weights = scores.softmax(-1)
-        else:
-            has_partner = pair_mask.any(-1, keepdim=True)
-            scores = scores.masked_fill(~pair_mask, float("-inf")).masked_fill(~has_partner, 0.0)
-            weights = scores.softmax(-1) * has_partner
-        return torch.matmul(weights.unsqueeze(-2), value).squeeze(-2)
+            return self.value((scores.softmax(-1).unsqueeze(-1) * pair_features).sum(-2))
+        has_partner = pair_mask.any(-1, keepdim=True)
+        scores = scores.masked_fill(~pair_mask, float("-inf")).masked_fill(~has_partner, 0.0)
+        weights = scores.softmax(-1) * has_partner
+        return self.value((weights.unsqueeze(-1) * pair_features).sum(-2)) * has_partner
 
 
 class MergeRusRouter(nn.Module):
