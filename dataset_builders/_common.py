@@ -423,7 +423,7 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
     their docstring). The builder writes train / validation / test splits with the uniform columns."""
 
     BUILDER_CONFIG_CLASS = MergeBuilderConfig
-    REQUIRES_DATA_DIR = True
+    REQUIRES_DATA_DIR = True  # checked before `_plan`; builders that can generate without files set False
 
     def _info(self) -> datasets.DatasetInfo:
         # Features depend on the files (channels kept, label names) and are set in `_split_generators`.
@@ -438,6 +438,9 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
     @property
     def data_path(self) -> Path:
         """`config.data_dir` as a Path, with a clear error when it is not given or not a directory."""
+        return self._checked_data_dir()
+
+    def _checked_data_dir(self) -> Path:
         if self.config.data_dir is None:
             raise ValueError(f"{self.name}: pass data_dir=<folder with the unpacked official download>")
         path = Path(self.config.data_dir).expanduser()
@@ -464,6 +467,8 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
         raise FileNotFoundError(f"{self.name}: no {pattern} file under {root} (looked in {list(relative_candidates)})")
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        if self.REQUIRES_DATA_DIR:
+            self._checked_data_dir()
         plan = self._plan()
         metadata = plan.metadata
         metadata.skipped = {unit_name(unit): reason for unit, reason in plan.skipped.items()}

@@ -78,6 +78,7 @@ class GenericBuilder(MergeTimeSeriesBuilder):
     """Generic MERGE dataset from CSV / parquet recordings or from arrays of windows (see the module docstring)."""
 
     BUILDER_CONFIG_CLASS = GenericConfig
+    REQUIRES_DATA_DIR = False  # arrays, or files=[...] without a data_dir
 
     # --------------------------------------------------------------------------------------- shared
 

@@ -102,3 +102,8 @@ def test_pamap2_window_longer_than_every_recording_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="the train split .* gives no example"):
         build("pamap2", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=50, stride=10,
               train_subjects=["101"], validation_subjects=["102"], test_subjects=["103"])
+
+
+def test_pamap2_without_data_dir_says_what_to_pass(tmp_path):
+    with pytest.raises(ValueError, match="pamap2: pass data_dir="):
+        build("pamap2", cache_dir=str(tmp_path))
