@@ -230,12 +230,14 @@ def estimate_temporal_rus(
     return sidecar
 
 
-def arrays_from_dataset(split, modality_names: Sequence[str] | None = None
+def arrays_from_dataset(split, modality_names: Sequence[str] | None = None,
+                        patch_sizes: Mapping[str, int] | None = None
                         ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     """Turn a Hugging Face ``datasets.Dataset`` split into (modalities name → (N, T, C), labels, mask or None).
 
     Columns: one per modality (``Array2D``), ``label`` and optionally ``modality_mask`` (N, M). Without
-    ``modality_names`` every ``Array2D`` column is a modality, in column order.
+    ``modality_names`` every ``Array2D`` column is a modality, in column order. Modalities listed in
+    ``patch_sizes`` are mean-pooled onto the common token grid (:func:`pool_to_grid`).
     """
     import datasets
 
@@ -246,7 +248,9 @@ def arrays_from_dataset(split, modality_names: Sequence[str] | None = None
     if missing:
         raise ValueError(f"dataset split lacks the columns {missing}; it has {split.column_names}")
     table = split.with_format("numpy")
-    modalities = {name: np.asarray(table[name], dtype=np.float32) for name in modality_names}
+    patch_sizes = patch_sizes or {}
+    modalities = {name: pool_to_grid(np.asarray(table[name], dtype=np.float32), patch_sizes.get(name, 1), name)
+                  for name in modality_names}
     labels = np.asarray(table["label"])
     mask = np.asarray(table["modality_mask"], dtype=bool) if "modality_mask" in split.column_names else None
     return modalities, labels, mask
