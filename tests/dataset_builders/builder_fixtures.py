@@ -91,3 +91,33 @@ def write_opportunity_run(
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+TINY_MODEL = dict(
+    d_model=16, num_attention_heads=2, ffn_dim=32, num_encoder_layers=1, num_blocks=2, num_moe_blocks=1,
+    num_feedforward_experts=3, num_synergy_experts=1, expert_hidden_dim=16, router_hidden_dim=8, router_gru_dim=8,
+    router_attention_dim=8, num_rus_lags=2, dropout=0.0, router_type="softmax",
+)
+
+
+def forward_through_merge(built, rows: int = 4):
+    """Feed the first train rows of any built DatasetDict, as stored, to a tiny `MergeForSequenceClassification`
+    built from `metadata_of(built).merge_config_kwargs()`; checks the logits' shape and a finite loss."""
+    import torch
+
+    from dataset_builders import metadata_of
+    from modeling_merge.configuration_merge import MergeConfig
+    from modeling_merge.modeling_merge import MergeForSequenceClassification
+
+    metadata = metadata_of(built)
+    model = MergeForSequenceClassification(MergeConfig(**metadata.merge_config_kwargs(), **TINY_MODEL)).eval()
+    batch = built["train"].with_format("torch")[:rows]
+    with torch.no_grad():
+        output = model(
+            modalities={name: batch[name] for name in metadata.modality_names},
+            modality_mask=batch.get("modality_mask"),
+            labels=batch["label"],
+        )
+    assert output.logits.shape == (min(rows, built["train"].num_rows), len(metadata.label_names))
+    assert torch.isfinite(output.loss)
+    return output

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
-from test_synthetic import forward_through_merge
+from builder_fixtures import forward_through_merge
 from dataset_builders.mimic_iv import LAB_ITEMS, VITAL_ITEMS
 
 NUM_STAYS = 22  # stays 20 and 21 last < 48 h

@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from dataset_builders import build, metadata_of
 from modeling_merge.configuration_merge import MergeConfig
-from modeling_merge.modeling_merge import MergeForSequenceClassification
 
-from builder_fixtures import write_opportunity_run, write_pamap2_subject, write_wesad_pickle
-
-TINY_MODEL = dict(
-    d_model=16, num_attention_heads=2, ffn_dim=32, num_encoder_layers=1, num_blocks=2, num_moe_blocks=1,
-    num_feedforward_experts=3, num_synergy_experts=1, expert_hidden_dim=16, router_hidden_dim=8, router_gru_dim=8,
-    router_attention_dim=8, num_rus_lags=2, dropout=0.0, router_type="softmax",
-)
-
+from builder_fixtures import forward_through_merge, write_opportunity_run, write_pamap2_subject, write_wesad_pickle
 
 def pamap2(root, cache):
     for seed, subject in enumerate(("101", "102", "103")):
@@ -52,24 +43,9 @@ def generic_arrays(root, cache):
 BUILDS = {"pamap2": pamap2, "wesad_pickles": wesad_pickles, "opportunity": opportunity, "generic": generic_arrays}
 
 
-def forward_first_rows(built, rows: int = 4):
-    metadata = metadata_of(built)
-    model = MergeForSequenceClassification(MergeConfig(**metadata.merge_config_kwargs(), **TINY_MODEL)).eval()
-    batch = built["train"].with_format("torch")[:rows]
-    with torch.no_grad():
-        output = model(
-            modalities={name: batch[name] for name in metadata.modality_names},
-            modality_mask=batch.get("modality_mask"),
-            labels=batch["label"],
-        )
-    assert output.logits.shape == (min(rows, built["train"].num_rows), len(metadata.label_names))
-    assert torch.isfinite(output.loss)
-    return output
-
-
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_built_dataset_feeds_the_model(name, tmp_path):
-    forward_first_rows(BUILDS[name](tmp_path / "data", tmp_path / "cache"))
+    forward_through_merge(BUILDS[name](tmp_path / "data", tmp_path / "cache"))
 
 
 def test_real_wesad_e4_at_native_rates_feeds_the_model_through_patch_sizes(shared_data, tmp_path):
@@ -78,4 +54,4 @@ def test_real_wesad_e4_at_native_rates_feeds_the_model_through_patch_sizes(share
         stride=800, train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"],
     )
     assert MergeConfig(**metadata_of(built).merge_config_kwargs()).patch_sizes["bvp"] == 16
-    forward_first_rows(built, rows=3)
+    forward_through_merge(built, rows=3)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
-from test_synthetic import forward_through_merge
+from builder_fixtures import forward_through_merge
 
 STEPS, CHANNELS = 6, {"vision": 5, "audio": 4, "text": 7}
 SENTIMENT = {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
-from test_synthetic import forward_through_merge
+from builder_fixtures import forward_through_merge
 from dataset_builders.physionet2012 import (
     VARIABLE_INDEX,
     bin_irregular_series,

@@ -10,6 +10,8 @@ from dataset_builders import BUILDERS, build, metadata_of
 from dataset_builders.synthetic import planted_structure
 from modeling_merge.rus.synthetic import make_temporal_rus_benchmark
 
+from builder_fixtures import forward_through_merge
+
 SMALL = dict(num_sequences=120, seq_len=8, num_lags=4, channels=2, seed=3)
 
 
@@ -84,28 +86,6 @@ def test_planted_structure_of_another_dataset_is_a_clear_error(synthetic):
 
 def test_synthetic_is_registered():
     assert BUILDERS["synthetic"].__name__ == "SyntheticRusBuilder"
-
-
-def forward_through_merge(built) -> None:
-    """Feed a train batch of any built DatasetDict, as stored, to a tiny `MergeForSequenceClassification`."""
-    import torch
-
-    from modeling_merge.configuration_merge import MergeConfig
-    from modeling_merge.modeling_merge import MergeForSequenceClassification
-
-    metadata = metadata_of(built)
-    config = MergeConfig(
-        **metadata.merge_config_kwargs(), router_type="softmax", d_model=16, num_attention_heads=2, ffn_dim=32,
-        num_encoder_layers=1, num_blocks=2, num_moe_blocks=1, num_feedforward_experts=3, num_synergy_experts=2,
-        expert_hidden_dim=16, router_hidden_dim=8, num_rus_lags=2, dropout=0.0,
-    )
-    batch = built["train"].with_format("torch")[:4]
-    mask = batch.get("modality_mask")
-    output = MergeForSequenceClassification(config)(
-        modalities={name: batch[name] for name in metadata.modality_names}, modality_mask=mask, labels=batch["label"]
-    )
-    assert output.logits.shape == (4, len(metadata.label_names))
-    assert torch.isfinite(output.loss)
 
 
 def test_synthetic_batch_feeds_the_merge_model(synthetic):
