@@ -50,7 +50,7 @@ def plot_rus_heatmap(sidecar: RusSidecar, path: str | Path) -> Path:
     tick_labels = [f"{v:g}" for v in (lags if lags is not None else range(sidecar.num_lags))]
     pair_labels = [f"{names[i]}–{names[j]}" for i, j in zip(first, second)]
     height = 1.5 + 0.22 * len(pair_labels)
-    figure, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * sidecar.num_lags * 3, height), constrained_layout=True,
+    figure, axes = plt.subplots(1, 3, figsize=(4 + 0.6 * sidecar.num_lags * 3, height), constrained_layout=True,
                                 sharey=True)
     vmax = max(float(values.max()) for values in panels.values()) or 1.0
     for axis, (title, values) in zip(axes, panels.items()):

@@ -1,0 +1,62 @@
+"""BATCH on low-dimensional cases against the exact solver, and its class-balanced sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_merge.rus.batch import BatchConfig, balanced_batch_indices, multiscale_batch, stepwise_batch
+from modeling_merge.rus.pid import exact_pid
+from modeling_merge.rus.synthetic import discrete_pid_cases, sample_from_joint
+
+TOLERANCE_BITS = 0.1
+FAST = BatchConfig(batch_size=128, discriminator_steps=300, alignment_steps=50, readout_batches=4)
+
+
+def _class_balanced(joint: np.ndarray) -> np.ndarray:
+    """The joint that class-balanced sampling sees: p(x1, x2 | y) with a uniform p(y)."""
+    return joint / joint.sum(axis=(0, 1), keepdims=True) / joint.shape[2]
+
+
+@pytest.mark.parametrize("case", [c for c in discrete_pid_cases() if c.name != "mixed"], ids=lambda c: c.name)
+def test_batch_is_within_tolerance_of_the_exact_pid_on_low_dimensional_cases(case):
+    pytest.importorskip("cvxpy")
+    x1, x2, y = sample_from_joint(case.joint, 2000, seed=0)
+    rng = np.random.default_rng(0)
+    features = (2.0 * np.stack([x1, x2], 1)[:, :, None] - 1 + 0.1 * rng.standard_normal((2000, 2, 1))).astype(np.float32)
+    estimate = multiscale_batch([features], [y], num_classes=2, config=FAST, progress=False)
+    exact = exact_pid(_class_balanced(case.joint))
+    got = [float(v[0, 0]) for v in (estimate.redundancy, estimate.unique_i, estimate.unique_j, estimate.synergy)]
+    expected = [exact.redundancy, exact.unique_1, exact.unique_2, exact.synergy]
+    assert got == pytest.approx(expected, abs=TOLERANCE_BITS)
+    assert estimate.diagnostics["sinkhorn_max_marginal_error"] < 1e-5
+
+
+def test_balanced_batches_hold_every_class_equally():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    index = balanced_batch_indices(labels, 2, 64, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[index]).tolist() == [32, 32]
+
+
+def test_single_class_or_empty_samples_are_refused():
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"only \[1\] of 2"):
+        balanced_batch_indices(torch.ones(10, dtype=torch.long), 2, 8, generator)
+    with pytest.raises(ValueError, match="empty"):
+        balanced_batch_indices(torch.zeros(0, dtype=torch.long), 2, 8, generator)
+    features = np.zeros((20, 2, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="two classes"):
+        multiscale_batch([features], [np.zeros(20, dtype=np.int64)], num_classes=2, config=FAST, progress=False)
+
+
+def test_all_pairs_are_estimated_and_step_wise_runs_one_network_set_per_lag():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    informative = (2.0 * labels - 1)[:, None, None] + 0.3 * rng.standard_normal((400, 1, 1))
+    lag0 = np.concatenate([informative, rng.standard_normal((400, 3, 1))], 1).astype(np.float32)
+    lag1 = rng.standard_normal((400, 4, 1)).astype(np.float32)
+    config = BatchConfig(batch_size=64, discriminator_steps=150, alignment_steps=5, readout_batches=2)
+    estimate = stepwise_batch([lag0, lag1], [labels, labels], 2, config, progress=False)
+    assert estimate.pairs.shape == (2, 6) and estimate.redundancy.shape == (2, 6)
+    first_is_informative = estimate.pairs[0] == 0
+    assert (estimate.unique_i[0, first_is_informative] > 0.4).all()
+    assert (estimate.unique_i[1] < 0.15).all() and (estimate.unique_i[0, ~first_is_informative] < 0.15).all()
