@@ -18,8 +18,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._common import BuildPlan, DatasetMetadata, Example, MergeBuilderConfig, MergeTimeSeriesBuilder, resolve_subject_splits
-from .physionet2012 import bin_irregular_series, observation_means, stratified_record_splits
+from ._common import (
+    BuildPlan,
+    DatasetMetadata,
+    Example,
+    MergeBuilderConfig,
+    MergeTimeSeriesBuilder,
+    bin_irregular_series,
+    observation_means,
+    resolve_subject_splits,
+    stratified_record_splits,
+)
 
 STAY_HOURS = 48
 LOS_HOURS = 96

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,10 @@ from ._common import (
     Example,
     MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    bin_irregular_series,
+    observation_means,
     resolve_subject_splits,
+    stratified_record_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,76 +56,6 @@ STATIC_CHANNELS = (
 VARIABLES = tuple(name for names in TIME_SERIES_MODALITIES.values() for name in names)
 VARIABLE_INDEX = {name: index for index, name in enumerate(VARIABLES)}
 LABEL_NAMES = ["survived", "died"]
-
-
-# ------------------------------------------------------------------------------ shared ICU-series helpers
-
-
-def bin_irregular_series(
-    hours: np.ndarray,
-    variables: np.ndarray,
-    values: np.ndarray,
-    num_variables: int,
-    num_bins: int,
-    bin_hours: float,
-    fill_values: np.ndarray,
-) -> np.ndarray:
-    """Irregular observations → a regular grid: (num_bins, 2 · num_variables) float64.
-
-    `hours` (n,) since admission, `variables` (n,) indices, `values` (n,). Observations in `[0, num_bins ·
-    bin_hours]` are kept (one at the closing edge goes to the last bin). Channels `[:V]` hold each bin's mean,
-    carried forward over empty bins, back-filled before the first observation and `fill_values[v]` for a
-    variable never observed; channels `[V:]` are 1.0 where the bin holds an observation of that variable.
-    """
-    horizon = num_bins * bin_hours
-    keep = (hours >= 0) & (hours <= horizon)
-    bins = np.minimum((hours[keep] / bin_hours).astype(np.int64), num_bins - 1)
-    variables, values = variables[keep], values[keep]
-    sums = np.zeros((num_bins, num_variables))
-    counts = np.zeros((num_bins, num_variables))
-    np.add.at(sums, (bins, variables), values)
-    np.add.at(counts, (bins, variables), 1.0)
-    observed = counts > 0
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=observed)
-    last_observed = np.maximum.accumulate(np.where(observed, np.arange(num_bins)[:, None], -1), axis=0)
-    first_observed = observed.argmax(axis=0)
-    source = np.where(last_observed >= 0, last_observed, first_observed[None, :])
-    filled = np.take_along_axis(means, source, axis=0)
-    never = ~observed.any(axis=0)
-    filled[:, never] = np.asarray(fill_values, dtype=np.float64)[never]
-    return np.concatenate([filled, observed.astype(np.float64)], axis=1)
-
-
-def stratified_record_splits(
-    records: Sequence[str], labels: Sequence[int], fractions: tuple[float, float], seed: int
-) -> dict[str, list[str]]:
-    """Random train / validation / test split of `records`, stratified by `labels` (fractions of train and
-    validation; the rest is test). Deterministic for a seed; each split's records come back sorted."""
-    train_fraction, validation_fraction = fractions
-    if not (0 < train_fraction < 1 and 0 < validation_fraction < 1 and train_fraction + validation_fraction < 1):
-        raise ValueError(
-            f"split fractions train={train_fraction}, validation={validation_fraction} must be in (0, 1) "
-            "and leave a test share"
-        )
-    rng = np.random.default_rng(seed)
-    records, labels = np.asarray(records, dtype=object), np.asarray(labels)
-    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for label in np.unique(labels):
-        members = records[labels == label][rng.permutation(int((labels == label).sum()))]
-        train_end = int(round(len(members) * train_fraction))
-        validation_end = train_end + int(round(len(members) * validation_fraction))
-        for split, part in zip(SPLITS, (members[:train_end], members[train_end:validation_end], members[validation_end:])):
-            splits[split].extend(str(record) for record in part)
-    return {split: sorted(members) for split, members in splits.items()}
-
-
-def observation_means(records: Sequence[tuple[np.ndarray, np.ndarray]], num_variables: int) -> np.ndarray:
-    """Mean value per variable over `records` (each `(variables (n,), values (n,))`); 0 for a variable no record has."""
-    sums, counts = np.zeros(num_variables), np.zeros(num_variables)
-    for variables, values in records:
-        np.add.at(sums, variables, values)
-        np.add.at(counts, variables, 1.0)
-    return np.divide(sums, counts, out=np.zeros(num_variables), where=counts > 0)
 
 
 # ------------------------------------------------------------------------------------------- raw files

@@ -15,8 +15,15 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ._common import BuildPlan, DatasetMetadata, Example, MergeBuilderConfig, MergeTimeSeriesBuilder, metadata_of
-from .physionet2012 import stratified_record_splits
+from ._common import (
+    BuildPlan,
+    DatasetMetadata,
+    Example,
+    MergeBuilderConfig,
+    MergeTimeSeriesBuilder,
+    metadata_of,
+    stratified_record_splits,
+)
 
 PLANTED_MARKER = " Planted structure (JSON): "
 

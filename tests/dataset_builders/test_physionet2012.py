@@ -14,12 +14,8 @@ import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
 from builder_fixtures import forward_through_merge
-from dataset_builders.physionet2012 import (
-    VARIABLE_INDEX,
-    bin_irregular_series,
-    parse_record,
-    stratified_record_splits,
-)
+from dataset_builders._common import bin_irregular_series, stratified_record_splits
+from dataset_builders.physionet2012 import VARIABLE_INDEX, parse_record
 
 MISSING_REAL_RECORDS = {"139060", "140501", "140936", "141264"}
 
