@@ -100,10 +100,12 @@ def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype:
 
 def jensen_shannon_divergence(p: Tensor, q: Tensor) -> Tensor:
     """JSD(p‖q) in nats over the last dim of two probability tensors (no extra softmax); rounding below 0 is
-    clipped."""
-    mean = 0.5 * (p + q)
-    divergence = 0.5 * (torch.xlogy(p, p) - torch.xlogy(p, mean)).sum(-1) + 0.5 * (
-        torch.xlogy(q, q) - torch.xlogy(q, mean)
+    clipped. Logs are taken of probabilities floored at the dtype's smallest normal number, so a probability
+    that underflowed to exactly 0 contributes 0 and a finite gradient (not NaN)."""
+    tiny = torch.finfo(p.dtype).tiny
+    log_mean = torch.log((0.5 * (p + q)).clamp_min(tiny))
+    divergence = 0.5 * (p * (torch.log(p.clamp_min(tiny)) - log_mean)).sum(-1) + 0.5 * (
+        q * (torch.log(q.clamp_min(tiny)) - log_mean)
     ).sum(-1)
     return divergence.clamp(min=0.0)
 

@@ -293,6 +293,14 @@ def test_jensen_shannon_divergence_is_symmetric_zero_on_equal_and_ln2_on_disjoin
     assert torch.allclose(disjoint, torch.tensor(math.log(2.0)))
 
 
+def test_jensen_shannon_divergence_has_finite_gradients_when_a_softmax_underflows_to_zero():
+    logits = torch.tensor([[100.0, -100.0, 0.0]], requires_grad=True)
+    probabilities = logits.softmax(-1)
+    assert (probabilities == 0).any()
+    jensen_shannon_divergence(probabilities, torch.full((1, 3), 1 / 3)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 @pytest.mark.parametrize("synergy_loss_type", ["one_minus_p", "neg_log_p"])
 def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabilities(synergy_loss_type):
     config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
