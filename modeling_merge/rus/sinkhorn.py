@@ -50,13 +50,15 @@ def sinkhorn_couplings(
     check_every: int = 10,
     max_exponent: float = 10.0,
     init_col_scaling: torch.Tensor | None = None,
+    rescale_columns: bool = True,
 ) -> SinkhornResult:
     """Scale ``exp(log_kernel)`` (P, K, B, B) to the marginals ``row_target`` (P, K, B), ``col_target`` (P, K, B).
 
     Targets must be non-negative; the column target of each (p, k) is rescaled to its row target's total.
     The iteration is differentiable (unrolled); ``init_col_scaling`` warm-starts the column scaling (e.g. a
     short differentiable unroll from a scaling converged without autograd). ``marginal_error`` is the max
-    absolute column-sum error after the last row update (rows are exact then).
+    absolute column-sum error after the last row update (rows are exact then). ``rescale_columns=False``
+    keeps the raw column target (the reference behaviour, which does not converge when masses differ).
     """
     _check_shapes(log_kernel, row_target, col_target)
     if max_iter < 1 or check_every < 1:
@@ -68,7 +70,9 @@ def sinkhorn_couplings(
     kernel_t = kernel.transpose(-1, -2).contiguous()
     rows = row_target.clamp_min(tiny)
     row_mass = row_target.sum(-1, keepdim=True)
-    cols = (col_target * (row_mass / col_target.sum(-1, keepdim=True).clamp_min(tiny))).clamp_min(tiny)
+    if rescale_columns:
+        col_target = col_target * (row_mass / col_target.sum(-1, keepdim=True).clamp_min(tiny))
+    cols = col_target.clamp_min(tiny)
     col_scaling = torch.ones_like(cols) if init_col_scaling is None else init_col_scaling
     iterations, error = 0, float("inf")
     while iterations < max_iter:
