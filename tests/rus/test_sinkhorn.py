@@ -28,6 +28,12 @@ def test_marginals_are_met_within_tolerance_in_few_iterations_despite_unequal_cl
     torch.testing.assert_close(result.log_coupling.exp(), result.coupling, atol=1e-9, rtol=1e-4)
 
 
+def test_without_class_mass_rescaling_unequal_masses_do_not_converge():
+    log_kernel, rows, cols = _problem()
+    result = sinkhorn_couplings(log_kernel, rows, cols, tol=1e-6, max_iter=100, rescale_columns=False)
+    assert result.iterations == 100 and result.marginal_error > 1e-5
+
+
 def test_iterations_are_bounded_and_the_remaining_error_is_reported():
     log_kernel, rows, cols = _problem()
     result = sinkhorn_couplings(10 * log_kernel, rows, cols, tol=1e-12, max_iter=7, check_every=3)
