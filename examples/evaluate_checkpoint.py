@@ -1,8 +1,8 @@
 """Evaluate a MERGE checkpoint and draw what it learned; compare ablation runs.
 
-    python examples/evaluate.py --checkpoint outputs/main_job/best_model                # synthetic test split
-    python examples/evaluate.py --checkpoint org/merge-wesad --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
-    python examples/evaluate.py --ablation_runs runs/full runs/no_redundancy runs/no_synergy --output_dir runs/ablation
+    python examples/evaluate_checkpoint.py --checkpoint outputs/main_job/best_model                # synthetic test split
+    python examples/evaluate_checkpoint.py --checkpoint org/merge-wesad --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
+    python examples/evaluate_checkpoint.py --ablation_runs runs/full runs/no_redundancy runs/no_synergy --output_dir runs/ablation
 
 Writes under ``--output_dir``: ``evaluation.json`` (metrics on ``--split``), ``routing.png`` (share of each
 modality's routing slots per expert per MoE layer, paper Fig. 8), ``temporal_rus.png`` (the RUS curves stored

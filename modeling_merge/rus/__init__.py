@@ -1,9 +1,9 @@
 """Temporal redundancy / uniqueness / synergy (RUS) estimation for MERGE (torch + numpy; never imports the model).
 
-Submodules: ``synthetic`` (known-answer generators), ``pid`` (exact discrete PID), ``sinkhorn``, ``batch``
-(BATCH, multi-scale and step-wise), ``temporal`` (lagged samples and ``estimate_temporal_rus``),
-``sidecar`` (``rus.safetensors``), ``plotting``, ``cli``. Names are imported lazily so that
-``import modeling_merge.rus.synthetic`` stays numpy-only.
+Submodules: ``synthetic`` (known-answer generators, numpy only), ``pid`` (exact discrete PID), ``sinkhorn``,
+``batch`` (BATCH, multi-scale and step-wise), ``temporal`` (lagged samples and ``estimate_temporal_rus``),
+``sidecar`` (``rus.safetensors``), ``progress`` (resumable partial results), ``plotting``, ``cli``.
+Names are imported lazily, so importing this package loads no submodule until one is used.
 """
 
 from importlib import import_module
