@@ -33,7 +33,8 @@ class DatasetMetadata:
     `modalities` is ordered (name → channels); that order is the modality index everywhere. A modality
     sampled `k`× faster than the token grid has `patch_sizes[name] = k` and `window * k` rows per example.
     `window` and `stride` count token-grid steps (`1 / token_grid_hz` seconds each). `normalization` maps a
-    modality to `{"mean": [C], "std": [C]}` computed on the training split only.
+    modality to `{"mean": [C], "std": [C]}` computed on the training split only. `extras` holds
+    builder-specific JSON values (the synthetic benchmark's planted structure, under `planted_structure`).
     """
 
     name: str
@@ -51,6 +52,7 @@ class DatasetMetadata:
     has_modality_mask: bool = False
     split_units: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
     format_version: int = METADATA_FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -2,12 +2,11 @@
 uniqueness and synergy about the label at known lags (`modeling_merge.rus.synthetic`).
 
 No download: the data are generated from the config (seeded), in seconds. The planted structure travels
-with the dataset inside its protocol text (`planted_structure(dataset)` reads it back).
+with the dataset in its metadata's `extras["planted_structure"]` (`planted_structure(dataset)` reads it back).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,6 @@ from ._common import (
     metadata_of,
     stratified_record_splits,
 )
-
-PLANTED_MARKER = " Planted structure (JSON): "
-
 
 @dataclass
 class SyntheticConfig(MergeBuilderConfig):
@@ -99,9 +95,9 @@ class SyntheticRusBuilder(MergeTimeSeriesBuilder):
                 "steps (nominal 1 Hz), one sequence label each; lag τ is step seq_len − 1 − τ. Seeded stratified "
                 f"random {config.train_fraction:g}/{config.validation_fraction:g}/rest split of sequences "
                 f"(seed {config.seed}); per-channel mean/std from the training split "
-                f"{'applied to every split' if config.normalize else 'not applied'}.{PLANTED_MARKER}"
-                f"{json.dumps(planted)}"
+                f"{'applied to every split' if config.normalize else 'not applied'}."
             ),
+            extras={"planted_structure": planted},
         )
         return BuildPlan(metadata=metadata, units=units)
 
@@ -121,9 +117,9 @@ def planted_structure(dataset: datasets.Dataset | datasets.DatasetDict | Dataset
     `redundant` ({"pair", "lag"}), `noise`, `information_bits`, `num_lags`, `generator_arguments` and
     `rus` with `redundancy` / `uniqueness` / `synergy` as float32 arrays [M, M, L] in modality order (bits)."""
     metadata = dataset if isinstance(dataset, DatasetMetadata) else metadata_of(dataset)
-    if PLANTED_MARKER not in metadata.protocol:
+    if "planted_structure" not in metadata.extras:
         raise ValueError(f"dataset {metadata.name!r} carries no planted RUS structure (not a synthetic build)")
-    planted = json.loads(metadata.protocol.split(PLANTED_MARKER, 1)[1])
+    planted = dict(metadata.extras["planted_structure"])
     planted["rus"] = {name: np.asarray(values, dtype=np.float32) for name, values in planted["rus"].items()}
     return planted
 

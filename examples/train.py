@@ -38,7 +38,7 @@ from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataset_builders  # noqa: E402
-from dataset_builders.synthetic import PLANTED_MARKER, planted_structure  # noqa: E402
+from dataset_builders.synthetic import planted_structure  # noqa: E402
 from modeling_merge.configuration_merge import MergeConfig  # noqa: E402
 from modeling_merge.hub import write_text_atomic  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
@@ -307,7 +307,7 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
                "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,
                "validation": state.best_metrics, "test": test_metrics,
-               "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol.split(PLANTED_MARKER)[0],
+               "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol,
                                     "label_names": metadata.label_names, "modalities": metadata.modalities},
                "rus_metadata": sidecar.metadata, "steps": state.global_step, "num_processes": accelerator.num_processes}
     if accelerator.is_main_process:

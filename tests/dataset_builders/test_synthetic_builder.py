@@ -79,7 +79,7 @@ def test_window_other_than_the_sequence_length_is_refused(tmp_path):
 
 def test_planted_structure_of_another_dataset_is_a_clear_error(synthetic):
     metadata = metadata_of(synthetic)
-    metadata.protocol = "no planted structure"
+    metadata.extras = {}
     with pytest.raises(ValueError, match="carries no planted RUS structure"):
         planted_structure(metadata)
 
