@@ -38,6 +38,8 @@ BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
     "mosi": MosiBuilder,
     "mimic_iv": MimicIVBuilder,
 }
+# Names for a builder with some config fields fixed (alias → builder name, fields).
+BUILDER_ALIASES: dict[str, tuple[str, dict]] = {"wesad_e4": ("wesad", {"source": "e4"})}
 
 
 def build(
@@ -47,21 +49,25 @@ def build(
     download_mode: str | None = None,
     **config_fields,
 ) -> datasets.DatasetDict:
-    """Prepare the builder `name` (see `BUILDERS`) on `data_dir` and return its train / validation / test splits.
+    """Prepare the builder `name` (see `BUILDERS`, or an alias of `BUILDER_ALIASES` such as `wesad_e4`) on
+    `data_dir` and return its train / validation / test splits.
 
     `config_fields` are fields of that builder's config (window, stride, *_subjects, ...). A build is cached
     under `cache_dir` by builder, config and data_dir path (not file contents): after changing the files,
     pass `download_mode="force_redownload"` to rebuild.
     """
+    name, fixed_fields = BUILDER_ALIASES.get(name, (name, {}))
     if name not in BUILDERS:
-        raise KeyError(f"unknown dataset builder {name!r}; known builders: {sorted(BUILDERS)}")
-    builder = BUILDERS[name](data_dir=data_dir, cache_dir=cache_dir, **config_fields)
+        raise KeyError(f"unknown dataset builder {name!r}; known builders: {sorted(BUILDERS)}, "
+                       f"aliases: {sorted(BUILDER_ALIASES)}")
+    builder = BUILDERS[name](data_dir=data_dir, cache_dir=cache_dir, **{**fixed_fields, **config_fields})
     builder.download_and_prepare(download_mode=download_mode)
     return builder.as_dataset()
 
 
 __all__ = [
     "BUILDERS",
+    "BUILDER_ALIASES",
     "BuildPlan",
     "DatasetMetadata",
     "Example",

@@ -36,8 +36,6 @@ import numpy as np
 import torch
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-# Dataset names of the examples that map to a builder under another name, with fixed builder options.
-DATASET_ALIASES = {"wesad_e4": ("wesad", {"source": "e4"})}
 METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -173,12 +171,11 @@ def merge_training_arguments(output_dir: str | Path, **overrides):
 
 
 def build_dataset(name: str, data_dir: str | None, cache_dir: str | None, options: Mapping[str, Any] | None = None):
-    """``dataset_builders.build`` for a dataset name of the examples (a builder name or an alias such as
-    ``wesad_e4`` = the WESAD builder on the E4 wrist files); returns the ``DatasetDict``."""
+    """``dataset_builders.build`` for a builder name or alias (``wesad_e4`` = the WESAD builder on the E4 wrist
+    files) with config fields ``options``; returns the ``DatasetDict``."""
     import dataset_builders
 
-    builder, fixed = DATASET_ALIASES.get(name, (name, {}))
-    return dataset_builders.build(builder, data_dir=data_dir, cache_dir=cache_dir, **{**fixed, **(options or {})})
+    return dataset_builders.build(name, data_dir=data_dir, cache_dir=cache_dir, **(options or {}))
 
 
 def check_modalities_match(model_modalities: Mapping[str, int], data_modalities: Mapping[str, int], what: str) -> None:

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from dataset_builders import BuildPlan, DatasetMetadata, Example, MergeTimeSeriesBuilder, metadata_of
+from dataset_builders import BuildPlan, DatasetMetadata, Example, MergeTimeSeriesBuilder, build, metadata_of
 from dataset_builders._common import (
     ChannelMoments,
     block_mean,
@@ -222,3 +222,8 @@ def test_recording_windows_reject_unknown_labels_and_misaligned_signals():
         list(recording_windows("s1", signals, np.array([1, 1, 1, 7, 7, 7]), {1: 0, 2: 1}, set(), 3, 3, {"b": 2}))
     with pytest.raises(ValueError, match="modality 'b' has 12 rows, expected 6"):
         list(recording_windows("s1", signals, np.array([1] * 6), {1: 0}, set(), 3, 3))
+
+
+def test_an_unknown_builder_name_lists_the_builders_and_aliases():
+    with pytest.raises(KeyError, match=r"unknown dataset builder 'wesad-e4'.*'pamap2'.*aliases: \['wesad_e4'\]"):
+        build("wesad-e4")

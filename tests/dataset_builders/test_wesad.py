@@ -92,7 +92,7 @@ def test_quest_times_are_minutes_dot_seconds(tmp_path):
 @pytest.fixture(scope="module")
 def from_e4(shared_data, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(cache), window=60, stride=60, **E4_SPLIT)
+    return build("wesad_e4", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(cache), window=60, stride=60, **E4_SPLIT)
 
 
 def test_wesad_e4_builds_wrist_modalities_from_the_real_files(from_e4):
