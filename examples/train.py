@@ -9,6 +9,7 @@ and a table compares the test metrics and the planted vs estimated RUS structure
     python examples/train.py --dataset physionet2012 --data_dir ../shared/data/physionet2012
     python examples/train.py --router_type laplace                   # FuseMoE baseline
     python examples/train.py --disable_aux_loss redundancy synergy   # ablation (paper Fig. 7)
+    python examples/train.py --rus_ablation noise                    # RUS replaced by noise (paper Fig. 14)
     python examples/train.py --resume                                # continue a killed run in --output_dir
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py   # 2-process DDP (gloo)
 
@@ -63,6 +64,7 @@ from modeling_merge.training import (  # noqa: E402
 )
 
 AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
+RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
 
 
 @dataclass
@@ -75,10 +77,15 @@ class TrainArguments:
     hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset repo or exported folder (dataset_builders.publish) "
                                                                      "instead of a builder"})
     output_dir: str = field(default="outputs/main_job", metadata={"help": "where checkpoints, logs and figures go"})
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "where the built dataset is cached (default "
+                                                                          "<output_dir>/cache); runs may share one"})
     rus_sidecar: str | None = field(default=None, metadata={"help": "RUS sidecar to load; estimated and cached there if absent "
                                                                     "(default: <output_dir>/rus.safetensors)"})
     rus_estimator: str = field(default="multiscale_batch", metadata={"help": "multiscale_batch, stepwise_batch or quantized_exact"})
     num_rus_lags: int = field(default=4, metadata={"help": "L, lags of the temporal RUS"})
+    rus_ablation: str = field(default="none", metadata={
+        "help": "replace the loaded RUS (paper Fig. 14): none, zeros, noise (uniform, each kind's mean kept) or "
+                "shuffled (each kind's values permuted over modality pairs and lags)"})
     router_type: str = field(default="rus", metadata={"help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense"})
     disable_aux_loss: list[str] = field(default_factory=list, metadata={"help": f"auxiliary losses to switch off: {AUX_LOSSES}"})
     model_options: str = field(default='{"d_model": 32, "num_blocks": 2, "num_moe_blocks": 2, "num_encoder_layers": 1, '
@@ -120,14 +127,15 @@ class NonFiniteLossError(RuntimeError):
 
 def load_data(args: TrainArguments, accelerator: Accelerator):
     """The `DatasetDict` (train / validation / test) and its `DatasetMetadata`."""
+    cache_dir = Path(args.dataset_cache_dir or Path(args.output_dir) / "cache")
     if args.hub_dataset:
         from dataset_builders.publish import load_published
 
         with accelerator.main_process_first():
-            splits = load_published(args.hub_dataset, cache_dir=Path(args.output_dir) / "cache")
+            splits = load_published(args.hub_dataset, cache_dir=cache_dir)
     else:
         with accelerator.main_process_first():
-            splits = build_dataset(args.dataset, args.data_dir, str(Path(args.output_dir) / "cache"), json.loads(args.dataset_options))
+            splits = build_dataset(args.dataset, args.data_dir, str(cache_dir), json.loads(args.dataset_options))
     metadata = dataset_builders.metadata_of(splits)
     if args.limit_examples:
         splits = type(splits)({split: data.select(range(min(len(data), args.limit_examples))) for split, data in splits.items()})
@@ -160,6 +168,38 @@ def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Ac
     sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags,
                      fingerprint=fingerprint_arrays(modalities, labels))
     return sidecar
+
+
+def ablate_rus(sidecar: RusSidecar, ablation: str, seed: int) -> RusSidecar:
+    """The sidecar with its RUS replaced for an ablation (paper Fig. 14): ``zeros``; ``noise``, uniform on
+    [0, 2·mean] per kind (mean over the off-diagonal entries, so the scale is kept); ``shuffled``, each kind's
+    off-diagonal values permuted over pairs and lags. R and S stay symmetric, the diagonal zero; ``none``
+    returns the sidecar unchanged. Seeded by ``seed``; the metadata records the ablation."""
+    if ablation not in RUS_ABLATIONS:
+        raise ValueError(f"--rus_ablation got {ablation!r}; choose from {RUS_ABLATIONS}")
+    if ablation == "none":
+        return sidecar
+    generator = torch.Generator().manual_seed(seed)
+    num_modalities, num_lags = sidecar.num_modalities, sidecar.num_lags
+    tables = {}
+    for kind in ("redundancy", "uniqueness", "synergy"):
+        symmetric = kind != "uniqueness"
+        rows, cols = (torch.triu_indices(num_modalities, num_modalities, offset=1) if symmetric
+                      else torch.nonzero(~torch.eye(num_modalities, dtype=torch.bool)).T)
+        values = getattr(sidecar, kind)[rows, cols]  # (pairs, L)
+        if ablation == "zeros":
+            values = torch.zeros_like(values)
+        elif ablation == "noise":
+            scale = float(values.mean()) if values.numel() and float(values.mean()) > 0 else 1.0
+            values = 2 * scale * torch.rand(values.shape, generator=generator)
+        else:
+            values = values.reshape(-1)[torch.randperm(values.numel(), generator=generator)].reshape(values.shape)
+        table = torch.zeros(num_modalities, num_modalities, num_lags)
+        table[rows, cols] = values
+        if symmetric:
+            table[cols, rows] = values
+        tables[kind] = table
+    return RusSidecar(**tables, metadata={**sidecar.metadata, "rus_ablation": ablation})
 
 
 def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeForSequenceClassification:
@@ -218,7 +258,7 @@ def train(args: TrainArguments) -> dict:
                               "or choose another --output_dir")
 
     splits, metadata = load_data(args, accelerator)
-    sidecar = load_or_estimate_rus(args, splits, metadata, accelerator)
+    sidecar = ablate_rus(load_or_estimate_rus(args, splits, metadata, accelerator), args.rus_ablation, args.seed)
     model = build_model(args, metadata, sidecar)
     collator = MultimodalCollator(metadata.modality_names)
     per_process_batch = max(1, args.batch_size // accelerator.num_processes)
@@ -305,6 +345,7 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
     test_metrics, _, _ = evaluate_model(model, test_loader, accelerator)
     results = {"dataset": args.dataset if not args.hub_dataset else args.hub_dataset, "seed": args.seed,
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
+               "rus_ablation": args.rus_ablation, "num_rus_lags": args.num_rus_lags,
                "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,
                "validation": state.best_metrics, "test": test_metrics,
                "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol,

@@ -83,6 +83,39 @@ def test_a_sidecar_estimated_on_other_data_is_refused(reference_run, tmp_path):
         train.main(arguments)
 
 
+def test_rus_ablation_reaches_the_trained_model(reference_run, tmp_path):
+    root, _ = reference_run
+    results = train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--rus_ablation", "zeros",
+                                        "--num_epochs", "1"))
+    assert results["rus_ablation"] == "zeros" and results["rus_metadata"]["rus_ablation"] == "zeros"
+    best = MergeForSequenceClassification.from_pretrained(tmp_path / "run" / "best_model")
+    for kind in ("redundancy", "uniqueness", "synergy"):
+        assert torch.count_nonzero(getattr(best.merge, f"rus_{kind}")) == 0, kind
+    assert bool(best.merge.rus_is_set)  # explicit zeros, not missing RUS
+
+
+def test_rus_ablations_replace_the_values_and_keep_the_sidecar_valid(reference_run):
+    root, _ = reference_run
+    sidecar = train.RusSidecar.load(root / "rus.safetensors")
+    assert train.ablate_rus(sidecar, "none", seed=0) is sidecar
+    off_diagonal = ~torch.eye(sidecar.num_modalities, dtype=torch.bool)
+    for ablation in ("zeros", "noise", "shuffled"):
+        ablated = train.ablate_rus(sidecar, ablation, seed=0)  # RusSidecar re-checks symmetry, signs, diagonal
+        assert ablated.metadata["rus_ablation"] == ablation
+        for kind in ("redundancy", "uniqueness", "synergy"):
+            original, new = getattr(sidecar, kind)[off_diagonal], getattr(ablated, kind)[off_diagonal]
+            if ablation == "zeros":
+                assert torch.count_nonzero(new) == 0
+            else:
+                assert not torch.equal(new, original), (ablation, kind)
+            if ablation == "shuffled":
+                torch.testing.assert_close(new.flatten().sort().values, original.flatten().sort().values)
+        if ablation != "zeros":
+            assert not torch.equal(ablated.synergy, train.ablate_rus(sidecar, ablation, seed=1).synergy)
+    with pytest.raises(ValueError, match="rus_ablation"):
+        train.ablate_rus(sidecar, "random", seed=0)
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(reference_run, tmp_path, monkeypatch):
     root, results = reference_run
     steps_per_epoch = results["steps"] // 2
