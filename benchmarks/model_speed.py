@@ -1,0 +1,207 @@
+"""MERGE training / inference speed and peak memory on PAMAP2-shaped input against the dense Transformer of the
+same width, the three MoE dispatch paths (eager / sorted / grouped_mm), and where MERGE's extra time goes.
+
+Input: 4 modalities (3 IMUs × 13 channels + heart rate), 100-step windows, batch 32, reference PAMAP2
+hyper-parameters (MergeConfig defaults: D 128, 6 blocks of which 3 MoE, 8 experts of which 2 synergy, top-2).
+
+1. Full models, timed side by side (interleaved rounds, median): training step (forward + backward + grad
+   clip + AdamW) and inference (eval, no autograd) for the dense Transformer (`router_type="dense"`), MERGE
+   with each `expert_dispatch`, and FuseMoE (`laplace_per_modality`). Peak tensor memory of a training step
+   per variant (parameters, gradients, AdamW state, activations).
+2. Dispatch alone: the feed-forward experts' forward + backward on one MoE layer's routed slots, per dispatch
+   path, in fp32 and bf16.
+3. Components: forward + backward of one MoE layer's parts on the same hidden states, against the dense
+   feed-forward layer it replaces — where MERGE's extra step time is spent.
+
+    python benchmarks/model_speed.py                  # ~6-10 min on 2 CPU cores
+    python benchmarks/model_speed.py --quick          # ~2-3 min, fewer rounds
+    python benchmarks/model_speed.py --device cuda    # bf16 on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _models
+from _models import PAMAP2_MODALITIES, Shape, build_model, make_batch
+from _timing import (
+    add_common_arguments,
+    environment,
+    format_table,
+    interleaved_timings,
+    resolve_dtype,
+    write_json,
+)
+
+FULL_MODELS = {  # name → (router_type, expert_dispatch)
+    "dense Transformer": ("dense", "grouped_mm"),
+    "MERGE grouped_mm": ("rus", "grouped_mm"),
+    "MERGE sorted": ("rus", "sorted"),
+    "MERGE eager": ("rus", "eager"),
+    "FuseMoE (laplace_per_modality)": ("laplace_per_modality", "grouped_mm"),
+}
+DISPATCHES = ("eager", "sorted", "grouped_mm")
+
+
+def full_models(shape: Shape, rounds: int, log) -> list[dict]:
+    """Section 1: training and inference time of every full model, interleaved; then peak memory of each."""
+    inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
+    models = {name: build_model(PAMAP2_MODALITIES, shape, *variant) for name, variant in FULL_MODELS.items()}
+    train_steps = {name: _models.train_step_function(model, inputs, labels) for name, model in models.items()}
+    functions = {f"train {name}": step for name, step in train_steps.items()}
+    functions |= {f"infer {name}": _models.inference_function(model, inputs) for name, model in models.items()}
+    timings = interleaved_timings(functions, rounds, shape.device, log=log)
+    dense = timings["train dense Transformer"]["median_s"]
+    dense_infer = timings["infer dense Transformer"]["median_s"]
+    rows = []
+    for name, (router_type, dispatch) in FULL_MODELS.items():
+        memory = _models.train_step_memory(models[name], train_steps[name], shape)
+        train, infer = timings[f"train {name}"], timings[f"infer {name}"]
+        rows.append({
+            "variant": name, "router_type": router_type, "expert_dispatch": dispatch,
+            "train_step_s": train["median_s"], "train_step_min_s": train["min_s"],
+            "train_step_cpu_s": train["cpu_median_s"], "train_samples_per_s": shape.batch_size / train["median_s"],
+            "infer_step_s": infer["median_s"], "infer_samples_per_s": shape.batch_size / infer["median_s"],
+            "train_step_vs_dense": train["median_s"] / dense, "infer_vs_dense": infer["median_s"] / dense_infer,
+            **memory,
+        })
+    return rows
+
+
+def _routed_slots(shape: Shape, dtype):
+    """Tokens and expert ids of one MoE layer's feed-forward slots: B·M·T·k slots, 6 of 8 experts feed-forward."""
+    import torch
+
+    from modeling_merge import MergeConfig
+
+    config = MergeConfig()
+    generator = torch.Generator().manual_seed(0)
+    num_slots = shape.batch_size * len(PAMAP2_MODALITIES) * shape.window * config.num_experts_per_token
+    num_slots = num_slots * config.num_feedforward_experts // config.num_experts
+    tokens = torch.randn(num_slots, config.d_model, generator=generator).to(shape.device, dtype)
+    expert_ids = torch.randint(0, config.num_feedforward_experts, (num_slots,), generator=generator).to(shape.device)
+    return config, tokens.requires_grad_(), expert_ids
+
+
+def dispatch_paths(shape: Shape, rounds: int, log) -> list[dict]:
+    """Section 2: MergeFeedForwardExperts forward + backward per dispatch path and dtype (same weights)."""
+    import torch
+
+    from modeling_merge.modeling_merge import (
+        MergeFeedForwardExperts,
+        _grouped_mm_supported,
+    )
+
+    rows = []
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        config, tokens, expert_ids = _routed_slots(shape, dtype)
+        torch.manual_seed(0)
+        reference = MergeFeedForwardExperts(config)
+        functions = {}
+        for dispatch in DISPATCHES:
+            experts = MergeFeedForwardExperts(config)
+            experts.load_state_dict(reference.state_dict())
+            experts.dispatch = dispatch
+            experts.to(shape.device, dtype).train()
+
+            def forward_backward(experts=experts, tokens=tokens, expert_ids=expert_ids):
+                experts(tokens, expert_ids).float().sum().backward()
+
+            functions[dispatch] = forward_backward
+        timings = interleaved_timings(functions, rounds, shape.device, log=log)
+        supported = _grouped_mm_supported(tokens, reference.w_in.to(shape.device, dtype))
+        for dispatch in DISPATCHES:
+            rows.append({"dtype": dtype_name, "expert_dispatch": dispatch, "slots": tokens.shape[0],
+                         "grouped_mm_runs": supported if dispatch == "grouped_mm" else None,
+                         "forward_backward_ms": 1000 * timings[dispatch]["median_s"],
+                         "vs_eager": timings[dispatch]["median_s"] / timings["eager"]["median_s"]})
+    return rows
+
+
+def components(shape: Shape, rounds: int, log) -> list[dict]:
+    """Section 3: forward + backward of one MoE layer and its parts vs the dense feed-forward layer, on the hidden
+    states that enter the first MoE block (training mode, dropout on)."""
+    import torch
+
+    from modeling_merge.modeling_merge import merge_auxiliary_losses
+
+    merge = build_model(PAMAP2_MODALITIES, shape, "rus").merge.train()
+    dense = build_model(PAMAP2_MODALITIES, shape, "dense").merge.train()
+    index = merge.config.moe_block_indices[0]
+    moe, feed_forward = merge.blocks[index].feed_forward, dense.blocks[index].feed_forward
+    batch = shape.batch_size
+    tokens = shape.window
+    hidden = torch.randn(batch, len(PAMAP2_MODALITIES), tokens, merge.config.d_model).to(shape.device)
+    hidden = hidden.to(merge.final_norm.weight.dtype).requires_grad_()
+    presence = torch.ones(batch, len(PAMAP2_MODALITIES), dtype=torch.bool, device=shape.device)
+    rus = merge._rus_context(tokens, presence)
+    experts = moe(hidden, presence, rus)[2]
+    gru_input = torch.randn(batch * len(PAMAP2_MODALITIES), tokens, moe.router.gru.input_size).to(hidden)
+
+    def backward(output):
+        output.float().sum().backward()
+
+    def aux_losses():
+        logits = moe.router(hidden, rus).float()
+        losses = merge_auxiliary_losses(logits.softmax(-1), experts, presence, rus, merge.config)
+        backward(sum(losses.values()))
+
+    functions = {
+        "dense feed-forward layer (what the dense model runs)": lambda: backward(feed_forward(hidden)),
+        "MoE layer (router + all experts)": lambda: backward(moe(hidden, presence, rus)[0]),
+        "RUS router (context attention + GRU + MLP)": lambda: backward(moe.router(hidden, rus)),
+        "router GRU alone": lambda: backward(moe.router.gru(gru_input.requires_grad_())[0]),
+        "router + auxiliary losses": aux_losses,
+    }
+    timings = interleaved_timings(functions, rounds, shape.device, log=log)
+    base = timings[next(iter(functions))]["median_s"]
+    return [{"component": name, "forward_backward_ms": 1000 * timing["median_s"],
+             "vs_dense_layer": timing["median_s"] / base} for name, timing in timings.items()]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, "model_speed.json")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sections", default="full,dispatch,components", help="comma-separated subset to run")
+    args = parser.parse_args(argv)
+    import torch
+
+    resolve_dtype(args)
+    torch.set_num_threads(args.threads)
+    shape = Shape(device=args.device, dtype=args.dtype, threads=args.threads, batch_size=args.batch_size)
+    rounds = args.rounds or (3 if args.quick else 5)
+    sections = set(args.sections.split(","))
+    payload = {"environment": environment(args.device, args.dtype), "shape": vars(shape) | {"modalities": PAMAP2_MODALITIES},
+               "rounds": rounds}
+    print(f"PAMAP2-shaped batch {shape.batch_size}×{shape.window} steps, 4 modalities, device {shape.device}, "
+          f"{shape.dtype}, {torch.get_num_threads()} threads of {payload['environment']['os_cpu_count']} cores, "
+          f"{rounds} interleaved rounds (median)", flush=True)
+    if "full" in sections:
+        rows = full_models(shape, rounds, log=lambda line: print(line, flush=True))
+        payload["full_models"] = rows
+        print("\n[1] full models: training step (fwd + bwd + clip + AdamW) and inference")
+        print(format_table(rows, [
+            ("variant", "variant", "s"), ("train_step_s", "train s/step", ".3f"),
+            ("train_samples_per_s", "train samples/s", ".1f"), ("infer_step_s", "infer s/step", ".3f"),
+            ("infer_samples_per_s", "infer samples/s", ".1f"), ("train_step_vs_dense", "train / dense", ".2f"),
+            ("infer_vs_dense", "infer / dense", ".2f"), ("peak_memory_mib", "peak MiB", ".0f")]), flush=True)
+    if "dispatch" in sections:
+        rows = dispatch_paths(shape, rounds, log=None)
+        payload["dispatch"] = rows
+        print("\n[2] feed-forward experts alone, forward + backward of one MoE layer's routed slots")
+        print(format_table(rows, [("dtype", "dtype", "s"), ("expert_dispatch", "dispatch", "s"),
+                                  ("slots", "slots", "d"), ("forward_backward_ms", "fwd+bwd ms", ".1f"),
+                                  ("vs_eager", "vs eager", ".2f")]), flush=True)
+    if "components" in sections:
+        rows = components(shape, rounds, log=None)
+        payload["components"] = rows
+        print("\n[3] one MoE layer's parts, forward + backward, vs the dense feed-forward layer it replaces")
+        print(format_table(rows, [("component", "component", "s"), ("forward_backward_ms", "fwd+bwd ms", ".1f"),
+                                  ("vs_dense_layer", "vs dense layer", ".2f")]), flush=True)
+    write_json(args.output, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
