@@ -1,14 +1,20 @@
-"""Measured claims of the RUS estimators (prints figures; not a test).
+"""Measured claims of the RUS estimators (prints figures and writes JSON; not a test).
 
-1. Multi-scale vs step-wise BATCH on the same data (the known-RUS synthetic benchmark): wall-time ratio
-   (the paper claims about L-fold for L lags) and the relative R / U / S difference
-   Σ|multi-scale − step-wise| / Σ|step-wise| per term (target ≤ 10 %), plus planted-structure recovery.
-2. Sinkhorn iterations to a 1e-6 marginal error, with and without the class-mass rescaling.
-3. Time to estimate all M(M−1)/2 pairs for M = 4, 16, 64 modalities: seconds per discriminator step,
-   per alignment step and per read-out batch, and the projected time of a default run.
+1. Accuracy against the exact solver on the discrete synthetic suite (XOR, AND, copy, unique, mixed): BATCH
+   on the symbols embedded as noisy ±1 features vs the exact BROJA PID (CVXPY) of the class-balanced joint
+   that BATCH's balanced sampling sees; absolute error per term in bits, and the time of each.
+2. Multi-scale vs step-wise BATCH on the known-RUS temporal benchmark: wall-time ratio, timed A-B-A
+   (multi-scale, step-wise, multi-scale again; the ratio uses the mean of the two multi-scale runs so that a
+   load change during the run hits both sides), the relative R / U / S difference
+   Σ|multi-scale − step-wise| / Σ|step-wise| per term (target ≤ 10 %), each one's mean absolute error
+   against the benchmark's exact temporal RUS of the latent symbols, and planted-structure recovery.
+3. Sinkhorn iterations to a 1e-6 marginal error, with and without the class-mass rescaling.
+4. Time to estimate all M(M−1)/2 pairs for M = 4, 16, 64 modalities: seconds per discriminator step,
+   per alignment step and per read-out batch, and the projected time of a default run (600 + 100 steps,
+   L = 4 lags).
 
-    python benchmarks/rus_estimation.py            # full figures (~10 min on 2 CPU cores)
-    python benchmarks/rus_estimation.py --quick    # smaller budget (~2 min)
+    python benchmarks/rus_estimation.py            # full figures (~10-15 min on 2 CPU cores)
+    python benchmarks/rus_estimation.py --quick    # smaller budget (~4 min)
     python benchmarks/rus_estimation.py --device cuda
 """
 
@@ -19,15 +25,63 @@ import time
 
 import numpy as np
 import torch
+from _timing import RESULTS_DIR, environment, format_table, write_json
 
-from modeling_merge.rus.batch import BatchConfig, _PairBatchEstimator, multiscale_batch, stepwise_batch
+from modeling_merge.rus.batch import (
+    BatchConfig,
+    _PairBatchEstimator,
+    multiscale_batch,
+    stepwise_batch,
+)
+from modeling_merge.rus.pid import exact_pid
 from modeling_merge.rus.sinkhorn import sinkhorn_couplings
-from modeling_merge.rus.synthetic import make_temporal_rus_benchmark
+from modeling_merge.rus.synthetic import (
+    discrete_pid_cases,
+    make_temporal_rus_benchmark,
+    sample_from_joint,
+)
 from modeling_merge.rus.temporal import lagged_samples
+
+TERMS = ("redundancy", "unique_i", "unique_j", "synergy")
 
 
 def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).sum() / max(np.abs(b).sum(), 1e-12))
+
+
+def _timed(function):
+    """(result, wall seconds, process CPU seconds) of one call."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return result, time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+
+def _symbol_features(symbols: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer symbols → (N, bits) little-endian ±1 bits plus N(0, 0.1²) noise."""
+    values = (symbols[:, None] >> np.arange(bits)[None, :]) & 1
+    return 2.0 * values - 1 + 0.1 * rng.standard_normal(values.shape)
+
+
+def exact_suite(config: BatchConfig, num_samples: int) -> list[dict]:
+    """Section 1: BATCH (multi-scale, one lag) vs the exact PID on every discrete case."""
+    rows = []
+    for case in discrete_pid_cases():
+        x1, x2, y = sample_from_joint(case.joint, num_samples, seed=0)
+        rng = np.random.default_rng(0)
+        bits = max(int(np.ceil(np.log2(size))) for size in case.joint.shape[:2])
+        features = np.stack([_symbol_features(x, bits, rng) for x in (x1, x2)], 1).astype(np.float32)
+        balanced = case.joint / case.joint.sum(axis=(0, 1), keepdims=True) / case.joint.shape[2]
+        exact, exact_s, _ = _timed(lambda balanced=balanced: exact_pid(balanced))
+        estimate, batch_s, _ = _timed(lambda features=features, y=y, case=case: multiscale_batch(
+            [features], [y], num_classes=case.joint.shape[2], config=config, progress=False))
+        got = [float(getattr(estimate, term)[0, 0]) for term in TERMS]
+        expected = [exact.redundancy, exact.unique_1, exact.unique_2, exact.synergy]
+        rows.append({"case": case.name, "alphabets": list(case.joint.shape),
+                     **{f"exact_{term}": value for term, value in zip(TERMS, expected)},
+                     **{f"batch_{term}": value for term, value in zip(TERMS, got)},
+                     "max_abs_error_bits": max(abs(a - b) for a, b in zip(got, expected)),
+                     "exact_s": exact_s, "batch_s": batch_s})
+    return rows
 
 
 def _planted_recovered(pairwise, bench) -> bool:
@@ -41,61 +95,70 @@ def _planted_recovered(pairwise, bench) -> bool:
                       {(a, b, bench.planted[kind]["lag"]), (b, a, bench.planted[kind]["lag"])})
     per_modality = uniqueness.max(axis=1)
     checks += [per_modality[names.index(n)].argmax() == lag for n, lag in bench.planted["unique"].items()]
-    return all(checks)
+    return bool(all(checks))
 
 
-def multiscale_vs_stepwise(config: BatchConfig, num_sequences: int, num_lags: int) -> None:
+def _error_vs_planted(pairwise, bench) -> dict:
+    """Mean and largest absolute error (bits) of R, U, S against the benchmark's exact RUS, over pairs i ≠ j and
+    lags (most exact entries are 0: the largest error is the one that says whether planted values are met)."""
+    estimate = pairwise.to_matrices(len(bench.modalities))
+    off_diagonal = ~np.eye(len(bench.modalities), dtype=bool)
+    errors = {}
+    for name, got in zip(("redundancy", "uniqueness", "synergy"), estimate):
+        difference = np.abs(got - bench.planted["rus"][name])[off_diagonal]
+        errors |= {f"mae_{name}_bits": float(difference.mean()), f"max_{name}_bits": float(difference.max())}
+    return errors
+
+
+def multiscale_vs_stepwise(config: BatchConfig, num_sequences: int, num_lags: int) -> dict:
+    """Section 2."""
     bench = make_temporal_rus_benchmark(num_sequences=num_sequences, seq_len=max(8, num_lags), num_lags=num_lags)
     samples = lagged_samples(bench.modalities, bench.labels, num_lags)
     args = (samples.features, samples.labels, samples.num_classes, config)
-    start = time.perf_counter()
-    multi = multiscale_batch(*args, progress=False)
-    multi_s = time.perf_counter() - start
-    start = time.perf_counter()
-    step = stepwise_batch(*args, progress=False)
-    step_s = time.perf_counter() - start
-    print(f"\n[1] multi-scale vs step-wise BATCH: M={len(samples.modality_names)}, L={num_lags}, "
-          f"N={num_sequences}, {config.discriminator_steps}+{config.alignment_steps} steps per network set, "
-          f"batch {config.batch_size}")
-    print(f"    wall time: multi-scale {multi_s:.1f} s, step-wise {step_s:.1f} s, ratio {step_s / multi_s:.2f}x "
-          f"(paper: ~L = {num_lags}x)")
-    for term in ("redundancy", "unique_i", "unique_j", "synergy"):
-        print(f"    relative difference {term:<10}: "
-              f"{100 * _relative_difference(getattr(multi, term), getattr(step, term)):.1f} %")
+    multi, multi_s, multi_cpu = _timed(lambda: multiscale_batch(*args, progress=False))
+    step, step_s, step_cpu = _timed(lambda: stepwise_batch(*args, progress=False))
+    _, multi_again_s, multi_again_cpu = _timed(lambda: multiscale_batch(*args, progress=False))
+    multi_mean_s, multi_mean_cpu = (multi_s + multi_again_s) / 2, (multi_cpu + multi_again_cpu) / 2
     both_u = (np.concatenate([multi.unique_i, multi.unique_j]), np.concatenate([step.unique_i, step.unique_j]))
-    total = _relative_difference(np.concatenate([multi.redundancy, *both_u[:1], multi.synergy]),
-                                 np.concatenate([step.redundancy, *both_u[1:], step.synergy]))
-    print(f"    relative difference all R/U/S : {100 * total:.1f} % (target <= 10 %)")
-    print(f"    planted structure recovered: multi-scale {_planted_recovered(multi, bench)}, "
-          f"step-wise {_planted_recovered(step, bench)}")
-    print(f"    clipped negative mass (bits): multi-scale {multi.clipped:.3f}, step-wise {step.clipped:.3f}")
+    return {
+        "modalities": len(samples.modality_names), "lags": num_lags, "sequences": num_sequences,
+        "multiscale_s": [multi_s, multi_again_s], "stepwise_s": step_s,
+        "time_ratio_stepwise_over_multiscale": step_s / multi_mean_s,
+        "cpu_time_ratio_stepwise_over_multiscale": step_cpu / multi_mean_cpu,
+        "relative_difference": {term: _relative_difference(getattr(multi, term), getattr(step, term))
+                                for term in TERMS} | {"all": _relative_difference(
+                                    np.concatenate([multi.redundancy, both_u[0], multi.synergy]),
+                                    np.concatenate([step.redundancy, both_u[1], step.synergy]))},
+        "error_vs_exact": {"multiscale": _error_vs_planted(multi, bench), "stepwise": _error_vs_planted(step, bench)},
+        "planted_recovered": {"multiscale": _planted_recovered(multi, bench),
+                              "stepwise": _planted_recovered(step, bench)},
+        "clipped_negative_bits": {"multiscale": float(multi.clipped), "stepwise": float(step.clipped)},
+    }
 
 
-def sinkhorn_iterations(device: str) -> None:
-    print("\n[2] Sinkhorn iterations to 1e-6 marginal error (P=21 pairs, K=2 classes, B=256, standardised d_e=10 "
-          "embeddings)")
+def sinkhorn_iterations(device: str) -> list[dict]:
+    """Section 3: P=21 pairs, K=2 classes, B=256, standardised d_e=10 embeddings."""
     generator = torch.Generator().manual_seed(0)
     pairs, classes, batch, dim = 21, 2, 256, 10
+    rows = []
     for label, scale in (("random embeddings", 1.0), ("sharper kernel (x3)", 3.0)):
         embeddings = torch.randn(2, pairs, classes, batch, dim, generator=generator)
         embeddings = (embeddings - embeddings.mean(-1, keepdim=True)) / embeddings.std(-1, keepdim=True)
         log_kernel = scale * torch.einsum("pkad,pkbd->pkab", embeddings[0], embeddings[1]) / dim ** 0.5
         logits = 2.0 * torch.randn(2, pairs, batch, classes, generator=generator)
-        rows, cols = (p.softmax(-1).permute(0, 2, 1).contiguous() / batch for p in logits)
+        rows_target, cols_target = (p.softmax(-1).permute(0, 2, 1).contiguous() / batch for p in logits)
         for rescale in (True, False):
-            start = time.perf_counter()
-            result = sinkhorn_couplings(log_kernel.to(device), rows.to(device), cols.to(device), tol=1e-6,
-                                        max_iter=500, rescale_columns=rescale)
-            elapsed = time.perf_counter() - start
-            print(f"    {label:<22} rescaled={str(rescale):<5}: {result.iterations:>3} iterations, "
-                  f"error {result.marginal_error:.1e}, {1000 * elapsed:.0f} ms")
+            inputs = (log_kernel.to(device), rows_target.to(device), cols_target.to(device))
+            result, elapsed, _ = _timed(lambda rescale=rescale, inputs=inputs: sinkhorn_couplings(
+                *inputs, tol=1e-6, max_iter=500, rescale_columns=rescale))
+            rows.append({"kernel": label, "rescaled": rescale, "iterations": result.iterations,
+                         "marginal_error": float(result.marginal_error), "ms": 1000 * elapsed})
+    return rows
 
 
-def pair_scaling(config: BatchConfig, sizes: list[int], repeats: int) -> None:
-    print(f"\n[3] all-pairs cost vs number of modalities (batch {config.batch_size}, 3 channels, device "
-          f"{config.device})")
-    print(f"    {'M':>3} {'pairs':>6} {'disc s/step':>12} {'align s/step':>13} {'readout s/lag':>14} "
-          f"{'projected run (L=4)':>20}")
+def pair_scaling(config: BatchConfig, sizes: list[int], repeats: int) -> list[dict]:
+    """Section 4: all-pairs step costs at M modalities (3 channels, 2 classes, 4 lags)."""
+    rows = []
     for num_modalities in sizes:
         rng = np.random.default_rng(0)
         labels = rng.integers(0, 2, 2000)
@@ -105,33 +168,79 @@ def pair_scaling(config: BatchConfig, sizes: list[int], repeats: int) -> None:
         for phase, steps_field in ((estimator.train_discriminators, "discriminator_steps"),
                                    (estimator.train_alignment, "alignment_steps")):
             setattr(estimator.config, steps_field, repeats)
-            start = time.perf_counter()
-            phase()
-            timings.append((time.perf_counter() - start) / repeats)
-        start = time.perf_counter()
+            timings.append(_timed(phase)[1] / repeats)
         estimator.config.readout_batches = 1
-        estimator.read_out(0)
-        readout = (time.perf_counter() - start) * 4
-        projected = timings[0] * 600 + timings[1] * 100 + readout * 4
-        print(f"    {num_modalities:>3} {num_modalities * (num_modalities - 1) // 2:>6} {timings[0]:>12.3f} "
-              f"{timings[1]:>13.3f} {readout / 4:>14.3f} {projected:>18.0f} s")
+        readout_s = _timed(lambda estimator=estimator: estimator.read_out(0))[1]
+        defaults = BatchConfig()
+        projected = (timings[0] * defaults.discriminator_steps + timings[1] * defaults.alignment_steps
+                     + readout_s * defaults.readout_batches * 4)
+        rows.append({"M": num_modalities, "pairs": num_modalities * (num_modalities - 1) // 2,
+                     "discriminator_step_s": timings[0], "alignment_step_s": timings[1], "readout_batch_s": readout_s,
+                     "projected_default_run_s": projected})
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller budgets (a rough figure)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--sections", default="exact,multiscale,sinkhorn,pairs", help="comma-separated subset")
+    parser.add_argument("--output", default=RESULTS_DIR / "rus_estimation.json", help="JSON file ('-' = none)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    quick = args.quick
+    quick, sections = args.quick, set(args.sections.split(","))
     config = BatchConfig(batch_size=128 if quick else 256, discriminator_steps=300 if quick else 600,
                          alignment_steps=30 if quick else 100, device=args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    multiscale_vs_stepwise(config, num_sequences=1000 if quick else 2000, num_lags=4)
-    sinkhorn_iterations(args.device)
-    scaling = BatchConfig(batch_size=128, device=args.device)
-    pair_scaling(scaling, [4, 16] if quick else [4, 16, 64], repeats=2 if quick else 3)
+    payload = {"environment": environment(args.device), "quick": quick,
+               "batch_config": {key: getattr(config, key) for key in
+                                ("batch_size", "discriminator_steps", "alignment_steps", "readout_batches")}}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    if "exact" in sections:
+        suite_config = BatchConfig(batch_size=128, discriminator_steps=300, alignment_steps=50, readout_batches=4,
+                                   device=args.device)
+        rows = payload["exact_suite"] = exact_suite(suite_config, num_samples=2000 if quick else 4000)
+        print("\n[1] BATCH vs the exact PID (class-balanced joint), bits: exact / BATCH")
+        for row in rows:
+            row["R"], row["U1"], row["U2"], row["S"] = (
+                f"{row[f'exact_{term}']:.3f} / {row[f'batch_{term}']:.3f}" for term in TERMS)
+        print(format_table(rows, [("case", "case", "s"), ("R", "R", "s"), ("U1", "U1", "s"), ("U2", "U2", "s"),
+                                  ("S", "S", "s"), ("max_abs_error_bits", "max |err|", ".3f"),
+                                  ("exact_s", "exact s", ".3f"), ("batch_s", "BATCH s", ".1f")]), flush=True)
+        for row in rows:
+            del row["R"], row["U1"], row["U2"], row["S"]
+    if "multiscale" in sections:
+        result = payload["multiscale_vs_stepwise"] = multiscale_vs_stepwise(
+            config, num_sequences=1000 if quick else 2000, num_lags=4)
+        print(f"\n[2] multi-scale vs step-wise BATCH: M={result['modalities']}, L={result['lags']}, "
+              f"N={result['sequences']}")
+        print(f"    wall time: multi-scale {result['multiscale_s'][0]:.1f} s and {result['multiscale_s'][1]:.1f} s, "
+              f"step-wise {result['stepwise_s']:.1f} s: ratio {result['time_ratio_stepwise_over_multiscale']:.2f}x "
+              f"(CPU time {result['cpu_time_ratio_stepwise_over_multiscale']:.2f}x; paper: ~L = 4x)")
+        print("    relative difference: " + ", ".join(f"{term} {100 * value:.1f} %"
+                                                       for term, value in result["relative_difference"].items()))
+        for name, errors in result["error_vs_exact"].items():
+            print(f"    {name} vs exact temporal RUS (mean / max abs error): " + ", ".join(
+                f"{term} {errors[f'mae_{term}_bits']:.3f} / {errors[f'max_{term}_bits']:.3f} bits"
+                for term in ("redundancy", "uniqueness", "synergy")))
+        print(f"    planted structure recovered: {result['planted_recovered']}", flush=True)
+    if "sinkhorn" in sections:
+        rows = payload["sinkhorn"] = sinkhorn_iterations(args.device)
+        print("\n[3] Sinkhorn iterations to a 1e-6 marginal error (P=21, K=2, B=256, d_e=10)")
+        print(format_table(rows, [("kernel", "kernel", "s"), ("rescaled", "rescaled", ""),
+                                  ("iterations", "iterations", "d"), ("marginal_error", "error", ".1e"),
+                                  ("ms", "ms", ".0f")]), flush=True)
+    if "pairs" in sections:
+        rows = payload["all_pairs"] = pair_scaling(BatchConfig(batch_size=128, device=args.device),
+                                                   [4, 16] if quick else [4, 16, 64], repeats=2 if quick else 3)
+        print("\n[4] all-pairs cost vs number of modalities (batch 128, 3 channels, 4 lags)")
+        print(format_table(rows, [("M", "M", "d"), ("pairs", "pairs", "d"),
+                                  ("discriminator_step_s", "disc s/step", ".3f"),
+                                  ("alignment_step_s", "align s/step", ".3f"),
+                                  ("readout_batch_s", "readout s/batch", ".3f"),
+                                  ("projected_default_run_s", "projected run s", ".0f")]), flush=True)
+    write_json(args.output, payload)
+    return payload
 
 
 if __name__ == "__main__":
