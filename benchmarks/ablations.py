@@ -23,7 +23,7 @@ VARIANTS = [
     *[Variant(f"no {loss} loss", {**MERGE, "disable_aux_loss": [loss]})
       for loss in ("redundancy", "uniqueness", "synergy", "load_balance")],
     *[Variant(f"RUS → {ablation}", {**MERGE, "rus_ablation": ablation}) for ablation in ("zeros", "noise", "shuffled")],
-    *[Variant(f"{lags} lag{'s' * (lags > 1)}", {**MERGE, "num_rus_lags": lags}) for lags in (1, 2, 8)],
+    *[Variant(f"{lags} lag{'s' * (lags > 1)}", {**MERGE, "num_rus_lags": lags}) for lags in (1, 2)],
 ]
 
 
