@@ -245,6 +245,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--seeds", type=int, default=default_seeds, help="seeds 0..N-1 per variant")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget (1 epoch, 64 examples): checks the script only")
+    parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train nothing; tabulate the runs that exist")
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
                                                        f"with --smoke runs/benchmarks/smoke/{name}.json)")
@@ -252,6 +253,11 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     sys.path.insert(0, str(REPO_ROOT / "examples"))
 
     runs = build_runs(args.datasets, args.seeds, args.smoke)
+    if args.variants:
+        unknown = sorted(set(args.variants) - {run.variant.name for run in runs})
+        if unknown:
+            parser.error(f"unknown --variants {unknown}; choose from {sorted({run.variant.name for run in runs})}")
+        runs = [run for run in runs if run.variant.name in args.variants]
     started = time.perf_counter()
     facts = machine_facts(args.workers)
     if not args.report_only:
