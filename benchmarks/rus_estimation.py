@@ -13,8 +13,8 @@
    per alignment step and per read-out batch, and the projected time of a default run (600 + 100 steps,
    L = 4 lags).
 
-    python benchmarks/rus_estimation.py            # full figures (~10-15 min on 2 CPU cores)
-    python benchmarks/rus_estimation.py --quick    # smaller budget (~4 min)
+    python benchmarks/rus_estimation.py            # full figures (~5 min on one CPU core)
+    python benchmarks/rus_estimation.py --quick    # smaller budgets (~2 min)
     python benchmarks/rus_estimation.py --device cuda
 """
 
