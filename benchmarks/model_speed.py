@@ -12,6 +12,8 @@ hyper-parameters (MergeConfig defaults: D 128, 6 blocks of which 3 MoE, 8 expert
    path, in fp32 and bf16.
 3. Components: forward + backward of one MoE layer's parts on the same hidden states, against the dense
    feed-forward layer it replaces — where MERGE's extra step time is spent.
+4. Routing: share of the top-k slots that go to the synergy experts (the costly, cross-attention ones) per MoE
+   layer, at initialisation and after a few training steps, for MERGE and FuseMoE (uniform routing: 2/8).
 
     python benchmarks/model_speed.py                  # ~6-10 min on 2 CPU cores
     python benchmarks/model_speed.py --quick          # ~2-3 min, fewer rounds
@@ -159,11 +161,33 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
              "vs_dense_layer": timing["median_s"] / base} for name, timing in timings.items()]
 
 
+def synergy_routing(shape: Shape, steps: int = 3) -> list[dict]:
+    """Section 4: per MoE layer, the share of top-k slots routed to synergy experts (eval-mode forward), at
+    initialisation and after `steps` training steps on the benchmark batch."""
+    import torch
+
+    inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
+    rows = []
+    for name, router_type in (("MERGE", "rus"), ("FuseMoE (laplace_per_modality)", "laplace_per_modality")):
+        model = build_model(PAMAP2_MODALITIES, shape, router_type)
+        train_step = _models.train_step_function(model, inputs, labels)
+        for trained_steps in (0, steps):
+            for _ in range(trained_steps):
+                train_step()
+            model.eval()
+            with torch.no_grad():
+                selected = model(modalities=inputs, output_router_probs=True).selected_experts
+            shares = [float((experts < model.config.num_synergy_experts).float().mean()) for experts in selected]
+            rows.append({"variant": name, "training_steps": trained_steps,
+                         "synergy_slot_share_per_layer": " / ".join(f"{share:.2f}" for share in shares)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "model_speed.json")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sections", default="full,dispatch,components", help="comma-separated subset to run")
+    parser.add_argument("--sections", default="full,dispatch,components,routing", help="comma-separated subset to run")
     args = parser.parse_args(argv)
     import torch
 
@@ -199,6 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n[3] one MoE layer's parts, forward + backward, vs the dense feed-forward layer it replaces")
         print(format_table(rows, [("component", "component", "s"), ("forward_backward_ms", "fwd+bwd ms", ".1f"),
                                   ("vs_dense_layer", "vs dense layer", ".2f")]), flush=True)
+    if "routing" in sections:
+        rows = synergy_routing(shape)
+        payload["routing"] = rows
+        print("\n[4] share of top-k slots routed to the synergy experts, per MoE layer (uniform: 0.25)")
+        print(format_table(rows, [("variant", "variant", "s"), ("training_steps", "training steps", "d"),
+                                  ("synergy_slot_share_per_layer", "synergy share per layer", "s")]), flush=True)
     write_json(args.output, payload)
     return payload
 
