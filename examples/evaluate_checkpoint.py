@@ -28,7 +28,6 @@ from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa
 from modeling_merge.plotting import plot_ablation  # noqa: E402
 from modeling_merge.training import (  # noqa: E402
     MultimodalCollator,
-    build_dataset,
     check_modalities_match,
     evaluate_model,
     interpretation_figures,
@@ -49,7 +48,8 @@ class EvaluateArguments:
 
 def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     output_dir = Path(args.output_dir)
-    splits = build_dataset(args.dataset, args.data_dir, str(output_dir / "cache"), json.loads(args.dataset_options))
+    splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=str(output_dir / "cache"),
+                                    **json.loads(args.dataset_options))
     metadata = dataset_builders.metadata_of(splits)
     if args.split not in splits:
         raise KeyError(f"split {args.split!r} is not in the dataset (splits: {sorted(splits)})")

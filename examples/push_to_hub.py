@@ -24,9 +24,9 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dataset_builders  # noqa: E402
 from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, push_folder  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
-from modeling_merge.training import build_dataset  # noqa: E402
 
 
 @dataclass
@@ -74,7 +74,7 @@ def push_dataset(args: PushArguments, sidecar: Path) -> None:
     if not args.dataset:
         raise ValueError("--dataset_repo_id needs --dataset (and --data_dir for real benchmarks) to rebuild the dataset")
     with tempfile.TemporaryDirectory() as cache:
-        splits = build_dataset(args.dataset, args.data_dir, cache, json.loads(args.dataset_options))
+        splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=cache, **json.loads(args.dataset_options))
         commit = push_to_hub(splits, args.dataset_repo_id, sidecar=sidecar, token=args.token, private=args.private,
                              commit_message="Upload dataset and RUS sidecar")
     print(f"dataset pushed: {commit.commit_url}")

@@ -55,7 +55,6 @@ from modeling_merge.training import (  # noqa: E402
     MetricsLog,
     MultimodalCollator,
     atomic_directory,
-    build_dataset,
     check_modalities_match,
     evaluate_model,
     interpretation_figures,
@@ -135,7 +134,7 @@ def load_data(args: TrainArguments, accelerator: Accelerator):
             splits = load_published(args.hub_dataset, cache_dir=cache_dir)
     else:
         with accelerator.main_process_first():
-            splits = build_dataset(args.dataset, args.data_dir, str(cache_dir), json.loads(args.dataset_options))
+            splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=str(cache_dir), **json.loads(args.dataset_options))
     metadata = dataset_builders.metadata_of(splits)
     if args.limit_examples:
         splits = type(splits)({split: data.select(range(min(len(data), args.limit_examples))) for split, data in splits.items()})

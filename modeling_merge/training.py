@@ -170,14 +170,6 @@ def merge_training_arguments(output_dir: str | Path, **overrides):
     return TrainingArguments(output_dir=str(output_dir), **settings)
 
 
-def build_dataset(name: str, data_dir: str | None, cache_dir: str | None, options: Mapping[str, Any] | None = None):
-    """``dataset_builders.build`` for a builder name or alias (``wesad_e4`` = the WESAD builder on the E4 wrist
-    files) with config fields ``options``; returns the ``DatasetDict``."""
-    import dataset_builders
-
-    return dataset_builders.build(name, data_dir=data_dir, cache_dir=cache_dir, **(options or {}))
-
-
 def check_modalities_match(model_modalities: Mapping[str, int], data_modalities: Mapping[str, int], what: str) -> None:
     """Raise if a model (``what`` names it: a checkpoint path, a sidecar) was built for other modalities,
     other channel counts or another modality order than the data."""
