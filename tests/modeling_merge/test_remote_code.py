@@ -94,6 +94,13 @@ def test_checkpoint_loads_with_trust_remote_code_where_the_package_is_not_import
     from safetensors.torch import load_file
 
     remote_logits = load_file(tmp_path / "logits.safetensors")["logits"]
-    # The other process runs on one thread, so float reductions may be ordered differently: equal to rounding.
-    torch.testing.assert_close(remote_logits, model(modalities=inputs, modality_mask=mask).logits.detach())
+    # The other process runs on one thread (OMP_NUM_THREADS=1); so does this reference, so the reductions run in
+    # the same order and the logits must be bit-identical.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local_logits = model(modalities=inputs, modality_mask=mask).logits.detach()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(remote_logits, local_logits)
     assert str(REPO_ROOT) not in result.stderr
