@@ -62,9 +62,10 @@ class MergeConfig(PreTrainedConfig):
         router_hidden_dim (`int`): h = ReLU(W_h x) and the router MLP's hidden layer.
         router_gru_dim (`int`): GRU hidden size of the RUS router.
         router_attention_dim (`int`): query/key/value size of the RUS context attention.
-        router_top_partners (`int | None`): if set, each modality's router context (and the RUS loss pairs)
-            only covers its `router_top_partners` partners with the largest R+S (chosen when RUS is set),
-            which keeps the router linear in M. `None` = all M−1 partners.
+        router_top_partners (`int | None`): RUS router only. If set, each modality's router context, the RUS
+            loss pairs and its tokens' synergy-expert attention only cover its `router_top_partners` partners
+            with the largest R+S (chosen when RUS is set), which keeps the whole MoE layer linear in M.
+            `None` = all M−1 partners.
         redundancy_loss_weight / uniqueness_loss_weight / synergy_loss_weight / load_balance_loss_weight
             (`float`): λ of each auxiliary loss; 0 switches that loss off (the ablation switch).
         synergy_loss_type (`str`): `"one_minus_p"` (1 − p̄, reference) or `"neg_log_p"` (−log p̄).
@@ -191,6 +192,9 @@ class MergeConfig(PreTrainedConfig):
         if self.router_top_partners is not None:
             _check(_is_int(self.router_top_partners) and self.router_top_partners > 0, "router_top_partners",
                    "must be None or an int > 0", self.router_top_partners)
+            _check(self.router_type == "rus", "router_top_partners",
+                   f"needs router_type='rus' (partners are chosen from the RUS), got {self.router_type!r}",
+                   self.router_top_partners)
         for field in ("redundancy_loss_weight", "uniqueness_loss_weight", "synergy_loss_weight",
                       "load_balance_loss_weight"):
             value = getattr(self, field)

@@ -128,12 +128,16 @@ class MergeAttention(nn.Module):
         return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, query_states: Tensor, key_value_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.attend(query_states, self.k_proj(key_value_states), self.v_proj(key_value_states), attention_mask)
+
+    def attend(self, query_states: Tensor, keys: Tensor, values: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """As `forward`, with keys and values already projected (`k_proj`, `v_proj`), `(N, Tk, D)` each; the mask
+        may broadcast over queries (`(N, 1, Tk)`)."""
         query = self._heads(self.q_proj(query_states))
-        key = self._heads(self.k_proj(key_value_states))
-        value = self._heads(self.v_proj(key_value_states))
         mask = None if attention_mask is None else attention_mask[:, None]
         attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            query, self._heads(keys), self._heads(values), attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.o_proj(attended.transpose(1, 2).reshape(query_states.shape))
 
@@ -375,8 +379,13 @@ class MergeFeedForwardExperts(nn.Module):
 
 
 class MergeSynergyExpert(nn.Module):
-    """Cross-modal expert: a token attends to the tokens of the OTHER present modalities of its OWN sample,
-    residual + LN, then a feed-forward sublayer, residual + LN. Only the routed tokens are computed."""
+    """Cross-modal expert: a token attends to the tokens of its modality's partner modalities (all other
+    modalities, or the RUS router's top partners) present in its OWN sample, residual + LN, then a feed-forward
+    sublayer, residual + LN. Only the routed tokens are computed.
+
+    Keys and values are projected once per token; queries are grouped by (sample, modality), and every group
+    attends to P·T partner tokens, so the cost is O(routed tokens · P · T): linear in M for a fixed P.
+    """
 
     def __init__(self, config: MergeConfig):
         super().__init__()
@@ -386,26 +395,26 @@ class MergeSynergyExpert(nn.Module):
         self.output_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: Tensor, token_index: Tensor, presence: Tensor) -> Tensor:
-        """hidden_states `(B, M, T, D)`; token_index `(n,)` ascending flat indices into B·M·T; presence
-        `(B, M)` bool → `(n, D)`."""
+    def forward(self, hidden_states: Tensor, token_index: Tensor, presence: Tensor, partner_index: Tensor) -> Tensor:
+        """hidden_states `(B, M, T, D)`; token_index `(n,)` ascending flat indices into B·M·T; presence `(B, M)`
+        bool; partner_index `(M, P)` int64, the modalities each modality attends to → `(n, D)`."""
         batch, num_modalities, num_tokens, dim = hidden_states.shape
-        tokens_per_sample = num_modalities * num_tokens
-        sample = token_index // tokens_per_sample
-        samples, counts = torch.unique_consecutive(sample, return_counts=True)
-        group = torch.repeat_interleave(torch.arange(samples.shape[0], device=sample.device), counts)
-        starts = torch.cumsum(counts, 0) - counts
-        position = torch.arange(token_index.shape[0], device=sample.device) - starts[group]
-        padded_length = int(counts.max())
-        queries = hidden_states.new_zeros(samples.shape[0], padded_length, dim)
+        flat_group = token_index // num_tokens
+        groups, counts = torch.unique_consecutive(flat_group, return_counts=True)
+        group = torch.repeat_interleave(torch.arange(groups.shape[0], device=groups.device), counts)
+        position = torch.arange(token_index.shape[0], device=groups.device) - (torch.cumsum(counts, 0) - counts)[group]
+        queries = hidden_states.new_zeros(groups.shape[0], int(counts.max()), dim)
         queries = queries.index_put((group, position), hidden_states.reshape(-1, dim)[token_index])
-        query_modality = torch.full((samples.shape[0], padded_length), -1, device=sample.device)
-        query_modality = query_modality.index_put((group, position), (token_index // num_tokens) % num_modalities)
-        key_modality = torch.arange(tokens_per_sample, device=sample.device) // num_tokens
-        allowed = (key_modality[None, None, :] != query_modality[:, :, None]) & presence[samples][:, None, key_modality]
-        has_partner = allowed.any(-1, keepdim=True)
-        keys_values = hidden_states[samples].reshape(samples.shape[0], tokens_per_sample, dim)
-        attended = self.cross_attention(queries, keys_values, allowed | ~has_partner) * has_partner
+        sample, partners = groups // num_modalities, partner_index[groups % num_modalities]
+        allowed = presence[sample[:, None], partners]
+        has_partner = allowed.any(-1)[:, None, None]
+        if partners.shape[1]:
+            keys = self.cross_attention.k_proj(hidden_states)[sample[:, None], partners].reshape(groups.shape[0], -1, dim)
+            values = self.cross_attention.v_proj(hidden_states)[sample[:, None], partners].reshape(keys.shape)
+            key_allowed = allowed.repeat_interleave(num_tokens, dim=1)[:, None, :]
+            attended = self.cross_attention.attend(queries, keys, values, key_allowed | ~has_partner) * has_partner
+        else:
+            attended = torch.zeros_like(queries)
         states = self.attention_norm(queries + self.dropout(attended))
         states = self.output_norm(states + self.dropout(self.feed_forward(states)))
         return states[group, position]
@@ -429,10 +438,10 @@ class MergeMoeLayer(nn.Module):
         self.feedforward_experts = MergeFeedForwardExperts(config)
 
     def forward(
-        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """→ (outputs `(B, M, T, D)`, zero for absent modalities; probs `(B, M, T, E)` float32; top-k ids
-        `(B, M, T, k)`)."""
+        """partner_index `(M, P)`: the modalities each modality's synergy-expert tokens attend to → (outputs
+        `(B, M, T, D)`, zero for absent modalities; probs `(B, M, T, E)` float32; top-k ids `(B, M, T, k)`)."""
         batch, num_modalities, num_tokens, dim = hidden_states.shape
         logits = self.router(hidden_states, rus).float()
         probs = logits.softmax(-1)
@@ -448,7 +457,7 @@ class MergeMoeLayer(nn.Module):
             slots = torch.nonzero(slot_expert == expert).squeeze(1)
             if slots.numel():
                 slot_outputs = slot_outputs.index_copy(
-                    0, slots, synergy_expert(hidden_states, slot_token[slots], presence)
+                    0, slots, synergy_expert(hidden_states, slot_token[slots], presence, partner_index)
                 )
         feedforward_slots = torch.nonzero(slot_expert >= self.num_synergy_experts).squeeze(1)
         if feedforward_slots.numel():
@@ -477,14 +486,14 @@ class MergeBlock(nn.Module):
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(
-        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         batch, num_modalities, num_tokens, dim = hidden_states.shape
         hidden_states = self.self_attention(hidden_states.reshape(-1, num_tokens, dim))
         hidden_states = hidden_states.reshape(batch, num_modalities, num_tokens, dim)
         if not self.is_moe:
             return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states))), None, None
-        update, probs, experts = self.feed_forward(hidden_states, presence, rus)
+        update, probs, experts = self.feed_forward(hidden_states, presence, rus, partner_index)
         return self.norm(hidden_states + self.dropout(update)), probs, experts
 
 
@@ -749,7 +758,7 @@ class MergeModel(MergePreTrainedModel):
         rus = self._rus_context(hidden_states.shape[2], presence) if self.config.router_type == "rus" else None
         layer_losses, all_probs, all_experts = [], [], []
         for block in self.blocks:
-            hidden_states, probs, experts = block(hidden_states, presence, rus)
+            hidden_states, probs, experts = block(hidden_states, presence, rus, self.rus_partner_index)
             if probs is not None:
                 layer_losses.append(merge_auxiliary_losses(probs, experts, presence, rus, self.config))
                 all_probs.append(probs)

@@ -53,6 +53,7 @@ def test_auto_map_names_all_three_auto_classes():
         ({"redundancy_threshold": 150.0}, "redundancy_threshold"),
         ({"uniqueness_loss_weight": -1.0}, "uniqueness_loss_weight"),
         ({"router_top_partners": 0}, "router_top_partners"),
+        ({"router_type": "softmax", "router_top_partners": 2}, "router_top_partners"),
         ({"num_rus_lags": 0}, "num_rus_lags"),
         ({"dropout": 1.0}, "dropout"),
     ],

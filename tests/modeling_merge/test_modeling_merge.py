@@ -16,6 +16,8 @@ from modeling_merge.modeling_merge import (
     MergeFeedForwardExperts,
     MergeMoeLayer,
     MergeRusContextAttention,
+    MergeSynergyExpert,
+    _all_other_modalities,
     jensen_shannon_divergence,
     merge_auxiliary_losses,
     token_lags,
@@ -161,7 +163,7 @@ def test_top_k_weights_sum_to_one():
             parameter.normal_()
             parameter.copy_(parameter[:1].expand_as(parameter))
     hidden = torch.randn(2, 3, 5, 16)
-    output, _, _ = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None)
+    output, _, _ = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None, _all_other_modalities(3))
     single_expert = experts(hidden.reshape(-1, 16), torch.zeros(30, dtype=torch.long)).reshape(hidden.shape)
     assert torch.allclose(output, single_expert, atol=1e-5)
 
@@ -268,6 +270,49 @@ def test_router_top_partners_keeps_only_the_strongest_pairs_in_context_and_losse
     unchanged = [0, 1, 3, 4]
     assert torch.allclose(probs[:, unchanged], reference[:, unchanged], atol=1e-7)
     assert not torch.allclose(probs[:, 2], reference[:, 2], atol=1e-7)
+
+
+def test_synergy_expert_matches_a_token_by_token_reference_over_its_present_partners():
+    config = tiny_config(modalities={f"m{index}": 1 for index in range(4)}, patch_sizes={})
+    expert = MergeSynergyExpert(config).eval()
+    hidden = torch.randn(3, 4, 5, config.d_model)
+    presence = torch.tensor([[True, True, True, True], [True, False, True, False], [False, True, True, True]])
+    partner_index = torch.tensor([[1, 2], [0, 3], [1, 3], [0, 1]])
+    token_index = torch.sort(torch.randperm(3 * 4 * 5)[:40]).values
+    outputs = expert(hidden, token_index, presence, partner_index)
+    for flat, output in zip(token_index.tolist(), outputs):
+        sample, modality, step = flat // 20, flat // 5 % 4, flat % 5
+        query = hidden[sample, modality, step][None, None]
+        partners = [j for j in partner_index[modality].tolist() if presence[sample, j]]
+        if partners:
+            attended = expert.cross_attention(query, hidden[sample, partners].reshape(1, -1, config.d_model))
+        else:
+            attended = torch.zeros_like(query)
+        states = expert.attention_norm(query + attended)
+        reference = expert.output_norm(states + expert.feed_forward(states))[0, 0]
+        assert torch.allclose(output, reference, atol=1e-5), (sample, modality, step, partners)
+
+
+def test_with_top_partners_a_modality_only_sees_its_partners_through_the_synergy_experts():
+    modalities = {f"m{index}": 1 for index in range(5)}
+    settings = dict(modalities=modalities, patch_sizes={}, num_synergy_experts=2, num_feedforward_experts=1,
+                    num_experts_per_token=3)
+    strength = torch.zeros(5, 5, 3)
+    for i, j in [(0, 1), (2, 3), (3, 4)]:
+        strength[i, j] = strength[j, i] = 1.0 + i
+    inputs = make_inputs(tiny_config(**settings), batch=2, tokens=4)
+    changed = dict(inputs, m2=inputs["m2"] + 1.0)
+    states = {}
+    for top_partners in (None, 1):
+        model = MergeModel(tiny_config(router_top_partners=top_partners, **settings)).eval()
+        model.set_rus(strength, torch.zeros(5, 5, 3), strength)
+        states[top_partners] = [model(modalities=batch).last_hidden_state for batch in (inputs, changed)]
+    assert model.rus_partner_index.squeeze(1).tolist() == [1, 0, 3, 4, 3]
+    reference, perturbed = states[1]
+    others = [0, 1, 3, 4]
+    assert torch.allclose(perturbed[:, others], reference[:, others], atol=1e-6), "m2 is nobody's top partner"
+    reference, perturbed = states[None]
+    assert not torch.allclose(perturbed[:, others], reference[:, others], atol=1e-4), "with all partners m2 is seen"
 
 
 def test_rus_context_attention_ignores_masked_partners_and_is_zero_without_any():
