@@ -111,6 +111,7 @@ class DatasetMetadata:
         return dict(
             modalities=dict(self.modalities),
             patch_sizes=dict(self.patch_sizes),
+            token_grid_length=self.window,
             num_labels=len(self.label_names),
             id2label={index: label for index, label in enumerate(self.label_names)},
             label2id={label: index for index, label in enumerate(self.label_names)},

@@ -1,6 +1,6 @@
 """Evaluate a MERGE checkpoint and draw what it learned; compare ablation runs.
 
-    python examples/evaluate_checkpoint.py --checkpoint outputs/main_job/best_model                # synthetic test split
+    python examples/evaluate_checkpoint.py --checkpoint outputs/main_job/best_model    # the run's dataset, test split
     python examples/evaluate_checkpoint.py --checkpoint org/merge-wesad --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
     python examples/evaluate_checkpoint.py --ablation_runs runs/full runs/no_redundancy runs/no_synergy --output_dir runs/ablation
 
@@ -37,19 +37,35 @@ from modeling_merge.training import (  # noqa: E402
 @dataclass
 class EvaluateArguments:
     checkpoint: str | None = field(default=None, metadata={"help": "folder or Hub repo id of a MERGE checkpoint"})
-    dataset: str = field(default="synthetic", metadata={"help": "builder name, as in train.py"})
-    data_dir: str | None = None
-    dataset_options: str = "{}"
+    dataset: str | None = field(default=None, metadata={
+        "help": "builder name, as in train.py (default: the run's, from results.json beside a local checkpoint; "
+                "else synthetic)"})
+    data_dir: str | None = field(default=None, metadata={"help": "default: the run's"})
+    dataset_options: str | None = field(default=None, metadata={"help": "JSON builder options; default: the run's"})
     split: str = "test"
     batch_size: int = 64
     output_dir: str = "outputs/evaluation"
     ablation_runs: list[str] = field(default_factory=list, metadata={"help": "train.py output folders to compare"})
 
 
+def training_run_defaults(checkpoint: str) -> dict:
+    """Dataset, data_dir and builder options of the train.py run a local checkpoint folder belongs to (its
+    parent's results.json), so the checkpoint is scored on data built like its training data; {} otherwise."""
+    results_path = Path(checkpoint).parent / "results.json"
+    if not Path(checkpoint).is_dir() or not results_path.is_file():
+        return {}
+    results = json.loads(results_path.read_text())
+    return {"dataset": results["dataset"], "data_dir": results.get("data_dir"),
+            "dataset_options": json.dumps(results.get("dataset_options", {}))}
+
+
 def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     output_dir = Path(args.output_dir)
-    splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=str(output_dir / "cache"),
-                                    **json.loads(args.dataset_options))
+    run = training_run_defaults(args.checkpoint)
+    dataset = args.dataset or run.get("dataset", "synthetic")
+    data_dir = args.data_dir or run.get("data_dir")
+    options = json.loads(args.dataset_options or run.get("dataset_options", "{}"))
+    splits = dataset_builders.build(dataset, data_dir=data_dir, cache_dir=str(output_dir / "cache"), **options)
     metadata = dataset_builders.metadata_of(splits)
     if args.split not in splits:
         raise KeyError(f"split {args.split!r} is not in the dataset (splits: {sorted(splits)})")

@@ -342,7 +342,8 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
     check_modalities_match(best.config.modalities, metadata.modalities, f"checkpoint {output_dir / 'best_model'}")
     accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     test_metrics, _, _ = evaluate_model(model, test_loader, accelerator)
-    results = {"dataset": args.dataset if not args.hub_dataset else args.hub_dataset, "seed": args.seed,
+    results = {"dataset": args.dataset if not args.hub_dataset else args.hub_dataset,
+               "dataset_options": json.loads(args.dataset_options), "data_dir": args.data_dir, "seed": args.seed,
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
                "rus_ablation": args.rus_ablation, "num_rus_lags": args.num_rus_lags,
                "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,

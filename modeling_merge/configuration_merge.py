@@ -39,6 +39,10 @@ class MergeConfig(PreTrainedConfig):
             Stride (in input steps) of modalities sampled faster than the token grid; absent names use 1. An
             input of `time_m` steps gives `time_m / patch_m` tokens, and all modalities must agree on that
             token-grid length T.
+        token_grid_length (`int | None`): the token-grid length T of the data the model is built for (set by
+            `DatasetMetadata.merge_config_kwargs` from the dataset's window). The RUS lag of token t is
+            ℓ(t) = ⌊t·L/T⌋, so inputs on another grid are refused with an error naming both lengths. `None` =
+            any length.
         num_labels (`int`): number of classes (inherited; also set by `id2label`).
         d_model (`int`): width D of every token.
         num_attention_heads (`int`): heads of every self- and cross-attention.
@@ -81,6 +85,7 @@ class MergeConfig(PreTrainedConfig):
 
     modalities: dict[str, int] | None = None
     patch_sizes: dict[str, int] | None = None
+    token_grid_length: int | None = None
     d_model: int = 128
     num_attention_heads: int = 4
     ffn_dim: int = 256
@@ -189,6 +194,9 @@ class MergeConfig(PreTrainedConfig):
                    "num_experts_per_token", f"must be in [1, num_experts={self.num_experts}]",
                    self.num_experts_per_token)
         _check(self.num_labels is not None and self.num_labels >= 1, "num_labels", "must be >= 1", self.num_labels)
+        if self.token_grid_length is not None:
+            _check(_is_int(self.token_grid_length) and self.token_grid_length > 0, "token_grid_length",
+                   "must be None or an int > 0", self.token_grid_length)
         if self.router_top_partners is not None:
             _check(_is_int(self.router_top_partners) and self.router_top_partners > 0, "router_top_partners",
                    "must be None or an int > 0", self.router_top_partners)

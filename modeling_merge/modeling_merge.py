@@ -383,8 +383,9 @@ class MergeSynergyExpert(nn.Module):
     modalities, or the RUS router's top partners) present in its OWN sample, residual + LN, then a feed-forward
     sublayer, residual + LN. Only the routed tokens are computed.
 
-    Keys and values are projected once per token; queries are grouped by (sample, modality), and every group
-    attends to P·T partner tokens, so the cost is O(routed tokens · P · T): linear in M for a fixed P.
+    Keys and values are projected once per token. With every other modality as partner, the queries of a sample
+    share its M·T keys; with P < M−1 partners they are grouped by (sample, modality) and each group gathers its
+    P·T partner keys, so the cost is O(routed tokens · P · T): linear in M for a fixed P.
     """
 
     def __init__(self, config: MergeConfig):
@@ -399,22 +400,31 @@ class MergeSynergyExpert(nn.Module):
         """hidden_states `(B, M, T, D)`; token_index `(n,)` ascending flat indices into B·M·T; presence `(B, M)`
         bool; partner_index `(M, P)` int64, the modalities each modality attends to → `(n, D)`."""
         batch, num_modalities, num_tokens, dim = hidden_states.shape
-        flat_group = token_index // num_tokens
+        device = token_index.device
+        per_sample = partner_index.shape[1] == num_modalities - 1
+        flat_group = token_index // (num_modalities * num_tokens if per_sample else num_tokens)
         groups, counts = torch.unique_consecutive(flat_group, return_counts=True)
-        group = torch.repeat_interleave(torch.arange(groups.shape[0], device=groups.device), counts)
-        position = torch.arange(token_index.shape[0], device=groups.device) - (torch.cumsum(counts, 0) - counts)[group]
+        group = torch.repeat_interleave(torch.arange(groups.shape[0], device=device), counts)
+        position = torch.arange(token_index.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[group]
         queries = hidden_states.new_zeros(groups.shape[0], int(counts.max()), dim)
         queries = queries.index_put((group, position), hidden_states.reshape(-1, dim)[token_index])
-        sample, partners = groups // num_modalities, partner_index[groups % num_modalities]
-        allowed = presence[sample[:, None], partners]
-        has_partner = allowed.any(-1)[:, None, None]
-        if partners.shape[1]:
-            keys = self.cross_attention.k_proj(hidden_states)[sample[:, None], partners].reshape(groups.shape[0], -1, dim)
-            values = self.cross_attention.v_proj(hidden_states)[sample[:, None], partners].reshape(keys.shape)
-            key_allowed = allowed.repeat_interleave(num_tokens, dim=1)[:, None, :]
-            attended = self.cross_attention.attend(queries, keys, values, key_allowed | ~has_partner) * has_partner
+        query_modality = torch.full(queries.shape[:2], -1, device=device)
+        query_modality = query_modality.index_put((group, position), token_index // num_tokens % num_modalities)
+        if per_sample:
+            sample = groups
+            key_modality = torch.arange(num_modalities, device=device).expand(groups.shape[0], -1)
         else:
-            attended = torch.zeros_like(queries)
+            sample, key_modality = groups // num_modalities, partner_index[groups % num_modalities]
+        key_allowed = presence[sample[:, None], key_modality][:, None, :] & (
+            key_modality[:, None, :] != query_modality[:, :, None]
+        )
+        key_allowed = key_allowed.repeat_interleave(num_tokens, dim=2)
+        has_partner = key_allowed.any(-1, keepdim=True)
+        keys = self.cross_attention.k_proj(hidden_states)[sample[:, None], key_modality]
+        values = self.cross_attention.v_proj(hidden_states)[sample[:, None], key_modality]
+        attended = self.cross_attention.attend(
+            queries, keys.flatten(1, 2), values.flatten(1, 2), key_allowed | ~has_partner
+        ) * has_partner
         states = self.attention_norm(queries + self.dropout(attended))
         states = self.output_norm(states + self.dropout(self.feed_forward(states)))
         return states[group, position]
@@ -720,6 +730,13 @@ class MergeModel(MergePreTrainedModel):
             grid[name] = tensor.shape[1] // patch
         if len(set(grid.values())) != 1 or 0 in grid.values():
             raise ValueError(f"Modalities disagree on the token-grid length (time / patch size): {grid}.")
+        num_tokens = next(iter(grid.values()))
+        if config.token_grid_length is not None and num_tokens != config.token_grid_length:
+            raise ValueError(
+                f"The model was built for a token grid of {config.token_grid_length} steps per modality "
+                f"(config.token_grid_length: the RUS lags are laid on it), got {num_tokens} (time / patch size: "
+                f"{grid}). Use windows of the training data's length, or set config.token_grid_length = None."
+            )
         if modality_mask is None:
             presence = torch.ones(batch, config.num_modalities, dtype=torch.bool, device=values[0].device)
         else:

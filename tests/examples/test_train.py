@@ -15,20 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 
 import train  # noqa: E402
+from tiny_train_job import TINY_DATA, tiny_arguments  # noqa: E402
 
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
-
-TINY_DATA = '{"num_sequences": 96, "seq_len": 8, "num_noise_modalities": 0}'
-TINY_MODEL = json.dumps({"d_model": 16, "num_blocks": 1, "num_moe_blocks": 1, "num_encoder_layers": 1, "ffn_dim": 32,
-                         "expert_hidden_dim": 32, "num_attention_heads": 2, "num_feedforward_experts": 2,
-                         "num_synergy_experts": 1, "router_hidden_dim": 16, "router_gru_dim": 16,
-                         "router_attention_dim": 8, "dropout": 0.0})
-
-
-def tiny_arguments(output_dir: Path, sidecar: Path, *extra: str) -> list[str]:
-    return ["--output_dir", str(output_dir), "--rus_sidecar", str(sidecar), "--dataset_options", TINY_DATA,
-            "--model_options", TINY_MODEL, "--batch_size", "16", "--num_epochs", "2", "--rus_estimator", "quantized_exact",
-            "--report_to", "none", "--cpu", *extra]
 
 
 def run_script(arguments: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
@@ -36,14 +25,6 @@ def run_script(arguments: list[str], launcher: list[str] | None = None, **popen)
     command = (launcher or [sys.executable]) + [str(REPO_ROOT / "examples" / "train.py"), *arguments]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """One uninterrupted single-process run; its RUS sidecar is reused by the other runs (same data)."""
-    root = tmp_path_factory.mktemp("reference")
-    results = train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
-    return root, results
 
 
 def test_the_job_writes_every_artifact_and_a_results_table(reference_run, capsys):

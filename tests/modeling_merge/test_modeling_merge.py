@@ -272,12 +272,13 @@ def test_router_top_partners_keeps_only_the_strongest_pairs_in_context_and_losse
     assert not torch.allclose(probs[:, 2], reference[:, 2], atol=1e-7)
 
 
-def test_synergy_expert_matches_a_token_by_token_reference_over_its_present_partners():
+@pytest.mark.parametrize("partner_index", [torch.tensor([[1, 2], [0, 3], [1, 3], [0, 1]]), _all_other_modalities(4)],
+                         ids=["two partners (keys gathered per sample and modality)", "all partners (keys per sample)"])
+def test_synergy_expert_matches_a_token_by_token_reference_over_its_present_partners(partner_index):
     config = tiny_config(modalities={f"m{index}": 1 for index in range(4)}, patch_sizes={})
     expert = MergeSynergyExpert(config).eval()
     hidden = torch.randn(3, 4, 5, config.d_model)
     presence = torch.tensor([[True, True, True, True], [True, False, True, False], [False, True, True, True]])
-    partner_index = torch.tensor([[1, 2], [0, 3], [1, 3], [0, 1]])
     token_index = torch.sort(torch.randperm(3 * 4 * 5)[:40]).values
     outputs = expert(hidden, token_index, presence, partner_index)
     for flat, output in zip(token_index.tolist(), outputs):
@@ -393,6 +394,15 @@ def test_bad_inputs_raise_errors_naming_the_problem(case, kwargs, message):
     model = tiny_model()
     with pytest.raises(ValueError, match=message):
         model(**kwargs)
+
+
+def test_a_model_built_for_a_token_grid_refuses_windows_of_another_length():
+    model = tiny_model(token_grid_length=4).eval()
+    assert model(modalities=make_inputs(model.config, batch=2, tokens=4)).logits.shape == (2, 3)
+    with pytest.raises(ValueError, match=r"token grid of 4 steps.*got 6"):
+        model(modalities=make_inputs(model.config, batch=2, tokens=6))
+    model.config.token_grid_length = None
+    assert model(modalities=make_inputs(model.config, batch=2, tokens=6)).logits.shape == (2, 3)
 
 
 def test_bad_rus_tables_raise_errors_naming_the_problem():

@@ -1,0 +1,32 @@
+"""examples/evaluate_checkpoint.py on a finished tiny train.py run: it scores the checkpoint on data built like
+its training data, and refuses data on another token grid instead of scoring it silently."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+
+import evaluate_checkpoint  # noqa: E402
+from tiny_train_job import TINY_DATA  # noqa: E402
+
+
+def test_a_run_checkpoint_is_scored_on_the_runs_own_data_and_reproduces_its_test_metrics(reference_run, tmp_path):
+    root, results = reference_run
+    evaluate_checkpoint.main(["--checkpoint", str(root / "run" / "best_model"), "--output_dir", str(tmp_path)])
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["dataset"] == "synthetic" and report["split"] == "test"
+    assert report["metrics"] == pytest.approx(results["test"], abs=1e-6)
+    for figure in report["figures"]:
+        assert Path(figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_on_another_token_grid_is_refused_naming_both_lengths(reference_run, tmp_path):
+    root, _ = reference_run
+    longer = TINY_DATA.replace('"seq_len": 8', '"seq_len": 12')
+    with pytest.raises(ValueError, match=r"token grid of 8 steps.*got 12"):
+        evaluate_checkpoint.main(["--checkpoint", str(root / "run" / "best_model"), "--dataset_options", longer,
+                                  "--output_dir", str(tmp_path)])
+    assert not (tmp_path / "evaluation.json").exists()
