@@ -13,7 +13,8 @@ hyper-parameters (MergeConfig defaults: D 128, 6 blocks of which 3 MoE, 8 expert
 3. Components: forward + backward of one MoE layer's parts on the same hidden states, against the dense
    feed-forward layer it replaces — where MERGE's extra step time is spent.
 4. Routing: share of the top-k slots that go to the synergy experts (the costly, cross-attention ones) per MoE
-   layer, at initialisation and after a few training steps, for MERGE and FuseMoE (uniform routing: 2/8).
+   layer, at initialisation and after 3 and 30 training steps, for MERGE (default auxiliary-loss weights,
+   synergy weight 0.1, load-balance weight 0.2, no synergy loss) and FuseMoE (uniform routing: 2/8).
 
     python benchmarks/model_speed.py                  # ~6-10 min on 2 CPU cores
     python benchmarks/model_speed.py --quick          # ~2-3 min, fewer rounds
@@ -137,7 +138,8 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
     hidden = hidden.to(merge.final_norm.weight.dtype).requires_grad_()
     presence = torch.ones(batch, len(PAMAP2_MODALITIES), dtype=torch.bool, device=shape.device)
     rus = merge._rus_context(tokens, presence)
-    experts = moe(hidden, presence, rus)[2]
+    partners = merge.rus_partner_index
+    experts = moe(hidden, presence, rus, partners)[2]
     gru_input = torch.randn(batch * len(PAMAP2_MODALITIES), tokens, moe.router.gru.input_size).to(hidden)
 
     def backward(output):
@@ -150,7 +152,7 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
 
     functions = {
         "dense feed-forward layer (what the dense model runs)": lambda: backward(feed_forward(hidden)),
-        "MoE layer (router + all experts)": lambda: backward(moe(hidden, presence, rus)[0]),
+        "MoE layer (router + all experts)": lambda: backward(moe(hidden, presence, rus, partners)[0]),
         "RUS router (context attention + GRU + MLP)": lambda: backward(moe.router(hidden, rus)),
         "router GRU alone": lambda: backward(moe.router.gru(gru_input.requires_grad_())[0]),
         "router + auxiliary losses": aux_losses,
@@ -161,19 +163,31 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
              "vs_dense_layer": timing["median_s"] / base} for name, timing in timings.items()]
 
 
-def synergy_routing(shape: Shape, steps: int = 3) -> list[dict]:
+ROUTING_VARIANTS = {
+    "MERGE": ("rus", {}),
+    "MERGE, synergy loss weight 0.1": ("rus", {"synergy_loss_weight": 0.1}),
+    "MERGE, load-balance weight 0.2": ("rus", {"load_balance_loss_weight": 0.2}),
+    "MERGE, no synergy loss": ("rus", {"synergy_loss_weight": 0.0}),
+    "FuseMoE (laplace_per_modality)": ("laplace_per_modality", {}),
+}
+
+
+def synergy_routing(shape: Shape, checkpoints: tuple[int, ...] = (0, 3, 30)) -> list[dict]:
     """Section 4: per MoE layer, the share of top-k slots routed to synergy experts (eval-mode forward), at
-    initialisation and after `steps` training steps on the benchmark batch."""
+    initialisation and after each number of training steps in `checkpoints`, on the benchmark batch; MERGE
+    with its default auxiliary-loss weights and with the synergy / load-balance weights changed."""
     import torch
 
     inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
     rows = []
-    for name, router_type in (("MERGE", "rus"), ("FuseMoE (laplace_per_modality)", "laplace_per_modality")):
-        model = build_model(PAMAP2_MODALITIES, shape, router_type)
+    for name, (router_type, overrides) in ROUTING_VARIANTS.items():
+        model = build_model(PAMAP2_MODALITIES, shape, router_type, **overrides)
         train_step = _models.train_step_function(model, inputs, labels)
-        for trained_steps in (0, steps):
-            for _ in range(trained_steps):
+        trained_steps = 0
+        for target in checkpoints:
+            for _ in range(target - trained_steps):
                 train_step()
+            trained_steps = target
             model.eval()
             with torch.no_grad():
                 selected = model(modalities=inputs, output_router_probs=True).selected_experts
