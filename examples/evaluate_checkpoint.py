@@ -56,7 +56,7 @@ def training_run_defaults(checkpoint: str) -> dict:
         return {}
     results = json.loads(results_path.read_text())
     return {"dataset": results["dataset"], "data_dir": results.get("data_dir"),
-            "dataset_options": json.dumps(results.get("dataset_options", {}))}
+            "dataset_options": results.get("dataset_options", {})}
 
 
 def evaluate_checkpoint(args: EvaluateArguments) -> dict:
@@ -64,7 +64,7 @@ def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     run = training_run_defaults(args.checkpoint)
     dataset = args.dataset or run.get("dataset", "synthetic")
     data_dir = args.data_dir or run.get("data_dir")
-    options = json.loads(args.dataset_options or run.get("dataset_options", "{}"))
+    options = json.loads(args.dataset_options) if args.dataset_options else run.get("dataset_options", {})
     splits = dataset_builders.build(dataset, data_dir=data_dir, cache_dir=str(output_dir / "cache"), **options)
     metadata = dataset_builders.metadata_of(splits)
     if args.split not in splits:
