@@ -49,6 +49,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.cache_utils import Cache
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 from transformers.models.olmoe.modeling_olmoe import OlmoeTopKRouter
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeTopKRouter
@@ -358,9 +359,7 @@ class RusRouting(nn.Module):
         modality_ids = kwargs.pop("modality_ids", None)
         lag_ids = kwargs.pop("rus_lag_ids", None)
         batch_size, seq_len = _token_shape(args, kwargs)
-        cache = kwargs.get("past_key_values")
-        offset = cache.get_seq_length() if cache is not None else 0
-        self.begin_forward(batch_size, seq_len, offset, modality_ids, lag_ids)
+        self.begin_forward(batch_size, seq_len, _decoding_offset(args, kwargs), modality_ids, lag_ids)
         return args, kwargs
 
     def end_forward_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -451,6 +450,33 @@ def _token_shape(args: tuple, kwargs: dict) -> tuple[int, int]:
     if inputs is None:
         raise ValueError("the RUS-routed model needs input_ids or inputs_embeds")
     return inputs.shape[0], inputs.shape[1]
+
+
+def _decoding_offset(args: tuple, kwargs: dict) -> int:
+    """Number of tokens before this forward's first token, from the KV cache the host model was given.
+
+    The cache is found by type, whatever keyword or position the host passes it under (transformers renamed
+    `past_key_values` to `cache`); `cache_position` is used where a host passes one but no cache object. A
+    forward without a cache starts at 0. A cache-like argument that is not a `transformers` `Cache` is an
+    error: guessing 0 would take every decoded token's RUS features from the prompt's first positions.
+    """
+    caches = [value for value in (*args, *kwargs.values()) if isinstance(value, Cache)]
+    if len(caches) > 1:
+        raise ValueError(f"the RUS-routed model was given {len(caches)} KV caches; expected at most one")
+    if caches:
+        return int(caches[0].get_seq_length())
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None:
+        positions = torch.as_tensor(cache_position).reshape(-1)
+        return int(positions[0]) if positions.numel() else 0
+    unknown = [name for name, value in kwargs.items()
+               if value is not None and ("cache" in name or "past_key" in name) and not isinstance(value, bool)]
+    if unknown:
+        raise ValueError(
+            f"the RUS-routed model was given {unknown} of type {[type(kwargs[n]).__name__ for n in unknown]}: "
+            "the RUS gates need a transformers Cache (or cache_position) to place decoded tokens in their sequence"
+        )
+    return 0
 
 
 def _replace_gate(parent: nn.Module, name: str, stock: nn.Module, lm_config: Any, routing: RusRouting) -> None:

@@ -155,17 +155,48 @@ def test_lm_loss_includes_rus_losses_and_backward_reaches_the_rus_path(model_typ
     assert gate.rus_path.hidden.weight.grad.abs().sum() > 0
 
 
-def test_greedy_generation_with_kv_cache_matches_generation_without_it(model_type):
+def _generate_recording_router_probs(model, routing, input_ids, use_cache: bool):
+    """Greedy generation; returns the output and, per forward, the gates' (layers, B, S_forward, E) probabilities."""
+    recorded = []
+
+    def record(module, args, output):
+        probs = torch.stack(routing.token_state.router_probs)
+        recorded.append(probs.reshape(probs.shape[0], input_ids.shape[0], -1, probs.shape[-1]).clone())
+
+    handle = model.register_forward_hook(record)
+    try:
+        out = model.generate(input_ids, use_cache=use_cache, max_new_tokens=4, do_sample=False,
+                             attention_mask=torch.ones_like(input_ids), output_logits=True,
+                             return_dict_in_generate=True)
+    finally:
+        handle.remove()
+    return out, recorded
+
+
+def test_decoding_with_a_kv_cache_gives_the_router_probabilities_and_logits_of_decoding_without_it(model_type):
     model = tiny_lm(model_type)
     routing = install_rus_router(model, sensor_rus())
     perturb_rus_paths(model)
     input_ids, modality_ids = mixed_batch()
-    settings = dict(max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(input_ids))
     with torch.no_grad(), routing.tokens(modality_ids):
-        cached = model.generate(input_ids, use_cache=True, **settings)
-        uncached = model.generate(input_ids, use_cache=False, **settings)
-    assert cached.shape == (2, 14)
-    assert torch.equal(cached, uncached)
+        cached, cached_probs = _generate_recording_router_probs(model, routing, input_ids, use_cache=True)
+        uncached, uncached_probs = _generate_recording_router_probs(model, routing, input_ids, use_cache=False)
+    assert cached.sequences.shape == (2, 14)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for cached_logits, uncached_logits in zip(cached.logits, uncached.logits, strict=True):
+        torch.testing.assert_close(cached_logits, uncached_logits, rtol=0, atol=1e-5)
+    # the cached forwards see the prompt, then one token each; the last uncached forward sees all 13 positions
+    assert [p.shape[2] for p in cached_probs] == [10, 1, 1, 1]
+    torch.testing.assert_close(torch.cat(cached_probs, dim=2), uncached_probs[-1], rtol=0, atol=1e-5)
+
+
+def test_a_cache_of_an_unknown_kind_is_refused_rather_than_read_as_no_past(model_type):
+    model = tiny_lm(model_type)
+    install_rus_router(model, sensor_rus())
+    input_ids, modality_ids = mixed_batch()
+    legacy_cache = tuple((torch.zeros(2, 1, 3, 16), torch.zeros(2, 1, 3, 16)) for _ in range(2))
+    with pytest.raises(ValueError, match="past_key_values.*transformers Cache"):
+        model(input_ids, modality_ids=modality_ids, past_key_values=legacy_cache)
 
 
 def test_save_pretrained_then_rus_router_class_reloads_gates_tables_and_outputs(model_type, tmp_path):
