@@ -134,6 +134,13 @@ class MergeConfig(PreTrainedConfig):
         output["modalities"] = [[name, channels] for name, channels in self.modalities.items()]
         return output
 
+    def to_diff_dict(self) -> dict:
+        """As the base class, but always with the label maps: the base class drops them when they equal its own
+        2-label default, and this class's default is 12 labels, so a binary model would reload with 12."""
+        output = super().to_diff_dict()
+        output.update({key: value for key, value in self.to_dict().items() if key in ("id2label", "label2id")})
+        return output
+
     @property
     def modality_names(self) -> list[str]:
         """Modality names in index order."""

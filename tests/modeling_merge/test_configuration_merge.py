@@ -32,6 +32,13 @@ def test_save_and_load_keeps_modality_order_patch_sizes_and_labels(tmp_path):
     assert loaded.num_labels == 2 and loaded.id2label == {0: "calm", 1: "stress"}
 
 
+@pytest.mark.parametrize("num_labels", [1, 2, 3, 12])
+def test_num_labels_without_label_names_round_trips(tmp_path, num_labels):
+    # 2 is the base class's default: its diff-only config.json used to drop the label maps, reloading as 12.
+    MergeConfig(num_labels=num_labels).save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).num_labels == num_labels
+
+
 def test_auto_map_names_all_three_auto_classes():
     assert set(MergeConfig().auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
 

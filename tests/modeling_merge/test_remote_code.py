@@ -58,7 +58,7 @@ def isolated_environment(tmp_path: Path) -> dict[str, str]:
 
 def test_checkpoint_loads_with_trust_remote_code_where_the_package_is_not_importable(tmp_path):
     config = MergeConfig(
-        modalities={"wrist_acc": 3, "bvp": 1, "eda": 1}, patch_sizes={"bvp": 4}, num_labels=4, d_model=16,
+        modalities={"wrist_acc": 3, "bvp": 1, "eda": 1}, patch_sizes={"bvp": 4}, num_labels=2, d_model=16,
         num_attention_heads=2, ffn_dim=32, num_encoder_layers=1, num_blocks=2, num_moe_blocks=1,
         num_feedforward_experts=2, num_synergy_experts=1, expert_hidden_dim=16, router_hidden_dim=8,
         router_gru_dim=8, router_attention_dim=8, num_rus_lags=2,
@@ -102,5 +102,6 @@ def test_checkpoint_loads_with_trust_remote_code_where_the_package_is_not_import
         local_logits = model(modalities=inputs, modality_mask=mask).logits.detach()
     finally:
         torch.set_num_threads(threads)
+    assert remote_logits.shape == (3, 2)  # the base class's default label count: the label maps must be saved
     assert torch.equal(remote_logits, local_logits)
     assert str(REPO_ROOT) not in result.stderr
