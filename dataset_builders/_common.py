@@ -177,6 +177,18 @@ def fill_nan_linear(values: np.ndarray, what: str) -> np.ndarray:
     return filled
 
 
+def drop_implausible(values: np.ndarray, low: float, high: float, what: str) -> tuple[np.ndarray, int]:
+    """(values, count): samples of `values` (N, C) outside [low, high] (or not finite) replaced by linear
+    interpolation between their plausible neighbours, and how many samples that was. A channel with no
+    plausible sample is a ValueError naming `what`."""
+    values = np.asarray(values, dtype=np.float64)
+    implausible = ~((values >= low) & (values <= high))
+    count = int(implausible.sum())
+    if count == 0:
+        return values, 0
+    return fill_nan_linear(np.where(implausible, np.nan, values), f"{what} (plausible range [{low}, {high}])"), count
+
+
 def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     """Mean over consecutive blocks of `factor` rows: (N, C) → (N // factor, C); a partial last block is dropped."""
     if factor < 1:
