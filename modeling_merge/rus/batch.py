@@ -2,9 +2,10 @@
 and step-wise (one network set per lag).
 
 Input per lag τ: ``features[τ]`` (N_τ, M, C) float (z-scored; modalities zero-padded to a common C) and
-``labels[τ]`` (N_τ,) int64. All M(M−1)/2 pairs are trained and read out together: each modality is
-encoded once per batch by grouped (per-modality) MLPs, and the pair heads are grouped over a leading pair
-dimension — no Python loop over pairs (Sinkhorn runs over chunks of pairs to bound memory).
+``labels[τ]`` (N_τ,) int64 class ids 0..K−1, each class present in some lag. All M(M−1)/2 pairs are
+trained and read out together: each modality is encoded once per batch by grouped (per-modality) MLPs, and
+the pair heads are grouped over a leading pair dimension — no Python loop over pairs (Sinkhorn runs over
+chunks of pairs to bound memory).
 
 Procedure (Liang et al., NeurIPS 2023, with the fixes in METHOD.md): (1) train discriminators p̂(y|x_m)
 and p̂(y|x_i, x_j) with cross-entropy on class-balanced batches; (2) freeze them and train per-pair
@@ -285,8 +286,14 @@ class _PairBatchEstimator:
 def _check_inputs(features, labels, num_classes: int) -> None:
     if len(features) == 0 or len(features) != len(labels):
         raise ValueError(f"need one (features, labels) set per lag, got {len(features)} and {len(labels)}")
-    if num_classes < 2:
-        raise ValueError(f"RUS estimation needs at least two classes, got num_classes={num_classes}")
+    present = np.unique(np.concatenate([np.asarray(y).ravel() for y in labels]))
+    if num_classes < 2 or len(present) < 2:
+        raise ValueError(f"RUS estimation needs at least two classes, got num_classes={num_classes} and the "
+                         f"labels {present.tolist()}")
+    if not np.array_equal(present, np.arange(num_classes)):
+        raise ValueError(f"labels must be the contiguous class ids 0..{num_classes - 1}, got {present.tolist()} "
+                         "(a class without samples makes the prior 0 and the bits unbounded); "
+                         "estimate_temporal_rus remaps any labels")
     num_modalities = features[0].shape[1]
     if num_modalities < 2:
         raise ValueError(f"RUS needs at least two modalities, got {num_modalities}")

@@ -26,6 +26,7 @@ __all__ = ["ESTIMATORS", "LaggedSamples", "pool_to_grid", "lagged_samples", "bal
 
 ESTIMATORS = ("multiscale_batch", "stepwise_batch", "quantized_exact")
 _RESERVED_COLUMNS = ("label", "subject", "modality_mask")
+BOUND_TOLERANCE_BITS = 0.1  # estimation noise allowed above H(Y) before an estimate is refused
 
 
 def pool_to_grid(values: np.ndarray, patch_size: int, name: str = "modality") -> np.ndarray:
@@ -42,13 +43,14 @@ def pool_to_grid(values: np.ndarray, patch_size: int, name: str = "modality") ->
 @dataclass
 class LaggedSamples:
     """Per lag τ: ``features[τ]`` (N_τ, M, C_max) float32 z-scored (channels zero-padded, absent modalities 0)
-    and ``labels[τ]`` (N_τ,) int64."""
+    and ``labels[τ]`` (N_τ,) int64 contiguous class ids; ``classes[k]`` is the original label of id k."""
 
     features: list[np.ndarray]
     labels: list[np.ndarray]
     modality_names: list[str]
     channels: list[int]
     num_classes: int
+    classes: list[int]
 
 
 def _validated_arrays(modalities: Mapping[str, np.ndarray], labels: np.ndarray, num_lags: int,
@@ -89,7 +91,7 @@ def lagged_samples(modalities: Mapping[str, np.ndarray], labels: np.ndarray, num
 
     Each modality is z-scored per channel over the present sequences; absent modalities (``modality_mask``
     (N, M) False) become 0, the training mean. Lags with more than ``max_samples_per_lag`` samples are
-    subsampled uniformly.
+    subsampled uniformly. Labels become contiguous ids 0..K-1 in sorted order of the original labels.
     """
     arrays, labels, mask = _validated_arrays(modalities, labels, num_lags, modality_mask)
     n, t_len = arrays[0].shape[:2]
@@ -105,7 +107,8 @@ def lagged_samples(modalities: Mapping[str, np.ndarray], labels: np.ndarray, num
     present_labels = labels[labels >= 0]
     if present_labels.size == 0:
         raise ValueError("no labelled samples (all labels are negative / unlabelled)")
-    num_classes = int(present_labels.max()) + 1
+    classes = np.unique(present_labels)  # ids 0..K-1: the estimators' heads and priors span exactly K classes
+    labels = np.where(labels >= 0, np.searchsorted(classes, labels), -1)
     rng = np.random.default_rng(seed)
     features, lag_labels = [], []
     for lag in range(num_lags):
@@ -119,7 +122,8 @@ def lagged_samples(modalities: Mapping[str, np.ndarray], labels: np.ndarray, num
             keep = np.sort(rng.choice(keep, max_samples_per_lag, replace=False))
         features.append(x[keep])
         lag_labels.append(y[keep])
-    return LaggedSamples(features, lag_labels, list(modalities), [v.shape[2] for v in arrays], num_classes)
+    return LaggedSamples(features, lag_labels, list(modalities), [v.shape[2] for v in arrays], len(classes),
+                         classes.tolist())
 
 
 def balanced_subsample(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -163,6 +167,27 @@ def _quantized_exact(samples: LaggedSamples, num_bins: int, store: PartialResult
     return PairwiseRus(pairs, *results, clipped=clipped, diagnostics={"num_bins": num_bins})
 
 
+def _check_bounds(pairwise: PairwiseRus, samples: LaggedSamples) -> None:
+    """Refuse an estimate with R + U_i + U_j + S > H(Y) + ``BOUND_TOLERANCE_BITS`` for any pair and lag (the
+    terms are non-negative, so each is bounded too). H(Y) = log2 of the classes at that lag: every estimator
+    balances the classes."""
+    names = samples.modality_names
+    for lag, labels in enumerate(samples.labels):
+        entropy = float(np.log2(len(np.unique(labels))))
+        terms = np.stack([pairwise.redundancy[lag], pairwise.unique_i[lag], pairwise.unique_j[lag],
+                          pairwise.synergy[lag]])
+        for index, (i, j) in enumerate(pairwise.pairs.T):
+            redundancy, unique_i, unique_j, synergy = terms[:, index]
+            total = terms[:, index].sum()
+            if not total <= entropy + BOUND_TOLERANCE_BITS:  # also catches NaN
+                raise ValueError(
+                    f"RUS estimate out of bounds for the pair ({names[i]!r}, {names[j]!r}) at lag {lag}: R = "
+                    f"{redundancy:.3f}, U_{names[i]} = {unique_i:.3f}, U_{names[j]} = {unique_j:.3f}, S = "
+                    f"{synergy:.3f}, sum {total:.3f} bits, but H(Y) = {entropy:.3f} bits bounds the sum (tolerance "
+                    f"{BOUND_TOLERANCE_BITS} bits). No sidecar was made: raise the estimator's steps or samples, or "
+                    "use estimator='quantized_exact'.")
+
+
 def estimate_temporal_rus(
     modalities: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -182,7 +207,8 @@ def estimate_temporal_rus(
     ``modalities``: name → (N, T, C_m) on one token grid (``pool_to_grid`` first); ``labels``: (N,) sequence
     labels (lags count back from the last step) or (N, T) per-step labels. ``estimator`` is one of
     ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units, removed at the end).
-    Batches / subsamples are class-balanced; a single-class or empty input is an error.
+    Batches / subsamples are class-balanced; a single-class or empty input is an error, and so is an estimate
+    whose terms sum to more than H(Y) at some pair and lag (the error names them).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -205,6 +231,7 @@ def estimate_temporal_rus(
     else:
         run = multiscale_batch if estimator == "multiscale_batch" else stepwise_batch
         pairwise = run(samples.features, samples.labels, samples.num_classes, config, store, progress)
+    _check_bounds(pairwise, samples)
     redundancy, uniqueness, synergy = pairwise.to_matrices(len(samples.modality_names))
     metadata = {
         "modality_names": samples.modality_names,
@@ -218,6 +245,7 @@ def estimate_temporal_rus(
         "class_balanced": True,
         "label_kind": "sequence" if np.asarray(labels).ndim == 1 else "step",
         "num_classes": samples.num_classes,
+        "classes": samples.classes,
         "samples_per_lag": [int(len(y)) for y in samples.labels],
         "missing_modalities": "imputed with the training mean" if modality_mask is not None else "none",
         "clipped_negative_mass_bits": pairwise.clipped,

@@ -195,3 +195,38 @@ def test_arrays_from_a_datasets_split_with_patch_sizes_and_mask():
     assert mask.shape == (5, 2) and not mask[4, 1]
     with pytest.raises(ValueError, match=r"lacks the columns \['eda'\]"):
         arrays_from_dataset(split, modality_names=["acc", "eda"])
+
+
+def test_class_ids_need_not_be_contiguous():
+    # Labels {0, 7} used to give an 8-class prior with six empty classes, and another (wrong) decomposition.
+    bench = make_temporal_rus_benchmark(num_sequences=300, seq_len=6, seed=1, num_noise_modalities=0)
+    modalities = {name: bench.modalities[name] for name in list(bench.modalities)[:3]}
+    config = BatchConfig(batch_size=64, discriminator_steps=150, alignment_steps=5, readout_batches=2)
+    kwargs = dict(num_lags=2, config=config, progress=False)
+    contiguous = estimate_temporal_rus(modalities, bench.labels, **kwargs)
+    renamed = estimate_temporal_rus(modalities, np.where(bench.labels == 1, 7, 0), **kwargs)
+    for name in ("redundancy", "uniqueness", "synergy"):
+        assert np.array_equal(getattr(renamed, name).numpy(), getattr(contiguous, name).numpy()), name
+    assert renamed.metadata["classes"] == [0, 7] and renamed.metadata["num_classes"] == 2
+
+
+def test_batch_refuses_class_ids_with_an_empty_class():
+    features = np.zeros((20, 2, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"contiguous class ids 0\.\.7, got \[0, 7\]"):
+        temporal.multiscale_batch([features], [np.array([0, 7] * 10)], num_classes=8, progress=False)
+
+
+@pytest.mark.parametrize("bad_value", [0.9, np.nan])
+def test_an_estimate_above_the_label_entropy_is_an_error_naming_pair_and_lag(monkeypatch, bad_value):
+    from modeling_merge.rus.pid import PairwiseRus
+
+    def out_of_bounds(features, labels, num_classes, *args, **kwargs):
+        pairs = np.stack(np.triu_indices(3, 1))
+        terms = np.full((4, len(features), pairs.shape[1]), 0.1)
+        terms[0, 1, 2] = bad_value  # R of the pair (b, c) at lag 1: the sum 1.2 > H(Y) = 1 bit + tolerance
+        return PairwiseRus(pairs, *terms)
+
+    monkeypatch.setattr(temporal, "multiscale_batch", out_of_bounds)
+    modalities = {name: np.random.default_rng(0).normal(size=(8, 4, 1)) for name in "abc"}
+    with pytest.raises(ValueError, match=r"out of bounds for the pair \('b', 'c'\) at lag 1: .*H\(Y\) = 1\.000"):
+        estimate_temporal_rus(modalities, np.array([3, 5] * 4), num_lags=2, progress=False)
