@@ -56,6 +56,7 @@ from modeling_merge.training import (  # noqa: E402
     MultimodalCollator,
     atomic_directory,
     check_modalities_match,
+    drop_checkpoints_from,
     evaluate_model,
     interpretation_figures,
     latest_checkpoint,
@@ -220,9 +221,10 @@ def make_loader(split, collator, batch_size: int, shuffle: bool, seed: int) -> D
                       generator=generator, drop_last=False)
 
 
-def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState, keep: int) -> None:
+def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState) -> None:
     """`accelerator.save_state` (every rank writes its RNG state) plus the run state into a partial folder that
-    is renamed to ``checkpoint-<global step>`` only once complete, so a kill mid-write loses nothing."""
+    is renamed to ``checkpoint-<global step>`` only once complete, so a kill mid-write loses nothing. Older
+    checkpoints are pruned only once this one's weights have given a finite loss (or the run has ended)."""
     target = checkpoints / f"checkpoint-{state.global_step}"
     partial = checkpoints / f".checkpoint-{state.global_step}.partial"
     if accelerator.is_main_process:
@@ -234,7 +236,6 @@ def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState,
         write_text_atomic(partial / "run_state.json", json.dumps(asdict(state)))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
-        prune_checkpoints(checkpoints, keep)
     accelerator.wait_for_everyone()
 
 
@@ -292,11 +293,15 @@ def train(args: TrainArguments) -> dict:
             outputs = model(**batch)
             loss = outputs.loss
             if not torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")):
-                last_good = latest_checkpoint(checkpoints)
+                last_good = drop_checkpoints_from(checkpoints, state.global_step, delete=accelerator.is_main_process)
                 raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at epoch {state.epoch + 1}, step {state.global_step}; "
-                    f"stopped without saving. Last good checkpoint: {last_good or 'none yet'}, best model: "
-                    f"{best_dir if best_dir.exists() else 'none yet'}. Lower --learning_rate or check the inputs.")
+                    f"the training loss became {loss.item()} at epoch {state.epoch + 1}, step {state.global_step + 1} "
+                    f"(computed from the weights after step {state.global_step}); stopped, and removed any checkpoint "
+                    f"of those weights. Last good checkpoint (finite weights and loss): {last_good or 'none'}; best "
+                    f"model: {best_dir if best_dir.exists() else 'none yet'}. Lower --learning_rate in a new "
+                    "--output_dir, or check the inputs.")
+            if accelerator.is_main_process:  # the newest checkpoint's weights just gave a finite loss: prune older
+                prune_checkpoints(checkpoints, args.keep_checkpoints)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -312,7 +317,7 @@ def train(args: TrainArguments) -> dict:
                 log.write(split="train", **record)
             accelerator.log({"train/loss": record["loss"], "train/aux_loss": record["aux_loss"]}, step=state.global_step)
             if args.checkpoint_every_steps and state.global_step % args.checkpoint_every_steps == 0:
-                save_run_state(accelerator, checkpoints, state, args.keep_checkpoints)
+                save_run_state(accelerator, checkpoints, state)
             if state.global_step >= total_steps:
                 break
 
@@ -330,8 +335,10 @@ def train(args: TrainArguments) -> dict:
                 with atomic_directory(best_dir) as temporary:
                     accelerator.unwrap_model(model).save_pretrained(temporary)
             accelerator.wait_for_everyone()
-        save_run_state(accelerator, checkpoints, state, args.keep_checkpoints)
+        save_run_state(accelerator, checkpoints, state)
 
+    if accelerator.is_main_process:
+        prune_checkpoints(checkpoints, args.keep_checkpoints)
     return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log)
 
 

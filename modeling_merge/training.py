@@ -8,7 +8,7 @@
   which load offline.
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
-  :class:`MetricsLog`, :func:`check_modalities_match`.
+  :func:`drop_checkpoints_from`, :class:`MetricsLog`, :func:`check_modalities_match`.
 
 Using ``Trainer``::
 
@@ -214,20 +214,38 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         os.replace(temporary, final)
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The completed ``checkpoint-<step>`` folder with the highest step under ``root`` (None if there is none)."""
+def checkpoints_by_step(root: str | Path) -> list[tuple[int, Path]]:
+    """The completed ``checkpoint-<step>`` folders under ``root`` as (step, path), oldest first."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    steps = [(int(m.group(1)), path) for path in root.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name))]
-    return max(steps)[1] if steps else None
+        return []
+    return sorted((int(m.group(1)), path) for path in root.iterdir() if (m := CHECKPOINT_PATTERN.match(path.name)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The completed ``checkpoint-<step>`` folder with the highest step under ``root`` (None if there is none)."""
+    steps = checkpoints_by_step(root)
+    return steps[-1][1] if steps else None
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` most recent ``checkpoint-<step>`` folders under ``root``."""
-    steps = sorted((int(m.group(1)), path) for path in Path(root).iterdir() if (m := CHECKPOINT_PATTERN.match(path.name)))
+    steps = checkpoints_by_step(root)
     for _, path in steps[:-keep] if keep > 0 else steps:
         shutil.rmtree(path)
+
+
+def drop_checkpoints_from(root: str | Path, step: int, delete: bool = True) -> Path | None:
+    """After a non-finite loss computed from the weights of optimizer step ``step``: delete the checkpoints of
+    that step and later (they hold those weights; only where ``delete``) and return the latest earlier one, the
+    last whose weights gave a finite loss (None if there is none)."""
+    earlier = None
+    for checkpoint_step, path in checkpoints_by_step(root):
+        if checkpoint_step < step:
+            earlier = path
+        elif delete:
+            shutil.rmtree(path)
+    return earlier
 
 
 class MetricsLog:

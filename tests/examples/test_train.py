@@ -1,6 +1,7 @@
 """examples/train.py end to end on a tiny synthetic known-RUS job: artifacts, bad input, NaN loss, resume, DDP."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -97,25 +98,47 @@ def test_rus_ablations_replace_the_values_and_keep_the_sidecar_valid(reference_r
         train.ablate_rus(sidecar, "random", seed=0)
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(reference_run, tmp_path, monkeypatch):
-    root, results = reference_run
-    steps_per_epoch = results["steps"] // 2
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose step turns the weights non-finite."""
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return gradient * float("nan")
+
+
+def test_nan_loss_keeps_the_last_checkpoint_whose_weights_and_loss_were_finite(reference_run, tmp_path, monkeypatch):
+    # Step 3's gradients are NaN, so checkpoint-3 holds NaN weights and step 4's loss is NaN: checkpoint-3 must go
+    # and checkpoint-2 (whose weights gave step 3 a finite loss) be named, even with one checkpoint kept.
+    root, _ = reference_run
     calls = {"training": 0}
     original_forward = MergeForSequenceClassification.forward
 
-    def forward_turning_nan_in_epoch_two(self, *args, **kwargs):
+    def forward_with_nan_gradients_at_step_three(self, *args, **kwargs):
         outputs = original_forward(self, *args, **kwargs)
         if self.training:
             calls["training"] += 1
-            if calls["training"] > steps_per_epoch:
-                outputs.loss = outputs.loss * float("nan")
+            if calls["training"] == 3:
+                outputs.loss = _NanGradient.apply(outputs.loss)
         return outputs
 
-    monkeypatch.setattr(MergeForSequenceClassification, "forward", forward_turning_nan_in_epoch_two)
-    with pytest.raises(train.NonFiniteLossError, match=rf"epoch 2.*checkpoint-{steps_per_epoch}"):
-        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors"))
-    assert (tmp_path / "run" / "checkpoints" / f"checkpoint-{steps_per_epoch}" / "run_state.json").exists()
-    assert (tmp_path / "run" / "best_model" / "config.json").exists()
+    monkeypatch.setattr(MergeForSequenceClassification, "forward", forward_with_nan_gradients_at_step_three)
+    run = tmp_path / "run"
+    arguments = tiny_arguments(run, root / "rus.safetensors", "--checkpoint_every_steps", "1", "--keep_checkpoints", "1")
+    with pytest.raises(train.NonFiniteLossError, match=r"step 4 .*Last good checkpoint .*checkpoint-2;"):
+        train.main(arguments)
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["checkpoint-2"]
+    from safetensors.torch import load_file
+
+    weights = load_file(run / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+    monkeypatch.setattr(MergeForSequenceClassification, "forward", original_forward)
+    results = train.main(arguments + ["--resume"])  # resumes from the named checkpoint and finishes
+    assert all(math.isfinite(value) for value in results["test"].values())
 
 
 @pytest.mark.slow
