@@ -55,6 +55,7 @@ from modeling_merge.training import (  # noqa: E402
     MetricsLog,
     MultimodalCollator,
     atomic_directory,
+    changed_settings,
     check_modalities_match,
     drop_checkpoints_from,
     evaluate_model,
@@ -64,6 +65,8 @@ from modeling_merge.training import (  # noqa: E402
 )
 
 AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
+RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
+                     "dataset_cache_dir")  # output_dir: a run folder may be moved
 RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
 
 
@@ -100,7 +103,10 @@ class TrainArguments:
     warmup_ratio: float = 0.05
     selection_metric: str = field(default="macro_f1", metadata={"help": "validation metric that picks the best checkpoint"})
     seed: int = 0
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir/checkpoints"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir/checkpoints; "
+                                                          "every other setting must be the run's, except "
+                                                          "output_dir (a moved run), report_to, checkpoint_every_steps, "
+                                                          "keep_checkpoints and dataset_cache_dir"})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "also save state every N steps (0: only at epoch ends)"})
     keep_checkpoints: int = 2
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, none on CPU), no, fp16, bf16"})
@@ -119,6 +125,16 @@ class RunState:
     best_score: float = -math.inf
     best_epoch: int = -1
     best_metrics: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def run_settings(args: TrainArguments, accelerator: Accelerator) -> dict:
+    """The settings a resumed run must share with the run it continues: every argument but `RESUMABLE_CHANGES`
+    (JSON options parsed, so each field is compared by name) and the process count."""
+    settings = {name: value for name, value in asdict(args).items() if name not in RESUMABLE_CHANGES}
+    settings.update(dataset_options=json.loads(args.dataset_options), model_options=json.loads(args.model_options),
+                    num_processes=accelerator.num_processes)
+    return settings
 
 
 class NonFiniteLossError(RuntimeError):
@@ -256,6 +272,15 @@ def train(args: TrainArguments) -> dict:
     if not args.resume and accelerator.is_main_process and latest_checkpoint(checkpoints) is not None:
         raise FileExistsError(f"{checkpoints} holds checkpoints of an earlier run; pass --resume to continue it "
                               "or choose another --output_dir")
+    state = RunState(settings=run_settings(args, accelerator))
+    if resume_from is not None:
+        recorded = RunState(**json.loads((resume_from / "run_state.json").read_text()))
+        changes = changed_settings(recorded.settings, state.settings)
+        if changes:
+            raise ValueError(f"--resume from {resume_from}: the run was started with other settings: "
+                             f"{'; '.join(changes)}. Resume with the run's settings, or start a new run in another "
+                             f"--output_dir (only {', '.join(RESUMABLE_CHANGES[1:])} may change on resume).")
+        state = recorded
 
     splits, metadata = load_data(args, accelerator)
     sidecar = ablate_rus(load_or_estimate_rus(args, splits, metadata, accelerator), args.rus_ablation, args.seed)
@@ -273,10 +298,8 @@ def train(args: TrainArguments) -> dict:
     model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader, scheduler)
 
-    state = RunState()
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        state = RunState(**json.loads((resume_from / "run_state.json").read_text()))
         accelerator.print(f"resumed from {resume_from} (epoch {state.epoch}, step {state.global_step})")
     if accelerator.is_main_process:
         accelerator.init_trackers("merge", config={k: str(v) for k, v in asdict(args).items()})

@@ -8,7 +8,7 @@
   which load offline.
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
-  :func:`drop_checkpoints_from`, :class:`MetricsLog`, :func:`check_modalities_match`.
+  :func:`drop_checkpoints_from`, :func:`changed_settings`, :class:`MetricsLog`, :func:`check_modalities_match`.
 
 Using ``Trainer``::
 
@@ -246,6 +246,18 @@ def drop_checkpoints_from(root: str | Path, step: int, delete: bool = True) -> P
         elif delete:
             shutil.rmtree(path)
     return earlier
+
+
+def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``name: recorded → current`` for every setting that differs; nested dicts are compared by dotted name."""
+    changes = []
+    for name in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(name, "(unset)"), current.get(name, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{prefix}{name}.")
+        elif old != new:
+            changes.append(f"{prefix}{name}: {old!r} → {new!r}")
+    return changes
 
 
 class MetricsLog:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,19 @@ def test_a_second_run_in_the_same_folder_needs_resume(reference_run):
     root, _ = reference_run
     with pytest.raises(FileExistsError, match="--resume"):
         train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
+
+
+def test_resume_refuses_changed_settings_by_name(reference_run, tmp_path):
+    root, _ = reference_run
+    shutil.copytree(root / "run", tmp_path / "run")
+    arguments = tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--resume")
+    changed_model = arguments[arguments.index("--model_options") + 1].replace('"d_model": 16', '"d_model": 32')
+    with pytest.raises(ValueError, match=r"batch_size: 16 → 8; learning_rate: 0\.001 → 0\.01; model_options\.d_model: "
+                                         r"16 → 32; seed: 0 → 3\. Resume with the run's settings"):
+        train.main([*arguments, "--learning_rate", "0.01", "--batch_size", "8", "--seed", "3",
+                    "--model_options", changed_model])
+    results = train.main([*arguments, "--keep_checkpoints", "3", "--checkpoint_every_steps", "1"])  # may change
+    assert results["seed"] == 0
 
 
 def test_a_sidecar_estimated_on_other_data_is_refused(reference_run, tmp_path):
