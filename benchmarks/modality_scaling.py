@@ -61,12 +61,12 @@ def routing_functions(model, shape: Shape) -> dict:
     hidden = torch.randn(shape.batch_size, config.num_modalities, shape.window, config.d_model)
     hidden = hidden.to(shape.device, merge.final_norm.weight.dtype).requires_grad_()
     presence = torch.ones(shape.batch_size, config.num_modalities, dtype=torch.bool, device=shape.device)
-    rus = merge._rus_context(shape.window, presence)
+    rus = merge.rus_context(shape.window, presence)
     logits = moe.router(hidden, rus).detach().float()
     experts = torch.topk(logits, config.num_experts_per_token, dim=-1).indices
 
     def router():
-        moe.router(hidden, merge._rus_context(shape.window, presence)).float().sum().backward()
+        moe.router(hidden, merge.rus_context(shape.window, presence)).float().sum().backward()
 
     def losses():
         probs = logits.requires_grad_().softmax(-1)

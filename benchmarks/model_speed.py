@@ -137,7 +137,7 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
     hidden = torch.randn(batch, len(PAMAP2_MODALITIES), tokens, merge.config.d_model).to(shape.device)
     hidden = hidden.to(merge.final_norm.weight.dtype).requires_grad_()
     presence = torch.ones(batch, len(PAMAP2_MODALITIES), dtype=torch.bool, device=shape.device)
-    rus = merge._rus_context(tokens, presence)
+    rus = merge.rus_context(tokens, presence)
     partners = merge.rus_partner_index
     experts = moe(hidden, presence, rus, partners)[2]
     gru_input = torch.randn(batch * len(PAMAP2_MODALITIES), tokens, moe.router.gru.input_size).to(hidden)

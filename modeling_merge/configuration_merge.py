@@ -5,10 +5,12 @@ invalid value raises a ``ValueError`` that names the field. The defaults are the
 hyper-parameters (4 modalities: three 13-channel IMUs and one heart-rate channel).
 """
 
+import math
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
 
+ROUTER_INITS = ("fan_in", "initializer_range")
 ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
 EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
@@ -73,6 +75,24 @@ class MergeConfig(PreTrainedConfig):
         redundancy_loss_weight / uniqueness_loss_weight / synergy_loss_weight / load_balance_loss_weight
             (`float`): λ of each auxiliary loss; 0 switches that loss off (the ablation switch).
         synergy_loss_type (`str`): `"one_minus_p"` (1 − p̄, reference) or `"neg_log_p"` (−log p̄).
+        synergy_target_mass (`float | None`): the synergy loss as a target instead of "more is always better".
+            Tokens of a synergistic pair are pulled until the pair puts this much router probability p̄ on the
+            synergy experts, penalty max(0, φ(p̄) − φ(target)), and tokens of every other present pair are pushed
+            back down to the synergy experts' fair share E_syn / E, penalty max(0, φ(fair) − φ(p̄)), with φ(p) =
+            1 − p (`one_minus_p`) or −log p (`neg_log_p`). The loss then has no direction shared by every token,
+            so it separates synergistic from other cells instead of moving all tokens. `None` = the paper's loss,
+            mean φ(p̄) over synergistic pairs only, which sends every token to the synergy experts within a few
+            steps (see the routing benchmark).
+        router_init (`str`): how the RUS router's layers start. `"fan_in"`: weights from N(0, 1/fan_in), so the
+            router's logits differ between tokens from the first step (token std ≈ 0.1–1). `"initializer_range"`:
+            N(0, initializer_range) like every other layer (the previous behaviour); through the router's three
+            stacked layers its logits then start nearly equal for every token (std ≈ 1e-4), so the first shared
+            update of the auxiliary losses moves every token's top-k at once.
+        router_bias_update_rate (`float`): auxiliary-loss-free load balancing (DeepSeek-V3). Each MoE layer keeps a
+            per-expert selection bias (a buffer) that is added to the router logits only to choose the top-k experts,
+            never to weight them or in the auxiliary losses; every training forward moves it by this much, down for
+            experts above the mean slot share and up for those below (counts summed over processes under DDP).
+            0 = off: balance only through the load-balance loss (the paper's routing).
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).
         redundancy_threshold / uniqueness_threshold / synergy_threshold (`float`): τ_R, τ_U, τ_S.
@@ -108,6 +128,9 @@ class MergeConfig(PreTrainedConfig):
     synergy_loss_weight: float = 1.0
     load_balance_loss_weight: float = 0.02
     synergy_loss_type: str = "one_minus_p"
+    synergy_target_mass: float | None = 0.5
+    router_init: str = "fan_in"
+    router_bias_update_rate: float = 1e-2
     threshold_mode: str = "percentile"
     redundancy_threshold: float = 75.0
     uniqueness_threshold: float = 75.0
@@ -214,6 +237,12 @@ class MergeConfig(PreTrainedConfig):
                       "load_balance_loss_weight"):
             value = getattr(self, field)
             _check(isinstance(value, (int, float)) and value >= 0, field, "must be a number >= 0 (0 = off)", value)
+        _check(self.router_init in ROUTER_INITS, "router_init", f"must be one of {ROUTER_INITS}", self.router_init)
+        if self.synergy_target_mass is not None:
+            _check(isinstance(self.synergy_target_mass, (int, float)) and 0 < self.synergy_target_mass <= 1,
+                   "synergy_target_mass", "must be None or in (0, 1]", self.synergy_target_mass)
+        _check(isinstance(self.router_bias_update_rate, (int, float)) and 0 <= self.router_bias_update_rate < math.inf,
+               "router_bias_update_rate", "must be a finite number >= 0 (0 = off)", self.router_bias_update_rate)
         upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
         for field in ("redundancy_threshold", "uniqueness_threshold", "synergy_threshold"):
             value = getattr(self, field)

@@ -431,12 +431,19 @@ class MergeSynergyExpert(nn.Module):
 
 
 class MergeMoeLayer(nn.Module):
-    """Router + experts over all (modality, time) tokens of `(B, M, T, D)`; synergy experts come first."""
+    """Router + experts over all (modality, time) tokens of `(B, M, T, D)`; synergy experts come first.
+
+    The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
+    logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
+    the bias moves by ±`router_bias_update_rate` toward equal slot shares (auxiliary-loss-free balancing).
+    """
 
     def __init__(self, config: MergeConfig):
         super().__init__()
         self.top_k = config.num_experts_per_token
         self.num_synergy_experts = config.num_synergy_experts
+        self.bias_update_rate = config.router_bias_update_rate
+        self.register_buffer("expert_selection_bias", torch.zeros(config.num_experts), persistent=True)
         routers = {
             "rus": lambda: MergeRusRouter(config),
             "softmax": lambda: MergeSoftmaxRouter(config),
@@ -455,20 +462,25 @@ class MergeMoeLayer(nn.Module):
         batch, num_modalities, num_tokens, dim = hidden_states.shape
         logits = self.router(hidden_states, rus).float()
         probs = logits.softmax(-1)
-        top_logits, top_experts = torch.topk(logits, self.top_k, dim=-1)
-        top_weights = top_logits.softmax(-1).to(hidden_states.dtype)
         present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, num_tokens).reshape(-1)).squeeze(1)
+        top_experts = torch.topk(logits + self.expert_selection_bias, self.top_k, dim=-1).indices
+        top_weights = logits.gather(-1, top_experts).softmax(-1).to(hidden_states.dtype)
         slot_token = present_tokens.repeat_interleave(self.top_k)
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
         slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
+        if self.training and self.bias_update_rate > 0:
+            self._update_selection_bias(slot_expert)
         flat_states = hidden_states.reshape(-1, dim)
         slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)
+        idle_experts = []
         for expert, synergy_expert in enumerate(self.synergy_experts):
             slots = torch.nonzero(slot_expert == expert).squeeze(1)
             if slots.numel():
                 slot_outputs = slot_outputs.index_copy(
                     0, slots, synergy_expert(hidden_states, slot_token[slots], presence, partner_index)
                 )
+            else:
+                idle_experts.append(synergy_expert)
         feedforward_slots = torch.nonzero(slot_expert >= self.num_synergy_experts).squeeze(1)
         if feedforward_slots.numel():
             slot_outputs = slot_outputs.index_copy(
@@ -479,8 +491,22 @@ class MergeMoeLayer(nn.Module):
                     slot_expert[feedforward_slots] - self.num_synergy_experts,
                 ),
             )
+        else:
+            idle_experts.append(self.feedforward_experts)
         outputs = flat_states.new_zeros(flat_states.shape).index_add(0, slot_token, slot_outputs * slot_weight)
+        if self.training and idle_experts:
+            # experts that got no token still take part in backward (with zero gradient), so DDP's gradient
+            # reduction sees every parameter in every step
+            outputs = outputs + sum(p.sum() for expert in idle_experts for p in expert.parameters()) * 0.0
         return outputs.reshape(batch, num_modalities, num_tokens, dim), probs, top_experts
+
+    @torch.no_grad()
+    def _update_selection_bias(self, slot_expert: Tensor) -> None:
+        """Move each expert's selection bias toward the mean slot share: −rate if above it, +rate if below."""
+        load = torch.bincount(slot_expert, minlength=self.expert_selection_bias.shape[0]).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        self.expert_selection_bias.add_(self.bias_update_rate * torch.sign(load.mean() - load))
 
 
 class MergeBlock(nn.Module):
@@ -530,10 +556,11 @@ def merge_auxiliary_losses(
     synergy_first = probs_first[..., : config.num_synergy_experts].sum(-1)
     synergy_second = probs_second[..., : config.num_synergy_experts].sum(-1)
     synergy_mass = 0.5 * (synergy_first + synergy_second)
-    if config.synergy_loss_type == "one_minus_p":
-        synergy_penalty = 1.0 - synergy_mass
-    else:
-        synergy_penalty = -torch.log(synergy_mass.clamp(min=1e-9))
+    # on the scale of the loss type: 1 − p̄ (reference) or −log p̄ (earlier reference)
+    def scale(mass):
+        return 1.0 - mass if config.synergy_loss_type == "one_minus_p" else -torch.log(torch.as_tensor(mass).clamp(min=1e-9))
+
+    synergy_penalty = scale(synergy_mass)
 
     def masked_mean(values: Tensor, pair_condition: Tensor) -> Tensor:
         weights = (pair_present & pair_condition[None]).to(values.dtype)
@@ -541,8 +568,53 @@ def merge_auxiliary_losses(
 
     losses["redundancy"] = masked_mean(divergence, rus.redundant)
     losses["uniqueness"] = -masked_mean(divergence, rus.unique)
-    losses["synergy"] = masked_mean(synergy_penalty, rus.synergistic)
+    if config.synergy_target_mass is None:
+        losses["synergy"] = masked_mean(synergy_penalty, rus.synergistic)
+        return losses
+    # synergistic cells pull up to the target mass; every other cell of a present pair pushes back down to the
+    # synergy experts' fair share, so the loss has no direction shared by every token
+    fair_share = config.num_synergy_experts / num_experts
+    below_target = (synergy_penalty - scale(config.synergy_target_mass)).clamp(min=0.0)
+    above_fair_share = (scale(fair_share) - synergy_penalty).clamp(min=0.0)
+    losses["synergy"] = masked_mean(below_target, rus.synergistic) + masked_mean(above_fair_share, ~rus.synergistic)
     return losses
+
+
+def routing_alignment_counts(
+    probs: Tensor, selected_experts: Tensor, presence: Tensor, rus: MergeRusContext, num_synergy_experts: int
+) -> dict[str, Tensor]:
+    """Sums and counts of one MoE layer's routing-alignment statistics over a batch (add them over a split).
+
+    probs `(B, M, T, E)`, selected_experts `(B, M, T, k)`, presence `(B, M)`. Per present token pair at the same
+    step, JSD (nats) of the two router distributions, summed separately over redundant / non-redundant and
+    unique / non-unique loss pairs; top-k slots of present tokens per expert; slots on the synergy experts of
+    tokens in a synergistic cell (their modality is in a synergistic pair at their lag with a present partner)
+    and of the other tokens. Keys: `expert_slots` `(E,)`, `<name>_jsd` / `<name>_pairs` for redundant,
+    non_redundant, unique, non_unique, and `<cell>_synergy_slots` / `<cell>_slots` for synergistic, other.
+    """
+    first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
+    pair_present = (presence[:, first] & presence[:, second])[:, :, None]  # (B, Q, 1)
+    divergence = jensen_shannon_divergence(probs[:, first], probs[:, second])  # (B, Q, T)
+    counts = {}
+    for name, condition in (("redundant", rus.redundant), ("unique", rus.unique)):
+        for label, mask in ((name, condition), (f"non_{name}", ~condition)):
+            weights = (pair_present & mask[None]).to(divergence.dtype)
+            counts[f"{label}_jsd"] = (divergence * weights).sum()
+            counts[f"{label}_pairs"] = weights.sum()
+    synergistic_pair = pair_present & rus.synergistic[None]  # (B, Q, T)
+    synergistic_pair = synergistic_pair.to(probs.dtype)
+    partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair).index_add(1, second, synergistic_pair)
+    in_synergy_cell = partner_count > 0  # (B, M, T)
+    on_synergy = (selected_experts < num_synergy_experts).sum(-1).to(probs.dtype)  # (B, M, T)
+    token_present = presence[:, :, None].expand_as(on_synergy)
+    top_k = selected_experts.shape[-1]
+    for label, cell in (("synergistic", in_synergy_cell & token_present), ("other", ~in_synergy_cell & token_present)):
+        counts[f"{label}_synergy_slots"] = (on_synergy * cell).sum()
+        counts[f"{label}_slots"] = cell.sum().to(probs.dtype) * top_k
+    counts["expert_slots"] = torch.bincount(
+        selected_experts[token_present].reshape(-1), minlength=probs.shape[-1]
+    ).to(probs.dtype)
+    return counts
 
 
 class MergePreTrainedModel(PreTrainedModel):
@@ -561,6 +633,16 @@ class MergePreTrainedModel(PreTrainedModel):
             init.normal_(module.w_out, mean=0.0, std=std)
             init.zeros_(module.b_in)
             init.zeros_(module.b_out)
+        elif isinstance(module, MergeMoeLayer):
+            # after its children (transformers skips modules without parameters or buffers of their own, the router)
+            init.zeros_(module.expert_selection_bias)
+            if isinstance(module.router, MergeRusRouter) and self.config.router_init == "fan_in":
+                for layer in module.router.modules():
+                    if isinstance(layer, nn.Linear):
+                        init.normal_(layer.weight, mean=0.0, std=layer.in_features**-0.5)
+                for name, parameter in module.router.gru.named_parameters():
+                    if name.startswith("weight"):
+                        init.normal_(parameter, mean=0.0, std=parameter.shape[1] ** -0.5)
         elif isinstance(module, MergeLaplaceRouter):
             init.zeros_(module.weight)
             init.zeros_(module.noise_weight)
@@ -658,7 +740,7 @@ class MergeModel(MergePreTrainedModel):
             for values, percentile in zip(samples, requested.tolist())
         ])
 
-    def _rus_context(self, num_tokens: int, presence: Tensor) -> MergeRusContext:
+    def rus_context(self, num_tokens: int, presence: Tensor) -> MergeRusContext:
         """RUS lookups at each token's lag, partner features and loss pairs (vectorised over M and pairs)."""
         if not bool(self.rus_is_set):
             raise ValueError(
@@ -772,7 +854,7 @@ class MergeModel(MergePreTrainedModel):
         hidden_states = torch.stack(
             [encoder(tensor) for encoder, tensor in zip(self.encoders.values(), values)], dim=1
         )
-        rus = self._rus_context(hidden_states.shape[2], presence) if self.config.router_type == "rus" else None
+        rus = self.rus_context(hidden_states.shape[2], presence) if self.config.router_type == "rus" else None
         layer_losses, all_probs, all_experts = [], [], []
         for block in self.blocks:
             hidden_states, probs, experts = block(hidden_states, presence, rus, self.rus_partner_index)

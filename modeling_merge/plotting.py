@@ -5,7 +5,7 @@ matplotlib is imported lazily."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,18 @@ def routing_shares(
 
 
 def plot_routing_distribution(
-    shares: np.ndarray, modality_names: Sequence[str], path: str | Path, expert_names: Sequence[str] | None = None
+    shares: np.ndarray,
+    modality_names: Sequence[str],
+    path: str | Path,
+    expert_names: Sequence[str] | None = None,
+    num_synergy_experts: int = 0,
+    title: str | None = None,
+    alignment: Mapping[str, float] | None = None,
 ) -> Path:
-    """Heat maps of ``shares`` (layers, M, E) from :func:`routing_shares`, one panel per MoE layer, saved as PNG."""
+    """Heat maps of ``shares`` (layers, M, E) from :func:`routing_shares`, one panel per MoE layer, each cell
+    labelled with its share, saved as PNG. The first ``num_synergy_experts`` experts are named "syn i" (the
+    cross-modal attention experts), the rest "ffn j"; ``alignment`` (the :class:`~modeling_merge.training.
+    RoutingAlignment` metrics) is summarised under the ``title``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,15 +58,31 @@ def plot_routing_distribution(
     num_layers, num_modalities, num_experts = shares.shape
     if len(modality_names) != num_modalities:
         raise ValueError(f"{len(modality_names)} modality names for {num_modalities} rows of routing shares")
-    expert_names = list(expert_names or [f"E{e}" for e in range(num_experts)])
-    figure, axes = plt.subplots(1, num_layers, figsize=(1.2 + 0.6 * num_experts * num_layers, 0.5 * num_modalities + 1.5),
+    expert_names = list(expert_names or [f"syn {e}" if e < num_synergy_experts else f"ffn {e - num_synergy_experts}"
+                                         for e in range(num_experts)])
+    figure, axes = plt.subplots(1, num_layers, figsize=(2.0 + 0.6 * num_experts * num_layers, 0.5 * num_modalities + 2.2),
                                 squeeze=False, constrained_layout=True)
     for layer, axis in enumerate(axes[0]):
         image = axis.imshow(shares[layer], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         axis.set_title(f"MoE layer {layer}")
         axis.set_xticks(range(num_experts), expert_names, rotation=90)
         axis.set_yticks(range(num_modalities), modality_names if layer == 0 else [""] * num_modalities)
+        axis.set_xlabel("expert")
+        if num_synergy_experts:
+            axis.axvline(num_synergy_experts - 0.5, color="white", linewidth=2)
+        if num_modalities * num_experts <= 400:
+            for (row, column), value in np.ndenumerate(shares[layer]):
+                axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="black" if value > 0.6 else "white")
     figure.colorbar(image, ax=axes[0].tolist(), label="share of the modality's routing slots")
+    lines = [title or "Routing: share of each modality's top-k slots per expert"]
+    if alignment:
+        lines.append(
+            f"expert share {alignment['routing_expert_share_min']:.1%}–{alignment['routing_expert_share_max']:.1%}; "
+            f"synergy experts take {alignment['routing_synergy_share_synergistic']:.0%} of synergistic-cell slots vs "
+            f"{alignment['routing_synergy_share_other']:.0%} elsewhere; JSD redundant {alignment['routing_redundant_pair_jsd']:.3f}"
+            f" vs other {alignment['routing_non_redundant_pair_jsd']:.3f} nats")
+    figure.suptitle("\n".join(lines), fontsize=9)
     return _save(figure, path)
 
 

@@ -8,7 +8,8 @@
   which load offline.
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
-  :func:`drop_checkpoints_from`, :func:`changed_settings`, :class:`MetricsLog`, :func:`check_modalities_match`.
+  :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
+  :func:`check_modalities_match`.
 
 Using ``Trainer``::
 
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .modeling_merge import routing_alignment_counts
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
@@ -260,6 +264,45 @@ def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any], pr
     return changes
 
 
+@contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold the lock file ``path`` (it records this process's pid and host) while this process alone uses
+    ``what``. A live holder is an error naming it; one that died without releasing (its record is left, its
+    ``flock`` gone with it) is reported and taken over. The file is removed on release. POSIX (``fcntl``)."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "a process that has not yet written its pid"
+            handle.close()
+            raise RuntimeError(f"{what} is in use by another run ({owner}; lock file {path}). Wait for that run to "
+                               "end, or use another path.") from None
+        if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the previous holder removed the file after we opened it: lock the new one
+    try:
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous:
+            print(f"taking over {what} from a run that ended without releasing it ({previous}; lock file {path})",
+                  file=sys.stderr)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
 class MetricsLog:
     """Append-only JSON-lines log (one JSON object per line, flushed at once so a crash loses nothing)."""
 
@@ -277,16 +320,92 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+EXPERT_SHARE_WARNING_RANGE = (0.01, 0.60)
+
+
+class RoutingAlignment:
+    """Routing-alignment metrics of a MoE model over a split, from its router outputs and the RUS it holds.
+
+    Feed every batch's outputs (`output_router_probs=True`) to :meth:`update`; :meth:`compute` returns, averaged
+    over MoE layers unless named per layer: `routing_expert_share_min` / `_max` (share of top-k slots of the least
+    and most used expert, over all layers), `routing_redundant_pair_jsd` vs `routing_non_redundant_pair_jsd`
+    (mean JSD in nats between the router distributions of two modalities' tokens at the same step: redundant
+    pairs should be closer), `routing_unique_pair_jsd` vs `routing_non_unique_pair_jsd` (unique pairs farther),
+    and `routing_synergy_share_synergistic` vs `routing_synergy_share_other` (share of the slots of tokens in
+    synergistic cells, and of the other tokens, that go to the synergy experts). The RUS conditions are the
+    model's (thresholds resolved by `set_rus`), so the softmax / Laplace routers, which never read RUS, are
+    measured against the same structure as a control.
+    """
+
+    def __init__(self) -> None:
+        self.layer_counts: list[dict[str, torch.Tensor]] = []
+
+    def update(self, model, batch: Mapping[str, Any], outputs) -> None:
+        merge = getattr(model, "merge", model)
+        if not outputs.router_probs or not bool(merge.rus_is_set):
+            return
+        presence = batch["modality_mask"].to(device=outputs.router_probs[0].device, dtype=torch.bool)
+        context = merge.rus_context(outputs.router_probs[0].shape[2], presence)
+        for layer, (probs, experts) in enumerate(zip(outputs.router_probs, outputs.selected_experts)):
+            counts = routing_alignment_counts(probs.float(), experts, presence, context, model.config.num_synergy_experts)
+            if layer == len(self.layer_counts):
+                self.layer_counts.append({name: value.detach() for name, value in counts.items()})
+            else:
+                for name, value in counts.items():
+                    self.layer_counts[layer][name] = self.layer_counts[layer][name] + value.detach()
+
+    def compute(self, accelerator=None) -> dict[str, float]:
+        """The metrics (empty for a dense model or one without RUS); counts are summed over processes."""
+        if not self.layer_counts:
+            return {}
+        per_layer = []
+        for counts in self.layer_counts:
+            if accelerator is not None:
+                counts = {name: accelerator.reduce(value, reduction="sum") for name, value in counts.items()}
+            ratio = {name: float(counts[f"{name}_jsd"] / counts[f"{name}_pairs"]) if counts[f"{name}_pairs"] > 0
+                     else float("nan") for name in ("redundant", "non_redundant", "unique", "non_unique")}
+            shares = counts["expert_slots"] / counts["expert_slots"].sum().clamp(min=1)
+            per_layer.append({
+                "expert_shares": shares.cpu().tolist(),
+                **{f"{name}_pair_jsd": value for name, value in ratio.items()},
+                **{f"synergy_share_{cell}": float(counts[f"{cell}_synergy_slots"] / counts[f"{cell}_slots"])
+                   if counts[f"{cell}_slots"] > 0 else float("nan") for cell in ("synergistic", "other")},
+            })
+        metrics = {
+            "routing_expert_share_min": min(min(layer["expert_shares"]) for layer in per_layer),
+            "routing_expert_share_max": max(max(layer["expert_shares"]) for layer in per_layer),
+        }
+        for name in per_layer[0]:
+            if name != "expert_shares":
+                values = [layer[name] for layer in per_layer if not np.isnan(layer[name])]
+                metrics[f"routing_{name}"] = float(np.mean(values)) if values else float("nan")
+        return metrics
+
+
+def routing_balance_warning(metrics: Mapping[str, float]) -> str | None:
+    """A message when an expert's slot share is outside `EXPERT_SHARE_WARNING_RANGE` (collapsed routing)."""
+    low, high = EXPERT_SHARE_WARNING_RANGE
+    least, most = metrics.get("routing_expert_share_min"), metrics.get("routing_expert_share_max")
+    if least is None or (least >= low and most <= high):
+        return None
+    return (f"routing is unbalanced: expert slot shares range {least:.1%}–{most:.1%} (warning outside {low:.0%}–"
+            f"{high:.0%}); experts below it barely train. See router_bias_update_rate and synergy_target_mass.")
+
+
 @torch.no_grad()
 def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
-    """Classification metrics of ``model`` over ``loader``; with an ``accelerator`` the logits are gathered from
-    every process (``gather_for_metrics``). With ``keep_routing`` also returns the experts chosen per MoE layer,
-    a list of (N, M, T, k) arrays, and the (N, M) presence masks (for :func:`modeling_merge.plotting.routing_shares`);
+    """Classification metrics of ``model`` over ``loader``, with the :class:`RoutingAlignment` metrics for a MoE
+    model that holds RUS; with an ``accelerator`` the logits are gathered from every process
+    (``gather_for_metrics``). With ``keep_routing`` also returns the experts chosen per MoE layer, a list of
+    (N, M, T, k) arrays, and the (N, M) presence masks (for :func:`modeling_merge.plotting.routing_shares`);
     otherwise those are None."""
     model.eval()
     logits_parts, label_parts, routing_parts, mask_parts = [], [], [], []
+    alignment = RoutingAlignment()
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     for batch in loader:
-        outputs = model(**batch, output_router_probs=keep_routing)
+        outputs = model(**batch, output_router_probs=True)
+        alignment.update(unwrapped, batch, outputs)
         logits, labels = outputs.logits.float(), batch["labels"]
         if accelerator is not None:
             logits, labels = accelerator.gather_for_metrics((logits, labels))
@@ -296,23 +415,29 @@ def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
             routing_parts.append([layer.cpu().numpy() for layer in outputs.selected_experts])
             mask_parts.append(batch["modality_mask"].cpu().numpy())
     metrics = classification_metrics(np.concatenate(logits_parts), np.concatenate(label_parts))
+    metrics.update(alignment.compute(accelerator))
     if not routing_parts:
         return metrics, None, None
     routing = [np.concatenate([parts[layer] for parts in routing_parts]) for layer in range(len(routing_parts[0]))]
     return metrics, routing, np.concatenate(mask_parts)
 
 
-def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: Sequence[float] | None = None) -> list[Path]:
+def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: Sequence[float] | None = None,
+                           title: str | None = None) -> list[Path]:
     """Write ``temporal_rus.png`` (the RUS stored in the model, paper Fig. 5) and, for MoE routers, ``routing.png``
-    (share of each modality's routing slots per expert per MoE layer over ``loader``, paper Fig. 8)."""
+    (share of each modality's routing slots per expert per MoE layer over ``loader``, paper Fig. 8, with the
+    routing-alignment metrics; ``title`` names the run)."""
     from .plotting import plot_routing_distribution, plot_temporal_rus, routing_shares
 
     output_dir = Path(output_dir)
     names = list(model.config.modalities)
     rus = [getattr(model.merge, f"rus_{kind}").detach().cpu().numpy() for kind in ("redundancy", "uniqueness", "synergy")]
     figures = [plot_temporal_rus(*rus, names, output_dir / "temporal_rus.png", lags_seconds)]
-    _, routing, masks = evaluate_model(model, loader, keep_routing=True)
+    metrics, routing, masks = evaluate_model(model, loader, keep_routing=True)
     if routing is not None:
         shares = routing_shares(routing, model.config.num_experts, masks)
-        figures.append(plot_routing_distribution(shares, names, output_dir / "routing.png"))
+        alignment = metrics if "routing_expert_share_min" in metrics else None
+        figures.append(plot_routing_distribution(shares, names, output_dir / "routing.png",
+                                                 num_synergy_experts=model.config.num_synergy_experts,
+                                                 title=title, alignment=alignment))
     return figures

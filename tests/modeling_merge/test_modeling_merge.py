@@ -263,7 +263,7 @@ def test_router_top_partners_keeps_only_the_strongest_pairs_in_context_and_losse
     weaker[0, 2] = weaker[2, 0] = 0.3
     model.set_rus(weaker, torch.zeros(5, 5, 3), torch.zeros(5, 5, 3))
     assert model.merge.rus_partner_index.squeeze(1).tolist() == [1, 0, 0, 4, 3]
-    context = model.merge._rus_context(4, torch.ones(2, 5, dtype=torch.bool))
+    context = model.merge.rus_context(4, torch.ones(2, 5, dtype=torch.bool))
     assert context.pair_features.shape == (5, 4, 1, 2)
     assert sorted(map(tuple, context.loss_pairs.tolist())) == [(0, 1), (0, 2), (3, 4)]
     probs = model(modalities=inputs, output_router_probs=True).router_probs[0]
@@ -347,25 +347,136 @@ def test_jensen_shannon_divergence_has_finite_gradients_when_a_softmax_underflow
     assert torch.isfinite(logits.grad).all()
 
 
-@pytest.mark.parametrize("synergy_loss_type", ["one_minus_p", "neg_log_p"])
-def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabilities(synergy_loss_type):
+# (loss type, target mass) → synergy loss when the pair's synergy-expert mass p̄ is 0.5
+SYNERGY_LOSS_AT_HALF_MASS = {
+    ("one_minus_p", None): 0.5,
+    ("neg_log_p", None): math.log(2.0),
+    ("one_minus_p", 0.25): 0.0,
+    ("neg_log_p", 0.25): 0.0,
+    ("one_minus_p", 0.9): 0.9 - 0.5,
+    ("neg_log_p", 0.9): math.log(0.9 / 0.5),
+}
+
+
+@pytest.mark.parametrize(("synergy_loss_type", "synergy_target_mass"), list(SYNERGY_LOSS_AT_HALF_MASS))
+def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabilities(synergy_loss_type,
+                                                                                      synergy_target_mass):
     config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
                          num_feedforward_experts=1, num_experts_per_token=1, synergy_loss_type=synergy_loss_type,
-                         threshold_mode="absolute", redundancy_threshold=0.1, uniqueness_threshold=0.1,
-                         synergy_threshold=0.1)
+                         synergy_target_mass=synergy_target_mass, threshold_mode="absolute",
+                         redundancy_threshold=0.1, uniqueness_threshold=0.1, synergy_threshold=0.1)
     model = MergeModel(config)
     rus = torch.zeros(2, 2, 3)
     rus[0, 1, 0] = rus[1, 0, 0] = 1.0
     model.set_rus(rus, rus, rus)
-    context = model._rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+    context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
     probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3]])
     selected = probs.argmax(-1, keepdim=True)
     losses = merge_auxiliary_losses(probs, selected, torch.ones(1, 2, dtype=torch.bool), context, config)
     assert torch.allclose(losses["redundancy"], torch.tensor(math.log(2.0)))
     assert torch.allclose(losses["uniqueness"], torch.tensor(-math.log(2.0)))
-    expected_synergy = 0.5 if synergy_loss_type == "one_minus_p" else math.log(2.0)
-    assert torch.allclose(losses["synergy"], torch.tensor(expected_synergy))
+    expected_synergy = SYNERGY_LOSS_AT_HALF_MASS[synergy_loss_type, synergy_target_mass]
+    assert torch.allclose(losses["synergy"], torch.tensor(expected_synergy, dtype=torch.float32))
     assert torch.allclose(losses["load_balance"], torch.tensor(1.0))
+
+
+def test_the_synergy_target_pulls_synergistic_cells_up_and_pushes_other_cells_down_to_the_fair_share():
+    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
+                         num_feedforward_experts=3, num_experts_per_token=1, synergy_target_mass=0.6,
+                         threshold_mode="absolute", synergy_threshold=0.1)
+    model = MergeModel(config)
+    synergy = torch.zeros(2, 2, 3)
+    synergy[0, 1, 0] = synergy[1, 0, 0] = 1.0  # only lag 0 (token 0 of 3) is synergistic
+    model.set_rus(torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), synergy)
+    context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+
+    def synergy_loss(mass_per_token):
+        """Both modalities put `mass_per_token[t]` on the synergy expert (expert 0) at token t."""
+        mass = torch.tensor(mass_per_token)[:, None]
+        probs = torch.cat([mass, (1 - mass).expand(-1, 3) / 3], dim=-1).expand(1, 2, 3, 4)
+        losses = merge_auxiliary_losses(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
+                                        context, config)
+        return losses["synergy"].item()
+
+    assert synergy_loss([0.6, 0.25, 0.25]) == pytest.approx(0.0)  # at the target, others at the fair share 1/4
+    assert synergy_loss([0.9, 0.1, 0.0]) == pytest.approx(0.0)  # beyond the target and below the fair share
+    assert synergy_loss([0.2, 0.25, 0.25]) == pytest.approx(0.6 - 0.2)
+    assert synergy_loss([0.6, 0.45, 0.65]) == pytest.approx(((0.45 - 0.25) + (0.65 - 0.25)) / 2)
+
+
+def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_alone():
+    config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                         num_experts_per_token=2)
+    layer = MergeMoeLayer(config).eval()
+    hidden = torch.randn(2, 3, 5, 16)
+    with torch.no_grad():
+        layer.expert_selection_bias.copy_(torch.tensor([0.0, 0.0, 50.0, 50.0]))
+        _, probs, experts = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None, _all_other_modalities(3))
+        logits = layer.router(hidden)
+    assert torch.equal(experts.sort(-1).values, torch.tensor([2, 3]).expand_as(experts))
+    torch.testing.assert_close(probs, logits.softmax(-1))  # the bias never reaches the probabilities (or losses)
+
+
+def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
+    config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                         num_experts_per_token=1, router_bias_update_rate=0.01)
+    layer = MergeMoeLayer(config)
+    with torch.no_grad():
+        layer.router.weight.weight.zero_()
+        layer.router.weight.weight[0] = 1.0  # every token prefers expert 0 (inputs are positive)
+    hidden, presence = torch.rand(2, 3, 5, 16) + 0.1, torch.ones(2, 3, dtype=torch.bool)
+    layer.eval()
+    layer(hidden, presence, None, _all_other_modalities(3))
+    assert torch.equal(layer.expert_selection_bias, torch.zeros(4))
+    layer.train()
+    layer(hidden, presence, None, _all_other_modalities(3))
+    torch.testing.assert_close(layer.expert_selection_bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
+
+
+def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
+    model = tiny_model(router_bias_update_rate=0.0, num_feedforward_experts=3)
+    moe = next(block.feed_forward for block in model.merge.blocks if block.is_moe)
+    with torch.no_grad():
+        moe.expert_selection_bias.copy_(torch.tensor([-1e4, -1e4, 1e4, 1e4, -1e4]))  # only 2 feed-forward experts
+    inputs = make_inputs(model.config, batch=2, tokens=4)
+    output = model(modalities=inputs, labels=torch.tensor([0, 1]), output_router_probs=True)
+    assert set(output.selected_experts[0].unique().tolist()) == {2, 3}
+    output.loss.backward()
+    for expert in moe.synergy_experts:
+        for name, parameter in expert.named_parameters():
+            assert parameter.grad is not None and not parameter.grad.any(), name
+
+
+def _train_steps(model, inputs, labels, steps: int) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        model(modalities=inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def _slot_shares(model, inputs) -> torch.Tensor:
+    """(layers, E) share of the top-k slots per expert, eval mode."""
+    model.eval()
+    with torch.no_grad():
+        selected = model(modalities=inputs, output_router_probs=True).selected_experts
+    model.train()
+    return torch.stack([torch.bincount(s.reshape(-1), minlength=model.config.num_experts) / s.numel() for s in selected])
+
+
+def test_the_paper_routing_collapses_onto_the_synergy_experts_and_the_balanced_default_does_not():
+    paper = dict(router_bias_update_rate=0.0, synergy_target_mass=None, router_init="initializer_range")
+    inputs = make_inputs(tiny_config(), batch=16, tokens=6, seed=3)
+    labels = torch.arange(16) % 3
+    shares = {}
+    for name, overrides in (("paper", paper), ("default", {})):
+        torch.manual_seed(0)
+        model = tiny_model(num_moe_blocks=2, **overrides)
+        _train_steps(model, inputs, labels, steps=40)
+        shares[name] = _slot_shares(model, inputs)
+    synergy = model.config.num_synergy_experts
+    assert (shares["paper"][:, :synergy].sum(-1) > 0.95).all(), shares["paper"]  # the failure this default fixes
+    assert (shares["default"] > 0.05).all() and (shares["default"] < 0.5).all(), shares["default"]
 
 
 def bad_input_cases():
