@@ -5,7 +5,7 @@
   "modality_mask": (B, M) bool, "labels": (B,) int64}``.
 * :func:`classification_metrics` / :func:`compute_metrics`: accuracy, macro-F1 and AUROC (binary, or
   one-vs-rest averaged over classes) through the local ``evaluate`` modules in ``modeling_merge/metrics``,
-  which load offline.
+  which load offline; binary tasks also get the average precision (AUPRC, sklearn).
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
   :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
@@ -120,8 +120,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     """Accuracy, macro-F1 and AUROC of (N, C) logits against (N,) class ids.
 
     Macro-F1 averages over all C classes. AUROC is binary (positive-class probability) for C = 2 and the
-    one-vs-rest mean over the classes present otherwise; it is left out when ``labels`` hold a single class
-    (it is undefined there).
+    one-vs-rest mean over the classes present otherwise; for C = 2 ``average_precision`` (area under the
+    precision-recall curve of class 1, sklearn's step-wise estimate) is added too. Both are left out when
+    ``labels`` hold a single class (they are undefined there).
     """
     logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
@@ -138,7 +139,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     if np.unique(labels).size >= 2:
         probabilities = softmax(logits)
         if logits.shape[1] == 2:
+            from sklearn.metrics import average_precision_score
+
             results.update(load_metric("roc_auc", "binary").compute(prediction_scores=probabilities[:, 1], references=labels))
+            results["average_precision"] = float(average_precision_score(labels, probabilities[:, 1]))
         else:
             results.update(load_metric("roc_auc", "multiclass").compute(prediction_scores=probabilities, references=labels))
     return results

@@ -54,3 +54,14 @@ def test_classification_metrics_refuses_nan_logits_and_mismatched_shapes():
         classification_metrics(np.array([[np.nan, 0.0]]), np.array([0]))
     with pytest.raises(ValueError, match="expected logits"):
         classification_metrics(np.zeros((3, 2)), np.zeros(2))
+
+
+def test_binary_classification_metrics_add_average_precision():
+    # class-1 probabilities 0.88, 0.5, 0.73, 0.27 (positives first two): ranked 0.88+, 0.73-, 0.5+, 0.27-
+    # -> precision at each positive 1/1 and 2/3 -> AP = (1 + 2/3) / 2.
+    logits = np.log(np.array([[0.12, 0.88], [0.5, 0.5], [0.27, 0.73], [0.73, 0.27]]))
+    binary = classification_metrics(logits, np.array([1, 1, 0, 0]))
+    assert binary["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
+    assert binary["roc_auc"] == pytest.approx(3 / 4)
+    assert "average_precision" not in classification_metrics(np.eye(3) * 5, np.array([0, 1, 2]))
+    assert "average_precision" not in classification_metrics(np.array([[2.0, 0.0], [1.0, 0.0]]), np.array([0, 0]))
