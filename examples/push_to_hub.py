@@ -6,8 +6,9 @@
         --dataset_repo_id org/synthetic-rus --dataset synthetic                                       # + dataset and sidecar
 
 The first ``--run_dir`` (written by ``examples/train.py``) provides the checkpoint (``best_model/``), the RUS sidecar
-and the figures; every run's ``results.json`` adds its validation and test rows to the model card. The model
-then loads by repo id: ``AutoModelForSequenceClassification.from_pretrained(repo_id, trust_remote_code=True)``.
+(refused unless its content hash is the one the run recorded) and the figures; every run's ``results.json`` adds its
+validation and test rows to the model card. The model then loads by repo id:
+``AutoModelForSequenceClassification.from_pretrained(repo_id, trust_remote_code=True)``.
 Set ``HF_ENDPOINT`` to publish to another Hub-compatible server; the token comes from ``--token`` or the usual
 ``HF_TOKEN`` / ``hf auth login``.
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset_builders  # noqa: E402
 from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, push_folder  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.rus.sidecar import RusSidecar  # noqa: E402
 
 
 @dataclass
@@ -48,6 +50,17 @@ def read_run(run_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {run_dir} is not a finished examples/train.py run")
     return json.loads(path.read_text())
+
+
+def check_sidecar(run_dir: Path, run: dict) -> Path:
+    """The run's RUS sidecar file, refused when it is not the one the run loaded (another run rewrote it)."""
+    path = Path(run["artifacts"]["rus_sidecar"])
+    recorded, current = run["artifacts"].get("rus_sidecar_hash"), RusSidecar.load(path).content_hash()
+    if recorded != current:
+        raise ValueError(f"{path} is not the RUS sidecar the run in {run_dir} trained with (content {current}, "
+                         f"{run_dir / 'results.json'} records {recorded}): another run wrote it since. Publish "
+                         "with the run's own sidecar, or retrain with this one.")
+    return path
 
 
 def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
     runs = [read_run(Path(run_dir)) for run_dir in args.run_dir]
     run_dir = Path(args.run_dir[0])
-    sidecar = Path(runs[0]["artifacts"]["rus_sidecar"])
+    sidecar = check_sidecar(run_dir, runs[0])
     model = MergeForSequenceClassification.from_pretrained(run_dir / "best_model")
     figures = [path for path in (run_dir / "routing.png", run_dir / "temporal_rus.png") if path.exists()]
     with tempfile.TemporaryDirectory() as folder:

@@ -15,7 +15,8 @@ and a table compares the test metrics and the planted vs estimated RUS structure
 
 Artifacts under ``--output_dir``: ``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere),
 ``checkpoints/checkpoint-<step>`` (``accelerator.save_state``, every epoch), ``best_model/`` (``save_pretrained``),
-``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``.
+``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``; ``run.lock`` while the run lasts: one
+run at a time per folder, and per sidecar path while it is estimated (``<sidecar>.lock``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from modeling_merge.training import (  # noqa: E402
     check_modalities_match,
     drop_checkpoints_from,
     evaluate_model,
+    exclusive_lock,
     interpretation_figures,
     latest_checkpoint,
     prune_checkpoints,
@@ -173,12 +175,16 @@ def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Ac
     path = Path(args.rus_sidecar or Path(args.output_dir) / "rus.safetensors")
     modalities, labels, mask = grid_arrays(splits["train"], metadata)
     if accelerator.is_main_process and not path.exists():
-        accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the training split")
-        sidecar = estimate_temporal_rus(
-            modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator, config=BatchConfig(seed=args.seed),
-            modality_mask=mask, lags_seconds=[lag / metadata.token_grid_hz for lag in range(args.num_rus_lags)],
-            partial_path=str(path.with_name(path.name + ".partial")))
-        sidecar.save(path)
+        with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
+            if not path.exists():  # another run may have written it while we built the data
+                accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the "
+                                  "training split")
+                sidecar = estimate_temporal_rus(
+                    modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator,
+                    config=BatchConfig(seed=args.seed), modality_mask=mask,
+                    lags_seconds=[lag / metadata.token_grid_hz for lag in range(args.num_rus_lags)],
+                    partial_path=str(path.with_name(path.name + ".partial")))
+                sidecar.save(path)
     accelerator.wait_for_everyone()
     sidecar = RusSidecar.load(path)
     sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags,
@@ -283,7 +289,8 @@ def train(args: TrainArguments) -> dict:
         state = recorded
 
     splits, metadata = load_data(args, accelerator)
-    sidecar = ablate_rus(load_or_estimate_rus(args, splits, metadata, accelerator), args.rus_ablation, args.seed)
+    loaded = load_or_estimate_rus(args, splits, metadata, accelerator)
+    sidecar = ablate_rus(loaded, args.rus_ablation, args.seed)
     model = build_model(args, metadata, sidecar)
     collator = MultimodalCollator(metadata.modality_names)
     per_process_batch = max(1, args.batch_size // accelerator.num_processes)
@@ -362,11 +369,12 @@ def train(args: TrainArguments) -> dict:
 
     if accelerator.is_main_process:
         prune_checkpoints(checkpoints, args.keep_checkpoints)
-    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log)
+    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, loaded.content_hash())
 
 
-def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log) -> dict:
-    """Evaluate the best checkpoint on test, write results.json and the figures, print the results table."""
+def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, sidecar_hash: str) -> dict:
+    """Evaluate the best checkpoint on test, write results.json and the figures, print the results table.
+    ``sidecar_hash``: the content hash of the sidecar file the run loaded (push_to_hub.py checks the file)."""
     output_dir = Path(args.output_dir)
     best = MergeForSequenceClassification.from_pretrained(output_dir / "best_model")
     check_modalities_match(best.config.modalities, metadata.modalities, f"checkpoint {output_dir / 'best_model'}")
@@ -388,6 +396,7 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
         figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"))
         results["rus"] = rus_summary(sidecar, splits, metadata.name)
         results["artifacts"] = {"best_model": str(output_dir / "best_model"), "rus_sidecar": str(args.rus_sidecar or output_dir / "rus.safetensors"),
+                                "rus_sidecar_hash": sidecar_hash,
                                 "metrics_log": str(log.path), "figures": [str(path) for path in figures],
                                 "checkpoints": str(output_dir / "checkpoints")}
         write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
@@ -432,8 +441,12 @@ def print_results(results: dict, metadata) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse the arguments and train; the first process owns ``--output_dir`` for the run (``run.lock``)."""
     (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
-    return train(args)
+    if os.environ.get("RANK", "0") != "0":  # the other processes of a distributed launch
+        return train(args)
+    with exclusive_lock(Path(args.output_dir) / "run.lock", f"output directory {args.output_dir}"):
+        return train(args)
 
 
 if __name__ == "__main__":

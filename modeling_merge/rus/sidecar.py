@@ -95,6 +95,14 @@ class RusSidecar:
     def modality_names(self) -> list[str]:
         return list(self.metadata.get("modality_names") or [])
 
+    def content_hash(self) -> str:
+        """SHA-256 of the tensors and metadata → ``sha256:…``: tells two sidecars of the same data apart (the
+        metadata's ``fingerprint`` names the data only)."""
+        digest = hashlib.sha256(json.dumps(self.metadata, sort_keys=True).encode())
+        for name in _TENSOR_NAMES:
+            digest.update(getattr(self, name).numpy().tobytes())
+        return f"sha256:{digest.hexdigest()}"
+
     def modality_uniqueness(self) -> torch.Tensor:
         """U_m(τ) [M, L]: per modality the max over the pairs containing it (reference rule)."""
         return self.uniqueness.max(dim=1).values

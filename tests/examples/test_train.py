@@ -70,6 +70,45 @@ def test_resume_refuses_changed_settings_by_name(reference_run, tmp_path):
     assert results["seed"] == 0
 
 
+def hold_lock(path: Path) -> subprocess.Popen:
+    """Another process that holds the lock file ``path`` until it is killed."""
+    script = ("import sys, time\nfrom modeling_merge.training import exclusive_lock\n"
+              "with exclusive_lock(sys.argv[1], 'a test'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_an_output_directory_is_owned_by_one_run_at_a_time(reference_run, tmp_path, capsys):
+    root, _ = reference_run
+    run = tmp_path / "run"
+    holder = hold_lock(run / "run.lock")
+    try:
+        with pytest.raises(RuntimeError, match=rf"output directory {run} is in use by another run \(pid {holder.pid} on"):
+            train.main(tiny_arguments(run, root / "rus.safetensors"))
+    finally:
+        holder.kill()  # dies without releasing: its record stays, its lock goes with it
+        holder.wait()
+    assert not (run / "checkpoints").exists()
+    results = train.main(tiny_arguments(run, root / "rus.safetensors", "--num_epochs", "1"))
+    assert f"taking over output directory {run} from a run that ended without releasing it (pid {holder.pid} " \
+        in capsys.readouterr().err
+    assert results["steps"] > 0 and not (run / "run.lock").exists()
+
+
+def test_a_sidecar_being_estimated_by_another_run_is_not_estimated_twice(tmp_path):
+    holder = hold_lock(tmp_path / "rus.safetensors.lock")
+    try:
+        with pytest.raises(RuntimeError, match=rf"RUS sidecar {tmp_path / 'rus.safetensors'} \(being estimated\) is "
+                                               rf"in use by another run \(pid {holder.pid} on"):
+            train.main(tiny_arguments(tmp_path / "run", tmp_path / "rus.safetensors"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "rus.safetensors").exists()
+
+
 def test_a_sidecar_estimated_on_other_data_is_refused(reference_run, tmp_path):
     root, _ = reference_run
     other_data = TINY_DATA.replace('"num_sequences": 96', '"num_sequences": 96, "seed": 7')
