@@ -5,7 +5,7 @@
   "modality_mask": (B, M) bool, "labels": (B,) int64}``.
 * :func:`classification_metrics` / :func:`compute_metrics`: accuracy, macro-F1 and AUROC (binary, or
   one-vs-rest averaged over classes) through the local ``evaluate`` modules in ``modeling_merge/metrics``,
-  which load offline.
+  which load offline; binary tasks also get the average precision (AUPRC, sklearn).
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
   :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
@@ -120,8 +120,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     """Accuracy, macro-F1 and AUROC of (N, C) logits against (N,) class ids.
 
     Macro-F1 averages over all C classes. AUROC is binary (positive-class probability) for C = 2 and the
-    one-vs-rest mean over the classes present otherwise; it is left out when ``labels`` hold a single class
-    (it is undefined there).
+    one-vs-rest mean over the classes present otherwise; for C = 2 ``average_precision`` (area under the
+    precision-recall curve of class 1, sklearn's step-wise estimate) is added too. Both are left out when
+    ``labels`` hold a single class (they are undefined there).
     """
     logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
@@ -138,7 +139,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     if np.unique(labels).size >= 2:
         probabilities = softmax(logits)
         if logits.shape[1] == 2:
+            from sklearn.metrics import average_precision_score
+
             results.update(load_metric("roc_auc", "binary").compute(prediction_scores=probabilities[:, 1], references=labels))
+            results["average_precision"] = float(average_precision_score(labels, probabilities[:, 1]))
         else:
             results.update(load_metric("roc_auc", "multiclass").compute(prediction_scores=probabilities, references=labels))
     return results
@@ -262,45 +266,6 @@ def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any], pr
         elif old != new:
             changes.append(f"{prefix}{name}: {old!r} → {new!r}")
     return changes
-
-
-@contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` (it records this process's pid and host) while this process alone uses
-    ``what``. A live holder is an error naming it; one that died without releasing (its record is left, its
-    ``flock`` gone with it) is reported and taken over. The file is removed on release. POSIX (``fcntl``)."""
-    import fcntl
-    import socket
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "a process that has not yet written its pid"
-            handle.close()
-            raise RuntimeError(f"{what} is in use by another run ({owner}; lock file {path}). Wait for that run to "
-                               "end, or use another path.") from None
-        if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the previous holder removed the file after we opened it: lock the new one
-    try:
-        handle.seek(0)
-        previous = handle.read().strip()
-        if previous:
-            print(f"taking over {what} from a run that ended without releasing it ({previous}; lock file {path})",
-                  file=sys.stderr)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        handle.flush()
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        handle.close()
 
 
 @contextmanager
