@@ -96,12 +96,15 @@ class WesadConfig(MergeBuilderConfig):
     unused), and the 15 folds of `loso_fold` (3 test subjects are too few for claims).
 
     source: "pickle" (official `S<k>.pkl`, chest + wrist), "e4" (wrist E4 zip + `S<k>_quest.csv`) or "auto"
-    (pickles when every subject folder has one). target_rate_hz: the token grid every signal is
+    (pickles when every subject folder has one and `allow_pickle=True`, else E4). allow_pickle: read the
+    `S<k>.pkl` files at all; unpickling runs any code a file holds, so pass True only for files you trust
+    (the E4 source never reads a pickle). target_rate_hz: the token grid every signal is
     interpolated and mean-downsampled to (paper: 1 Hz); with the E4 source `None` keeps the native rates
     (grid 4 Hz, patch sizes acc 8, bvp 16).
     """
 
     source: Literal["auto", "pickle", "e4"] = "auto"
+    allow_pickle: bool = False
     target_rate_hz: float | None = 1.0
     task: Literal["paper", "three_class", "binary"] = "paper"
     """Labels: "paper" (E4: transient / baseline / stress / amusement / meditation; pickles add "other"),
@@ -326,7 +329,10 @@ class WesadBuilder(MergeTimeSeriesBuilder):
             raise ValueError(f"wesad: source must be 'auto', 'pickle' or 'e4', got {self.config.source!r}")
         with_pickle = [subject for subject in subjects if (root / subject / f"{subject}.pkl").is_file()]
         if self.config.source == "auto":
-            return "pickle" if with_pickle and len(with_pickle) == len(subjects) else "e4"
+            return "pickle" if with_pickle and len(with_pickle) == len(subjects) and self.config.allow_pickle else "e4"
+        if self.config.source == "pickle" and not self.config.allow_pickle:
+            raise ValueError(f"wesad: source='pickle' reads the official S<k>.pkl files, and unpickling runs any code a "
+                             f"file holds: pass allow_pickle=True if you trust the files in {root}, or use source='e4'")
         return self.config.source
 
     def _splits(self, available: list[str]) -> dict[str, list[str]]:
@@ -362,7 +368,10 @@ class WesadBuilder(MergeTimeSeriesBuilder):
             needed = [f"{subject}.pkl"] if source == "pickle" else [f"{subject}_E4_Data.zip", f"{subject}_quest.csv"]
             for name in needed:
                 if not (root / subject / name).is_file():
-                    raise FileNotFoundError(f"wesad ({source} source): {root / subject / name} is missing")
+                    unread = (root / subject / f"{subject}.pkl").is_file() and not self.config.allow_pickle
+                    raise FileNotFoundError(f"wesad ({source} source): {root / subject / name} is missing" + (
+                        f"; {subject}.pkl is there but is read only with allow_pickle=True (unpickling runs any code "
+                        "a file holds: only for files you trust)" if unread else ""))
         self._source_kind = source
         metadata = self._pickle_metadata(splits) if source == "pickle" else self._e4_metadata(splits)
         if source == "e4":

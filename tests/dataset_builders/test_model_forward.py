@@ -21,7 +21,7 @@ def pamap2(root, cache):
 def wesad_pickles(root, cache):
     for seed, subject in enumerate(("S2", "S3", "S4")):
         write_wesad_pickle(root / "WESAD" / subject, subject, [(1, 20), (2, 20)], seed=seed)
-    return build("wesad", data_dir=str(root), cache_dir=str(cache), window=10, stride=5,
+    return build("wesad", data_dir=str(root), cache_dir=str(cache), window=10, stride=5, allow_pickle=True,
                  train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"])
 
 

@@ -33,7 +33,8 @@ def pickle_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def from_pickles(pickle_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return build("wesad", data_dir=str(pickle_dir), cache_dir=str(cache), window=10, stride=5, normalize=False, **PICKLE_SPLIT)
+    return build("wesad", data_dir=str(pickle_dir), cache_dir=str(cache), window=10, stride=5, normalize=False,
+                 allow_pickle=True, **PICKLE_SPLIT)
 
 
 def test_wesad_pickles_give_chest_and_wrist_on_a_one_hertz_grid(from_pickles):
@@ -73,14 +74,41 @@ def test_wesad_pickle_missing_field_is_named(tmp_path, pickle_dir):
     with open(root / "S3" / "S3.pkl", "wb") as handle:
         pickle.dump(payload, handle, protocol=2)
     with pytest.raises(ValueError, match="S3.pkl: missing field 'BVP'"):
-        build("wesad", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=10, stride=5, **PICKLE_SPLIT)
+        build("wesad", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=10, stride=5, allow_pickle=True,
+              **PICKLE_SPLIT)
 
 
 def test_wesad_asking_for_pickles_without_them_names_the_missing_file(tmp_path, shared_data):
     with pytest.raises(FileNotFoundError, match="S2.pkl is missing"):
-        build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="pickle", **E4_SPLIT)
+        build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="pickle",
+              allow_pickle=True, **E4_SPLIT)
     with pytest.raises(ValueError, match="source must be 'auto', 'pickle' or 'e4', got 'chest'"):
         build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="chest", **E4_SPLIT)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_wesad_never_unpickles_unless_allowed(tmp_path):
+    marker = tmp_path / "code_ran"
+    for subject in sorted({subject for subjects in PICKLE_SPLIT.values() for subject in subjects}):
+        (tmp_path / "WESAD" / subject).mkdir(parents=True)
+        (tmp_path / "WESAD" / subject / f"{subject}.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    options = dict(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=10, stride=5, **PICKLE_SPLIT)
+    with pytest.raises(FileNotFoundError, match=r"S2_E4_Data.zip is missing; S2.pkl is there but is read only with "
+                                                r"allow_pickle=True"):
+        build("wesad", **options)  # source "auto"
+    with pytest.raises(ValueError, match="pass allow_pickle=True if you trust the files"):
+        build("wesad", source="pickle", **options)
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        build("wesad", allow_pickle=True, **options)  # opted in: the code runs, then the non-WESAD payload fails
+    assert marker.exists()
 
 
 def test_quest_times_are_minutes_dot_seconds(tmp_path):
