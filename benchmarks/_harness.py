@@ -1,12 +1,15 @@
-"""Shared machinery of benchmarks/quality.py and benchmarks/ablations.py: per-dataset budgets, one
+"""Shared machinery of benchmarks/quality.py and benchmarks/ablations.py: per-dataset protocols and budgets, one
 `examples/train.py` run per (dataset, variant, seed) in its own folder, a worker pool, aggregation and tables.
 
-Every run goes to ``runs/benchmarks/<dataset>/<variant>/seed<k>`` (gitignored) and is skipped when its
-``results.json`` exists, so a killed campaign resumes where it stopped (an interrupted run continues from its
-last epoch checkpoint). Runs that train the same model (MERGE with the default settings) share their folder
-between the two scripts. Each dataset's RUS sidecar is estimated once, on its training split, by the first run
-that needs it, and reused by every seed and variant (``--rus_sidecar``); the built dataset is cached once per
-dataset (``--dataset_cache_dir``).
+A *dataset* here is a benchmark key (``wesad_e4_three_class``), i.e. a builder (``wesad_e4``) with fixed builder
+options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v2/<dataset>/<variant>/seed<k>`` (gitignored)
+and is skipped when its ``results.json`` exists, so a killed campaign resumes where it stopped (an interrupted run
+continues from its last epoch checkpoint). Runs that train the same model (MERGE with the default settings) share
+their folder between the two scripts. Before any training, each (dataset, lags) group is prepared once, alone:
+the dataset is built into a cache shared by its runs (``--dataset_cache_dir``) and its RUS sidecar is estimated on
+the training split and reused by every seed and variant (``--rus_sidecar``); the time this takes is recorded
+apart from the runs' wall times. Runs are launched in the order the script lists them (its priority order),
+``--workers`` at a time, and ``--deadline_minutes`` stops launching new ones.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,23 +32,38 @@ import numpy as np
 from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks"
+# v2: runs after the WESAD-E4 label alignment and the router fix of 2026-11-29 (older run folders are not comparable).
+RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v2"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
 
-# One budget per dataset, identical for every router / variant on it (README "## Quality" states them).
+# One protocol and budget per dataset, identical for every router / variant on it (README "## Quality" states them).
 # The model is train.py's default small MERGE (d_model 32, 2 blocks, both MoE) everywhere.
+# WESAD-E4: the builder's benchmark protocol (labels counted from each subject's protocol origin, 60-s windows with
+# a 30-s stride on the 1 Hz grid, every channel z-scored per subject, a heart-rate channel from the 64 Hz BVP),
+# the builder's 10 / 2 / 3 subject split; lr 3e-3 / 10 epochs as before the alignment (1e-3 / 8 epochs had left
+# every router at the majority class on the misaligned labels).
+WESAD_E4 = {"window": 60, "stride": 30, "per_subject_normalize": True, "heart_rate": True}
+WESAD_E4_TRAIN = {"data_dir": str(SHARED_DATA / "wesad_e4"), "num_epochs": 10, "learning_rate": 3e-3,
+                  "selection_metric": "macro_f1"}
 DATASETS = {
-    "synthetic": {"train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8}, "metrics": ("accuracy", "macro_f1", "roc_auc")},
-    # WESAD-E4 at 1e-3 / 8 epochs sat at the majority class for every router (train loss = the label entropy);
-    # 3e-3 / 10 epochs starts to learn (dense: val macro-F1 0.20, AUROC 0.64).
-    "wesad_e4": {"train": {"data_dir": str(SHARED_DATA / "wesad_e4"), "dataset_options": '{"window": 30, "stride": 60}',
-                           "num_epochs": 10, "learning_rate": 3e-3, "selection_metric": "macro_f1"},
-                 "metrics": ("accuracy", "macro_f1", "roc_auc")},
-    "physionet2012": {"train": {"data_dir": str(SHARED_DATA / "physionet2012"), "dataset_options": '{"bin_minutes": 120}',
+    "synthetic": {"builder": "synthetic", "train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8},
+                  "metrics": ("accuracy", "macro_f1", "roc_auc")},
+    **{f"wesad_e4_{task}": {"builder": "wesad_e4",
+                            "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
+                            "metrics": ("accuracy", "macro_f1", "roc_auc", *(("average_precision",) if task == "binary" else ()))}
+       for task in ("three_class", "binary", "paper")},
+    "physionet2012": {"builder": "physionet2012",
+                      "train": {"data_dir": str(SHARED_DATA / "physionet2012"), "dataset_options": '{"bin_minutes": 120}',
                                 "num_epochs": 6, "selection_metric": "roc_auc"},
-                      "metrics": ("roc_auc", "macro_f1", "accuracy")},
+                      "metrics": ("roc_auc", "average_precision", "macro_f1", "accuracy")},
 }
+# Older names of a benchmark key (the command lines of earlier READMEs keep working).
+DATASET_ALIASES = {"wesad_e4": "wesad_e4_paper"}
+# Routing-alignment metrics (modeling_merge.training.evaluate_model) summarised where a run reports them.
+ROUTING_METRICS = ("routing_expert_share_min", "routing_expert_share_max", "routing_synergy_share_synergistic",
+                   "routing_synergy_share_other", "routing_redundant_pair_jsd", "routing_non_redundant_pair_jsd",
+                   "routing_unique_pair_jsd", "routing_non_unique_pair_jsd")
 # A tiny budget that only checks the scripts run end to end (``--smoke``); its runs go to a separate tree.
 SMOKE = {"num_epochs": 1, "limit_examples": 64, "rus_estimator": "quantized_exact",
          "model_options": json.dumps({"d_model": 16, "num_blocks": 1, "num_moe_blocks": 1, "num_encoder_layers": 1,
@@ -90,11 +108,15 @@ class Run:
         """Runs of one group share the dataset cache and the sidecar; the first of each group runs alone."""
         return self.dataset, self.num_rus_lags, self.smoke
 
+    @property
+    def cache_dir(self) -> Path:
+        return RUNS_ROOT / ("smoke" if self.smoke else "") / "cache" / self.dataset
+
     def arguments(self) -> dict:
         shared = RUNS_ROOT / ("smoke" if self.smoke else "")
         settings = {**DATASETS[self.dataset]["train"], **(SMOKE if self.smoke else {}), **self.variant.overrides}
-        return {"dataset": self.dataset, "output_dir": str(self.output_dir), "seed": self.seed,
-                "dataset_cache_dir": str(shared / "cache" / self.dataset),
+        return {"dataset": DATASETS[self.dataset]["builder"], "output_dir": str(self.output_dir), "seed": self.seed,
+                "dataset_cache_dir": str(self.cache_dir),
                 "rus_sidecar": str(shared / "rus" / f"{self.dataset}_L{self.num_rus_lags}.safetensors"),
                 "report_to": "none", "cpu": True, "resume": True, **settings}
 
@@ -102,7 +124,7 @@ class Run:
 def machine_facts(workers: int) -> dict:
     import torch
 
-    return {"cpu_count": os.cpu_count(), "torch_threads_per_run": 1, "parallel_runs": workers,
+    return {"cpu_count": os.cpu_count(), "torch_threads_per_run": 1, "parallel_runs": workers, "nice": os.nice(0),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": list(os.getloadavg())}
 
@@ -125,6 +147,36 @@ def _execute(run: Run) -> dict:
     return results
 
 
+def _prepare(run: Run) -> dict:
+    """Worker: build ``run``'s dataset into its shared cache and estimate its RUS sidecar (unless cached), exactly as
+    train.py would at the start of the run; returns the seconds each took (``preparation.json`` beside the sidecar)."""
+    import torch
+    from accelerate import Accelerator
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    import train
+
+    args = train.TrainArguments(**run.arguments())
+    sidecar = Path(args.rus_sidecar)
+    record = sidecar.with_name(sidecar.stem + ".preparation.json")
+    if sidecar.exists() and record.exists():
+        return json.loads(record.read_text())
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(sidecar.with_name(sidecar.stem + ".log"), "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        accelerator = Accelerator(cpu=True)
+        splits, metadata = train.load_data(args, accelerator)
+        built = time.perf_counter()
+        train.load_or_estimate_rus(args, splits, metadata, accelerator)
+    facts = {"dataset": run.dataset, "num_rus_lags": run.num_rus_lags, "build_s": built - started,
+             "rus_estimate_s": time.perf_counter() - built, "rus_sidecar": str(sidecar.relative_to(REPO_ROOT)),
+             "split_sizes": {name: len(split) for name, split in splits.items()}}
+    record.write_text(json.dumps(facts, indent=2))
+    return facts
+
+
 def load_result(run: Run) -> dict | None:
     path = run.output_dir / "results.json"
     if not path.exists():
@@ -139,35 +191,51 @@ def load_result(run: Run) -> dict | None:
     return results
 
 
-def execute(runs: Sequence[Run], workers: int) -> None:
-    """Train every run without results, ``workers`` at a time (one torch thread each). The first run of each
-    (dataset, lags) group goes first, so the dataset cache and the RUS sidecar are written once, not raced."""
+def execute(runs: Sequence[Run], workers: int, deadline_s: float | None = None,
+            started: float | None = None) -> tuple[dict, list[str]]:
+    """Train every run without results, in the given order, ``workers`` at a time (one torch thread each). Each
+    (dataset, lags) group is prepared first, one group at a time (dataset cache and RUS sidecar written once, not
+    raced). No run is launched once ``deadline_s`` seconds have passed since ``started`` (runs in flight finish).
+    Returns the preparation record of every group and the failures (one line each)."""
+    started = time.perf_counter() if started is None else started
     pending = [run for run in runs if load_result(run) is None]
     print(f"{len(runs) - len(pending)} of {len(runs)} runs already done; {len(pending)} to train, {workers} at a time")
-    if not pending:
-        return
     first_of_group = {}
-    for run in pending:
+    for run in runs:
         first_of_group.setdefault(run.group, run)
-    phases = [list(first_of_group.values()), [run for run in pending if run not in first_of_group.values()]]
-    failures = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, \
-            tqdm(total=len(pending), desc="runs", unit="run") as progress:
-        for phase in phases:
-            futures = {pool.submit(_execute, run): run for run in phase}
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    results = future.result()
-                    progress.set_postfix_str(f"{run.dataset}/{run.variant.name}/seed{run.seed} "
-                                             f"{results['selection_metric']} {results['validation'][results['selection_metric']]:.3f} "
-                                             f"({results['wall_s']:.0f} s)")
-                except Exception as error:  # noqa: BLE001 — reported below; the other runs go on
-                    failures.append(f"{run.output_dir}: {type(error).__name__}: {error}")
-                    progress.write(f"FAILED {failures[-1]} (log: {run.output_dir / 'train.log'})")
-                progress.update()
-    if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
+    preparation, failures, skipped = {}, [], 0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for group, run in first_of_group.items():
+            facts = pool.submit(_prepare, run).result()
+            preparation[f"{run.dataset}_L{run.num_rus_lags}"] = facts
+            print(f"prepared {run.dataset} (L={run.num_rus_lags}): build {facts['build_s']:.0f} s, "
+                  f"RUS estimate {facts['rus_estimate_s']:.0f} s, splits {facts['split_sizes']}")
+        queue, in_flight = list(pending), {}
+        with tqdm(total=len(pending), desc="runs", unit="run") as progress:
+            while queue or in_flight:
+                while queue and len(in_flight) < workers:
+                    if deadline_s is not None and time.perf_counter() - started > deadline_s:
+                        skipped = len(queue)
+                        progress.write(f"deadline of {deadline_s / 60:.0f} min reached: {skipped} run(s) not launched")
+                        queue = []
+                        break
+                    run = queue.pop(0)
+                    in_flight[pool.submit(_execute, run)] = run
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = in_flight.pop(future)
+                    try:
+                        results = future.result()
+                        progress.write(f"{run.dataset}/{run.variant.name}/seed{run.seed} "
+                                       f"val {results['selection_metric']} {results['validation'][results['selection_metric']]:.3f} "
+                                       f"({results['wall_s']:.0f} s)")
+                    except Exception as error:  # noqa: BLE001 — reported below; the other runs go on
+                        failures.append(f"{run.output_dir}: {type(error).__name__}: {error}")
+                        progress.write(f"FAILED {failures[-1]} (log: {run.output_dir / 'train.log'})")
+                    progress.update()
+    return preparation, failures
 
 
 def mean_std(values: Sequence[float]) -> dict:
@@ -176,8 +244,9 @@ def mean_std(values: Sequence[float]) -> dict:
     return {"mean": float(np.mean(values)) if values else math.nan, "std": std, "n": len(values), "values": values}
 
 
-def summarize(runs: Sequence[Run]) -> tuple[dict, list[dict]]:
-    """(summary[dataset][variant] = {metric: mean/std/n/values, ...}, per-run records) over finished runs."""
+def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[dict, list[dict]]:
+    """(summary[dataset][variant] = {metric: mean/std/n/values, ...}, per-run records) over finished runs, followed by
+    ``extra_records`` (already in the record format, e.g. quality.py's classical anchors, listed first per dataset)."""
     summary, records = {}, []
     for run in runs:
         results = load_result(run)
@@ -188,19 +257,23 @@ def summarize(runs: Sequence[Run]) -> tuple[dict, list[dict]]:
                         "validation": results["validation"], "best_epoch": results["best_epoch"],
                         "steps": results["steps"], "wall_s": results["wall_s"],
                         "validation_curve": results["validation_curve"]})
-    for dataset in dict.fromkeys(run.dataset for run in runs):
+    extra_records = list(extra_records)
+    datasets = dict.fromkeys([*(record["dataset"] for record in extra_records), *(run.dataset for run in runs)])
+    for dataset in datasets:
         metrics = DATASETS[dataset]["metrics"]
-        for variant in dict.fromkeys(run.variant.name for run in runs if run.dataset == dataset):
-            chosen = [r for r in records if r["dataset"] == dataset and r["variant"] == variant]
-            if not chosen:
-                continue
+        chosen_records = [r for r in extra_records if r["dataset"] == dataset] + [r for r in records if r["dataset"] == dataset]
+        for variant in dict.fromkeys(r["variant"] for r in chosen_records):
+            chosen = [r for r in chosen_records if r["variant"] == variant]
             entry = {f"test_{metric}": mean_std([r["test"][metric] for r in chosen if metric in r["test"]])
                      for metric in metrics}
             entry["validation_selection_metric"] = mean_std([max(r["validation_curve"]) for r in chosen])
             entry["seeds"] = sorted(r["seed"] for r in chosen)
-            entry["wall_s_per_run"] = mean_std([r["wall_s"] for r in chosen if r["wall_s"] is not None])["mean"]
+            entry["wall_s_per_run"] = mean_std([r["wall_s"] for r in chosen if r["wall_s"] is not None])
+            routing = {metric: mean_std([r["test"][metric] for r in chosen if metric in r["test"]
+                                         and math.isfinite(r["test"][metric])]) for metric in ROUTING_METRICS}
+            entry["test_routing"] = {metric: value for metric, value in routing.items() if value["n"]}
             summary.setdefault(dataset, {})[variant] = entry
-    return summary, records
+    return summary, records + extra_records
 
 
 def budget_of(dataset: str, smoke: bool) -> dict:
@@ -209,23 +282,26 @@ def budget_of(dataset: str, smoke: bool) -> dict:
     defaults = train.TrainArguments()
     settings = {**DATASETS[dataset]["train"], **(SMOKE if smoke else {})}
     settings.pop("data_dir", None)
-    return {"num_epochs": settings.get("num_epochs", defaults.num_epochs), "batch_size": defaults.batch_size,
-            "learning_rate": settings.get("learning_rate", defaults.learning_rate), "limit_examples": settings.get("limit_examples", 0),
+    return {"builder": DATASETS[dataset]["builder"], "num_epochs": settings.get("num_epochs", defaults.num_epochs),
+            "batch_size": defaults.batch_size, "learning_rate": settings.get("learning_rate", defaults.learning_rate),
+            "limit_examples": settings.get("limit_examples", 0),
             "selection_metric": settings.get("selection_metric", defaults.selection_metric),
-            "dataset_options": settings.get("dataset_options", defaults.dataset_options),
+            "dataset_options": json.loads(settings.get("dataset_options", defaults.dataset_options)),
             "model_options": json.loads(settings.get("model_options", defaults.model_options))}
 
 
 def format_table(summary: dict, title: str) -> str:
     lines = [title]
     for dataset, variants in summary.items():
-        metrics = [key for key in next(iter(variants.values())) if key.startswith("test_")]
-        header = ["variant", "seeds", *[key.removeprefix("test_") for key in metrics], "best val", "s/run"]
+        metrics = [f"test_{metric}" for metric in DATASETS[dataset]["metrics"]]
+        header = ["variant", "n", *[key.removeprefix("test_") for key in metrics], "best val", "s/run"]
         rows = [header]
         for variant, entry in variants.items():
-            cells = [f"{entry[key]['mean']:.3f} ± {entry[key]['std']:.3f}" for key in metrics]
-            rows.append([variant, str(len(entry["seeds"])), *cells,
-                         f"{entry['validation_selection_metric']['mean']:.3f}", f"{entry['wall_s_per_run'] or 0:.0f}"])
+            cells = [f"{entry[key]['mean']:.3f} ± {entry[key]['std']:.3f}" if entry[key]["n"] > 1 else
+                     (f"{entry[key]['mean']:.3f}" if entry[key]["n"] else "-") for key in metrics]
+            wall = entry["wall_s_per_run"]["mean"]
+            rows.append([variant, str(len(entry["seeds"])), *cells, f"{entry['validation_selection_metric']['mean']:.3f}",
+                         f"{wall:.1f}" if wall < 10 else f"{wall:.0f}"])
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines.append(f"\n{dataset}")
         lines.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |")
@@ -234,22 +310,50 @@ def format_table(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def format_routing_table(summary: dict, title: str) -> str:
+    """Routing-alignment metrics (test split, mean over seeds) of the variants that report them."""
+    short = {"routing_expert_share_min": "share min", "routing_expert_share_max": "share max",
+             "routing_synergy_share_synergistic": "syn share (syn cells)", "routing_synergy_share_other": "syn share (other)",
+             "routing_redundant_pair_jsd": "JSD redundant", "routing_non_redundant_pair_jsd": "JSD non-red.",
+             "routing_unique_pair_jsd": "JSD unique", "routing_non_unique_pair_jsd": "JSD non-unique"}
+    rows = [["dataset", "variant", "n", *short.values()]]
+    for dataset, variants in summary.items():
+        for variant, entry in variants.items():
+            routing = entry.get("test_routing") or {}
+            if routing:
+                rows.append([dataset, variant, str(max(value["n"] for value in routing.values())),
+                             *[f"{routing[key]['mean']:.3f}" if key in routing else "-" for key in short]])
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [title, "| " + " | ".join(cell.ljust(width) for cell, width in zip(rows[0], widths)) + " |",
+             "|" + "|".join("-" * (width + 2) for width in widths) + "|"]
+    lines.extend("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows[1:])
+    return "\n".join(lines)
+
+
 def run_script(name: str, description: str, build_runs: Callable[[list[str], int, bool], list[Run]],
-               default_datasets: list[str], default_seeds: int, argv: list[str] | None = None) -> dict:
-    """The command line both scripts share: choose datasets / seeds / workers, train what is missing,
-    print the mean ± std table, write ``benchmarks/results/<name>.json``."""
+               default_datasets: list[str], default_seeds: int, argv: list[str] | None = None,
+               extra_records: Callable[[list[str], int, bool], list[dict]] | None = None) -> dict:
+    """The command line both scripts share: choose datasets / seeds / workers, train what is missing (in
+    ``build_runs``' order), print the mean ± std table, write ``benchmarks/results/<name>.json``.
+    ``extra_records(datasets, seeds, smoke)``: rows computed by the script itself (quality.py's classical anchors),
+    tabulated beside the runs."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--datasets", nargs="+", default=default_datasets, choices=sorted(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=default_datasets, choices=sorted({*DATASETS, *DATASET_ALIASES}))
     parser.add_argument("--seeds", type=int, default=default_seeds, help="seeds 0..N-1 per variant")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--workers", type=int, default=1, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--deadline_minutes", type=float, default=None,
+                        help="launch no training run after this many minutes (runs in flight finish)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget (1 epoch, 64 examples): checks the script only")
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
-    parser.add_argument("--report_only", action="store_true", help="train nothing; tabulate the runs that exist")
+    parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
-                                                       f"with --smoke runs/benchmarks/smoke/{name}.json)")
+                                                       f"with --smoke runs/benchmarks/v2/smoke/{name}.json)")
     args = parser.parse_args(argv)
+    args.datasets = list(dict.fromkeys(DATASET_ALIASES.get(dataset, dataset) for dataset in args.datasets))
     sys.path.insert(0, str(REPO_ROOT / "examples"))
 
     runs = build_runs(args.datasets, args.seeds, args.smoke)
@@ -260,21 +364,37 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
         runs = [run for run in runs if run.variant.name in args.variants]
     started = time.perf_counter()
     facts = machine_facts(args.workers)
+    extras = extra_records(args.datasets, args.seeds, args.smoke) if extra_records else []
+    preparation, failures = {}, []
     if not args.report_only:
-        execute(runs, args.workers)
-    summary, records = summarize(runs)
+        deadline = None if args.deadline_minutes is None else 60.0 * args.deadline_minutes
+        preparation, failures = execute(runs, args.workers, deadline, started)
+    for run in runs:  # preparation records of earlier campaigns
+        sidecar = Path(run.arguments()["rus_sidecar"])
+        record = sidecar.with_name(sidecar.stem + ".preparation.json")
+        key = f"{run.dataset}_L{run.num_rus_lags}"
+        if key not in preparation and record.exists():
+            preparation[key] = json.loads(record.read_text())
+    summary, records = summarize(runs, extras)
     budgets = {dataset: budget_of(dataset, args.smoke) for dataset in args.datasets}
     report = {"benchmark": name, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "command": "python " + " ".join([f"benchmarks/{name}.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": facts, "campaign_wall_s": time.perf_counter() - started, "smoke": args.smoke,
-              "seeds_requested": args.seeds, "runs_expected": len(runs), "runs_finished": len(records),
-              "std": "sample standard deviation over seeds (ddof=1)", "budgets": budgets,
+              "seeds_requested": args.seeds, "runs_expected": len(runs),
+              "runs_finished": sum(1 for record in records if "output_dir" in record), "failures": failures,
+              "std": "sample standard deviation over seeds (ddof=1)", "budgets": budgets, "preparation": preparation,
               "summary": summary, "runs": records}
     output = Path(args.output or (RUNS_ROOT / "smoke" if args.smoke else RESULTS_DIR) / f"{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(summary, f"\n{name}: test metrics, mean ± std over seeds ({len(records)}/{len(runs)} runs)"))
+    print(format_table(summary, f"\n{name}: test metrics, mean ± std over seeds "
+                                f"({report['runs_finished']}/{len(runs)} training runs)"))
+    routing = format_routing_table(summary, "\nrouting alignment (test split, mean over seeds)")
+    if routing:
+        print(routing)
     for dataset, budget in budgets.items():
         print(f"budget {dataset}: {json.dumps(budget)}")
     print(f"wrote {output}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
     return report

@@ -1,32 +1,137 @@
 """Quality on real data and on the synthetic known-RUS benchmark: MERGE (router_type rus) against the baselines
 behind the router switch — a dense Transformer (``dense``), a softmax top-k MoE (``softmax``) and FuseMoE-style
-per-modality Laplace gates (``laplace_per_modality``) — with one training budget per dataset for every router.
+per-modality Laplace gates (``laplace_per_modality``) — with one training budget per dataset for every router, and
+classical anchors on exactly the same splits: gradient-boosted trees and a logistic regression on per-example
+summary features (benchmarks/_features.py) and the majority class.
 
-    python benchmarks/quality.py                       # 3 datasets × 4 routers × 5 seeds → results/quality.json
-    python benchmarks/quality.py --datasets synthetic --seeds 2
+    python benchmarks/quality.py                       # 5 datasets × 4 routers × 5 seeds + anchors → results/quality.json
+    python benchmarks/quality.py --datasets physionet2012 wesad_e4_three_class --seeds 3 --deadline_minutes 60
     python benchmarks/quality.py --smoke               # tiny budget: checks the script runs end to end
-    python benchmarks/quality.py --report_only         # tabulate the finished runs only
+    python benchmarks/quality.py --report_only         # tabulate the finished runs (computes missing anchors only)
 
-Resumable: finished runs (results.json) are skipped. Budgets and run folders: benchmarks/_harness.py.
+Training runs are launched in priority order: for each seed, MERGE and dense on every dataset, then softmax top-k
+and the Laplace gates; ``--deadline_minutes`` stops launching new ones. Resumable: finished runs and anchors are
+skipped. Budgets, protocols and run folders: benchmarks/_harness.py.
+
+Anchors (fit on the training split only; no setting is chosen on validation or test):
+* ``GBT (summaries)``: sklearn ``HistGradientBoostingClassifier`` with its defaults (100 trees of 31 leaves, learning
+  rate 0.1, no early stopping at these sizes), ``random_state=seed``;
+* ``logistic regression (summaries)``: ``StandardScaler`` (training split) + ``LogisticRegression`` (L2, C = 1);
+* ``majority class``: the training split's most frequent class, scored with the training class frequencies.
+All metrics go through ``modeling_merge.training.classification_metrics`` (the neural runs' function), with the
+log class probabilities as logits. Each anchor runs with one thread (threadpoolctl).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Run, Variant, run_script
+from _features import summary_features
+from _harness import DATASETS, RUNS_ROOT, Run, Variant, run_script
 
-ROUTERS = [Variant("MERGE (rus)", {"router_type": "rus"}), Variant("dense", {"router_type": "dense"}),
-           Variant("softmax top-k", {"router_type": "softmax"}),
-           Variant("laplace per modality", {"router_type": "laplace_per_modality"})]
+MAIN_ROUTERS = [Variant("MERGE (rus)", {"router_type": "rus"}), Variant("dense", {"router_type": "dense"})]
+OTHER_ROUTERS = [Variant("softmax top-k", {"router_type": "softmax"}),
+                 Variant("laplace per modality", {"router_type": "laplace_per_modality"})]
+ROUTERS = MAIN_ROUTERS + OTHER_ROUTERS
+ANCHORS = ("GBT (summaries)", "logistic regression (summaries)", "majority class")
 
 
 def build_runs(datasets: list[str], seeds: int, smoke: bool) -> list[Run]:
-    return [Run(dataset, variant, seed, smoke) for dataset in datasets for seed in range(seeds) for variant in ROUTERS]
+    """Priority order: per seed, MERGE and dense on every dataset (in the order given), then the other routers."""
+    return [Run(dataset, variant, seed, smoke) for seed in range(seeds) for routers in (MAIN_ROUTERS, OTHER_ROUTERS)
+            for dataset in datasets for variant in routers]
+
+
+def load_splits(dataset: str, smoke: bool):
+    """The splits a neural run of ``dataset`` trains on: the same builder call (name, data_dir, options, cache) as
+    examples/train.py's ``load_data``, and the same ``limit_examples`` in smoke mode."""
+    import dataset_builders
+
+    run = Run(dataset, MAIN_ROUTERS[0], 0, smoke)
+    arguments = run.arguments()
+    splits = dataset_builders.build(arguments["dataset"], data_dir=arguments.get("data_dir"), cache_dir=str(run.cache_dir),
+                                    **json.loads(arguments.get("dataset_options", "{}")))
+    metadata = dataset_builders.metadata_of(splits)
+    limit = arguments.get("limit_examples", 0)
+    if limit:
+        splits = type(splits)({name: split.select(range(min(len(split), limit))) for name, split in splits.items()})
+    return splits, metadata
+
+
+def fit_anchor(name: str, seed: int, features: dict, labels: dict, num_classes: int) -> dict:
+    """Fit anchor ``name`` on the training split; (N, C) log-probabilities for validation and test."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train_x, train_y = features["train"], labels["train"]
+    if name == "majority class":
+        prior = np.bincount(train_y, minlength=num_classes) / len(train_y)
+        return {split: np.repeat(np.log(prior + 1e-12)[None], len(labels[split]), axis=0) for split in ("validation", "test")}
+    if name == "GBT (summaries)":
+        model = HistGradientBoostingClassifier(random_state=seed)
+    else:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(train_x, train_y)
+    outputs = {}
+    for split in ("validation", "test"):
+        probabilities = np.zeros((len(labels[split]), num_classes))
+        probabilities[:, model.classes_] = model.predict_proba(features[split])
+        outputs[split] = np.log(np.clip(probabilities, 1e-12, None))
+    return outputs
+
+
+def anchor_records(datasets: list[str], seeds: int, smoke: bool) -> list[dict]:
+    """The anchors of every dataset and seed, cached as ``runs/benchmarks/v2/<dataset>/anchors/<anchor>/seed<k>.json``."""
+    from threadpoolctl import threadpool_limits
+
+    from modeling_merge.training import classification_metrics
+
+    records = []
+    for dataset in datasets:
+        root = RUNS_ROOT / ("smoke" if smoke else "") / dataset / "anchors"
+        paths = {(name, seed): root / name.split(" ")[0].lower() / f"seed{seed}.json" for name in ANCHORS for seed in range(seeds)}
+        if all(path.exists() for path in paths.values()):
+            records += [json.loads(path.read_text()) for path in paths.values()]
+            continue
+        started = time.perf_counter()
+        splits, metadata = load_splits(dataset, smoke)
+        features, labels = {}, {}
+        for split in ("train", "validation", "test"):
+            features[split], names = summary_features(splits[split], metadata.modality_names, metadata.channel_names)
+            labels[split] = np.asarray(splits[split]["label"], dtype=np.int64)
+        feature_s = time.perf_counter() - started
+        selection = DATASETS[dataset]["train"].get("selection_metric", "macro_f1")
+        print(f"anchors {dataset}: {features['train'].shape[1]} summary features, {feature_s:.1f} s to build them")
+        for (name, seed), path in paths.items():
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+                continue
+            fit_started = time.perf_counter()
+            with threadpool_limits(limits=1):
+                outputs = fit_anchor(name, seed, features, labels, len(metadata.label_names))
+            wall_s = time.perf_counter() - fit_started
+            metrics = {split: classification_metrics(outputs[split], labels[split]) for split in outputs}
+            record = {"dataset": dataset, "variant": name, "seed": seed, "test": metrics["test"],
+                      "validation": metrics["validation"], "validation_curve": [metrics["validation"][selection]],
+                      "wall_s": wall_s, "features": len(names), "feature_s": feature_s, "anchor": True}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2))
+            records.append(record)
+            print(f"  {name} seed {seed}: val {selection} {metrics['validation'][selection]:.3f}, "
+                  f"test {json.dumps({k: round(v, 3) for k, v in metrics['test'].items()})} ({wall_s:.1f} s)")
+    return records
 
 
 if __name__ == "__main__":
-    run_script("quality", __doc__.splitlines()[0], build_runs, ["synthetic", "wesad_e4", "physionet2012"], 5)
+    run_script("quality", __doc__.splitlines()[0], build_runs,
+               ["physionet2012", "wesad_e4_three_class", "wesad_e4_binary", "wesad_e4_paper", "synthetic"], 5,
+               extra_records=anchor_records)
