@@ -2,8 +2,8 @@
 
 Official download (MultiBench, Liang et al. 2021): https://github.com/pliang279/MultiBench — `mosi_raw.pkl`
 (word-aligned raw features) and `mosi_data.pkl` (processed), linked from its README (Google Drive). Original
-corpus: http://multicomp.cs.cmu.edu/resources/cmu-mosi-dataset/. Pickles run code when loaded: only read
-files from a source you trust.
+corpus: http://multicomp.cs.cmu.edu/resources/cmu-mosi-dataset/. Unpickling runs any code a file holds, so
+the builder reads the pickle only with `allow_pickle=True`: pass it for files from a source you trust.
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ def segment_id(raw: Any) -> str:
     return str(raw)
 
 
-def load_multibench_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
+def load_multibench_pickle(path: Path, allow_pickle: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """Read and check a MultiBench affect pickle: `{train, valid, test}` → `{vision, audio, text: (N, T, C),
-    labels: (N, ...) one value each, id: (N, ...)}`; errors name the split, key and shape."""
+    labels: (N, ...) one value each, id: (N, ...)}`; errors name the split, key and shape. Without
+    ``allow_pickle`` the file is refused unread (unpickling runs any code it holds)."""
     if not path.is_file():
         raise FileNotFoundError(f"mosi: {str(path)!r} not found (expected the MultiBench mosi_raw.pkl / mosi_data.pkl)")
+    if not allow_pickle:
+        raise ValueError(f"mosi: {path} is a pickle, and unpickling runs any code a file holds: pass "
+                         "allow_pickle=True if you trust it (e.g. the MultiBench download)")
     with path.open("rb") as handle:
         try:
             payload = pickle.load(handle)
@@ -84,9 +88,11 @@ def load_multibench_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 @dataclass
 class MosiConfig(MergeBuilderConfig):
-    """file_name: `mosi_raw.pkl` or `mosi_data.pkl` inside data_dir. Splits are the official ones."""
+    """file_name: `mosi_raw.pkl` or `mosi_data.pkl` inside data_dir. Splits are the official ones.
+    allow_pickle: read the pickle at all (unpickling runs any code the file holds: only for files you trust)."""
 
     file_name: str = "mosi_raw.pkl"
+    allow_pickle: bool = False
 
 
 class MosiBuilder(MergeTimeSeriesBuilder):
@@ -104,7 +110,7 @@ class MosiBuilder(MergeTimeSeriesBuilder):
         if overrides:
             raise ValueError(f"mosi: the official splits are fixed; *_subjects overrides {sorted(overrides)} are not supported")
         path = self.data_path / config.file_name
-        self._splits = load_multibench_pickle(path)
+        self._splits = load_multibench_pickle(path, config.allow_pickle)
         steps = self._splits["train"]["vision"].shape[1]
         if config.window not in (None, steps) or config.stride not in (None, steps):
             raise ValueError(f"mosi: every segment has {steps} steps; window / stride cannot be changed")

@@ -61,6 +61,19 @@ def write_wesad_pickle(subject_dir: Path, subject: str, segments: list[tuple[int
     return path
 
 
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def code_running_pickle(marker: Path) -> bytes:
+    """A crafted pickle: unpickling it creates the file ``marker`` (standing for any code such a file runs)."""
+    return pickle.dumps(_RunsCodeWhenUnpickled(marker))
+
+
 def write_opportunity_run(
     dataset_dir: Path, run: str, segments: list[tuple[int, int]], mostly_nan_columns: tuple[int, ...] = (), seed: int = 0
 ) -> Path:

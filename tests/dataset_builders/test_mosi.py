@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
-from builder_fixtures import forward_through_merge
+from builder_fixtures import code_running_pickle, forward_through_merge
 
 STEPS, CHANNELS = 6, {"vision": 5, "audio": 4, "text": 7}
 SENTIMENT = {
@@ -47,7 +47,8 @@ def mosi_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mosi(mosi_dir, tmp_path_factory):
-    return build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), normalize=False)
+    return build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), normalize=False,
+                 allow_pickle=True)
 
 
 def test_mosi_keeps_official_splits_and_drops_neutral_segments(mosi):
@@ -72,13 +73,13 @@ def test_mosi_features_are_the_pickled_arrays_with_channels_from_the_file(mosi):
 
 def test_mosi_sets_non_finite_features_to_zero_and_warns(mosi_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        built = build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path), normalize=False)
+        built = build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path), normalize=False, allow_pickle=True)
     assert built["train"].with_format("numpy")[0]["audio"][0, 0] == 0.0
     assert any("non-finite audio values set to 0" in message for message in caplog.messages)
 
 
 def test_mosi_normalises_with_training_statistics(mosi_dir, tmp_path):
-    built = build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path))
+    built = build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path), allow_pickle=True)
     train = built["train"].with_format("numpy")[:]
     np.testing.assert_allclose(train["vision"].mean(axis=(0, 1)), 0.0, atol=1e-5)
     assert metadata_of(built).normalization_applied
@@ -86,7 +87,8 @@ def test_mosi_normalises_with_training_statistics(mosi_dir, tmp_path):
 
 def test_mosi_reads_mosi_data_pkl_when_asked(tmp_path):
     write_mosi_pickle(tmp_path / "data" / "mosi_data.pkl")
-    built = build("mosi", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), file_name="mosi_data.pkl")
+    built = build("mosi", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), file_name="mosi_data.pkl",
+                  allow_pickle=True)
     assert "mosi_data.pkl" in metadata_of(built).protocol
 
 
@@ -106,7 +108,7 @@ def test_mosi_malformed_pickle_is_a_clear_error(tmp_path, corrupt, message):
     corrupt(splits)
     write_mosi_pickle(tmp_path / "data" / "mosi_raw.pkl", splits)
     with pytest.raises(ValueError, match=message):
-        build("mosi", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+        build("mosi", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), allow_pickle=True)
 
 
 def test_mosi_missing_file_or_subject_override_is_refused(tmp_path):
@@ -115,6 +117,17 @@ def test_mosi_missing_file_or_subject_override_is_refused(tmp_path):
     write_mosi_pickle(tmp_path / "mosi_raw.pkl")
     with pytest.raises(ValueError, match="official splits are fixed"):
         build("mosi", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c2"), test_subjects=["video2_0"])
+
+
+def test_mosi_never_unpickles_unless_allowed(tmp_path):
+    marker = tmp_path / "code_ran"
+    (tmp_path / "mosi_raw.pkl").write_bytes(code_running_pickle(marker))
+    with pytest.raises(ValueError, match="pass allow_pickle=True if you trust it"):
+        build("mosi", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c1"))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="holds a TextIOWrapper, expected a dict"):
+        build("mosi", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c2"), allow_pickle=True)  # opted in: it ran
+    assert marker.exists()
 
 
 def test_mosi_is_registered():

@@ -14,7 +14,7 @@ from dataset_builders import build, metadata_of
 from dataset_builders._common import drop_implausible
 from dataset_builders.wesad import SUBJECTS, WesadBuilder, detect_protocol_origin, parse_quest_times, respiban_start
 
-from builder_fixtures import write_wesad_pickle
+from builder_fixtures import code_running_pickle, write_wesad_pickle
 
 PICKLE_SPLIT = dict(train_subjects=["S2", "S3"], validation_subjects=["S4"], test_subjects=["S5"])
 E4_SPLIT = dict(train_subjects=["S2", "S3"], validation_subjects=["S4"], test_subjects=["S5"])
@@ -86,19 +86,11 @@ def test_wesad_asking_for_pickles_without_them_names_the_missing_file(tmp_path, 
         build("wesad", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), source="chest", **E4_SPLIT)
 
 
-class _RunsCodeWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
 def test_wesad_never_unpickles_unless_allowed(tmp_path):
     marker = tmp_path / "code_ran"
     for subject in sorted({subject for subjects in PICKLE_SPLIT.values() for subject in subjects}):
         (tmp_path / "WESAD" / subject).mkdir(parents=True)
-        (tmp_path / "WESAD" / subject / f"{subject}.pkl").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+        (tmp_path / "WESAD" / subject / f"{subject}.pkl").write_bytes(code_running_pickle(marker))
     options = dict(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=10, stride=5, **PICKLE_SPLIT)
     with pytest.raises(FileNotFoundError, match=r"S2_E4_Data.zip is missing; S2.pkl is there but is read only with "
                                                 r"allow_pickle=True"):
