@@ -133,18 +133,29 @@ class RusSidecar:
         """Read a sidecar file (or ``<dir>/rus.safetensors``), checking its format."""
         from safetensors import safe_open
 
+        from safetensors import SafetensorError
+
         path = _resolve_file(path_or_dir)
         if not path.is_file():
             raise FileNotFoundError(f"no RUS sidecar at {path}")
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            if CARD_KEY not in header:
-                raise ValueError(f"{path} is not a RUS sidecar (no {CARD_KEY!r} metadata in its header)")
-            missing = [name for name in _TENSOR_NAMES if name not in handle.keys()]
-            if missing:
-                raise ValueError(f"{path} lacks the tensors {missing}")
-            tensors = {name: handle.get_tensor(name) for name in _TENSOR_NAMES}
-        metadata = json.loads(header[CARD_KEY])
+        unreadable = f"{path} is not a readable RUS sidecar (delete it to re-estimate, or restore it)"
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = handle.metadata() or {}
+                if CARD_KEY not in header:
+                    raise ValueError(f"{path} is not a RUS sidecar (no {CARD_KEY!r} metadata in its header)")
+                missing = [name for name in _TENSOR_NAMES if name not in handle.keys()]
+                if missing:
+                    raise ValueError(f"{path} lacks the tensors {missing}")
+                tensors = {name: handle.get_tensor(name) for name in _TENSOR_NAMES}
+        except SafetensorError as error:
+            raise ValueError(f"{unreadable}: {error}") from error
+        try:
+            metadata = json.loads(header[CARD_KEY])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{unreadable}: its {CARD_KEY!r} metadata is not JSON ({error})") from error
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{unreadable}: its {CARD_KEY!r} metadata is a {type(metadata).__name__}, not an object")
         version = metadata.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has sidecar format version {version}; this library reads {FORMAT_VERSION}")

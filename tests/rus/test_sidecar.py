@@ -101,6 +101,38 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
         RusSidecar.load(tmp_path / "missing")
 
 
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _metadata(text):
+    def write(path):
+        from safetensors.torch import save_file
+
+        save_file({name: torch.zeros(3, 3, 3) for name in ("redundancy", "uniqueness", "synergy")}, str(path),
+                  metadata={CARD_KEY: text})
+    return write
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_truncated, "not a readable RUS sidecar .*delete it to re-estimate"),
+        (lambda path: path.write_bytes(b""), "not a readable RUS sidecar .*delete it to re-estimate"),
+        (lambda path: path.write_bytes(np.random.default_rng(0).bytes(256)), "not a readable RUS sidecar .*delete it to re-estimate"),
+        (_metadata("{broken"), "metadata is not JSON"),
+        (_metadata("[1, 2]"), "metadata is a list, not an object"),
+    ],
+    ids=["truncated", "empty", "random_bytes", "broken_json", "json_list"],
+)
+def test_a_damaged_file_is_an_error_naming_it(tmp_path, damage, message):
+    path = make_sidecar().save(tmp_path / "rus.safetensors")
+    damage(path)
+    with pytest.raises(ValueError, match=message) as error:
+        RusSidecar.load(path)
+    assert str(path) in str(error.value)
+
+
 def test_fingerprint_changes_with_values_order_and_labels():
     rng = np.random.default_rng(0)
     arrays = {"a": rng.normal(size=(4, 5, 2)).astype(np.float32), "b": rng.normal(size=(4, 5, 1)).astype(np.float32)}
