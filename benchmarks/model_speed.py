@@ -4,17 +4,19 @@ same width, the three MoE dispatch paths (eager / sorted / grouped_mm), and wher
 Input: 4 modalities (3 IMUs × 13 channels + heart rate), 100-step windows, batch 32, reference PAMAP2
 hyper-parameters (MergeConfig defaults: D 128, 6 blocks of which 3 MoE, 8 experts of which 2 synergy, top-2).
 
-1. Full models, timed side by side (interleaved rounds, median): training step (forward + backward + grad
-   clip + AdamW) and inference (eval, no autograd) for the dense Transformer (`router_type="dense"`), MERGE
-   with each `expert_dispatch`, and FuseMoE (`laplace_per_modality`). Peak tensor memory of a training step
-   per variant (parameters, gradients, AdamW state, activations).
+1. Full models, timed side by side (interleaved rounds, median) after `--warmup-steps` training steps of each:
+   training step (forward + backward + grad clip + AdamW) and inference (eval, no autograd) for the dense
+   Transformer (`router_type="dense"`), MERGE with each `expert_dispatch`, MERGE with the paper's routing
+   (every token on the synergy experts) and FuseMoE (`laplace_per_modality`). Peak tensor memory of a training
+   step per variant (parameters, gradients, AdamW state, activations).
 2. Dispatch alone: the feed-forward experts' forward + backward on one MoE layer's routed slots, per dispatch
    path, in fp32 and bf16.
 3. Components: forward + backward of one MoE layer's parts on the same hidden states, against the dense
-   feed-forward layer it replaces — where MERGE's extra step time is spent.
+   feed-forward layer it replaces — where MERGE's extra time goes.
 4. Routing: share of the top-k slots that go to the synergy experts (the costly, cross-attention ones) per MoE
-   layer, at initialisation and after 3 and 30 training steps, for MERGE (default auxiliary-loss weights,
-   synergy weight 0.1, load-balance weight 0.2, no synergy loss) and FuseMoE (uniform routing: 2/8).
+   layer and the least / most used expert, at initialisation and after 3 and 30 training steps: MERGE, MERGE
+   with each balancing part off, the paper's routing (also with synergy weight 0.1 / load-balance weight 0.2),
+   softmax top-k and FuseMoE.
 
     python benchmarks/model_speed.py                  # ~6-10 min on 2 CPU cores
     python benchmarks/model_speed.py --quick          # ~2-3 min, fewer rounds
@@ -36,28 +38,35 @@ from _timing import (
     write_json,
 )
 
-FULL_MODELS = {  # name → (router_type, expert_dispatch)
-    "dense Transformer": ("dense", "grouped_mm"),
-    "MERGE grouped_mm": ("rus", "grouped_mm"),
-    "MERGE sorted": ("rus", "sorted"),
-    "MERGE eager": ("rus", "eager"),
-    "FuseMoE (laplace_per_modality)": ("laplace_per_modality", "grouped_mm"),
+PAPER_ROUTING = {"synergy_target_mass": None, "router_bias_update_rate": 0.0, "router_init": "initializer_range"}
+FULL_MODELS = {  # name → (router_type, expert_dispatch, config overrides)
+    "dense Transformer": ("dense", "grouped_mm", {}),
+    "MERGE grouped_mm": ("rus", "grouped_mm", {}),
+    "MERGE sorted": ("rus", "sorted", {}),
+    "MERGE eager": ("rus", "eager", {}),
+    "MERGE paper routing (collapsed)": ("rus", "grouped_mm", PAPER_ROUTING),
+    "FuseMoE (laplace_per_modality)": ("laplace_per_modality", "grouped_mm", {}),
 }
 DISPATCHES = ("eager", "sorted", "grouped_mm")
 
 
-def full_models(shape: Shape, rounds: int, log) -> list[dict]:
-    """Section 1: training and inference time of every full model, interleaved; then peak memory of each."""
+def full_models(shape: Shape, rounds: int, log, warmup_steps: int) -> list[dict]:
+    """Section 1: training and inference time of every full model, interleaved, after `warmup_steps` training
+    steps of each (routing at initialisation is not the routing a run spends its time in); then peak memory."""
     inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
-    models = {name: build_model(PAMAP2_MODALITIES, shape, *variant) for name, variant in FULL_MODELS.items()}
+    models = {name: build_model(PAMAP2_MODALITIES, shape, router_type, dispatch, **overrides)
+              for name, (router_type, dispatch, overrides) in FULL_MODELS.items()}
     train_steps = {name: _models.train_step_function(model, inputs, labels) for name, model in models.items()}
+    for train_step in train_steps.values():
+        for _ in range(warmup_steps):
+            train_step()
     functions = {f"train {name}": step for name, step in train_steps.items()}
     functions |= {f"infer {name}": _models.inference_function(model, inputs) for name, model in models.items()}
     timings = interleaved_timings(functions, rounds, shape.device, log=log)
     dense = timings["train dense Transformer"]["median_s"]
     dense_infer = timings["infer dense Transformer"]["median_s"]
     rows = []
-    for name, (router_type, dispatch) in FULL_MODELS.items():
+    for name, (router_type, dispatch, _) in FULL_MODELS.items():
         memory = _models.train_step_memory(models[name], train_steps[name], shape)
         train, infer = timings[f"train {name}"], timings[f"infer {name}"]
         rows.append({
@@ -165,17 +174,22 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
 
 ROUTING_VARIANTS = {
     "MERGE": ("rus", {}),
-    "MERGE, synergy loss weight 0.1": ("rus", {"synergy_loss_weight": 0.1}),
-    "MERGE, load-balance weight 0.2": ("rus", {"load_balance_loss_weight": 0.2}),
-    "MERGE, no synergy loss": ("rus", {"synergy_loss_weight": 0.0}),
+    "MERGE paper routing": ("rus", PAPER_ROUTING),
+    "MERGE paper routing, synergy loss weight 0.1": ("rus", {**PAPER_ROUTING, "synergy_loss_weight": 0.1}),
+    "MERGE paper routing, load-balance weight 0.2": ("rus", {**PAPER_ROUTING, "load_balance_loss_weight": 0.2}),
+    "MERGE, no selection bias": ("rus", {"router_bias_update_rate": 0.0}),
+    "MERGE, no synergy target": ("rus", {"synergy_target_mass": None}),
+    "MERGE, initializer_range router init": ("rus", {"router_init": "initializer_range"}),
+    "softmax top-k": ("softmax", {}),
     "FuseMoE (laplace_per_modality)": ("laplace_per_modality", {}),
 }
 
 
 def synergy_routing(shape: Shape, checkpoints: tuple[int, ...] = (0, 3, 30)) -> list[dict]:
-    """Section 4: per MoE layer, the share of top-k slots routed to synergy experts (eval-mode forward), at
-    initialisation and after each number of training steps in `checkpoints`, on the benchmark batch; MERGE
-    with its default auxiliary-loss weights and with the synergy / load-balance weights changed."""
+    """Section 4: per MoE layer, the share of top-k slots routed to synergy experts (eval-mode forward), and the
+    least / most used expert's share over all layers, at initialisation and after each number of training steps
+    in `checkpoints`, on the benchmark batch: MERGE as configured by default, each of its balancing parts
+    switched off, the paper's routing (with changed loss weights), and the softmax / FuseMoE controls."""
     import torch
 
     inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
@@ -192,8 +206,11 @@ def synergy_routing(shape: Shape, checkpoints: tuple[int, ...] = (0, 3, 30)) -> 
             with torch.no_grad():
                 selected = model(modalities=inputs, output_router_probs=True).selected_experts
             shares = [float((experts < model.config.num_synergy_experts).float().mean()) for experts in selected]
+            loads = torch.stack([torch.bincount(experts.reshape(-1), minlength=model.config.num_experts) / experts.numel()
+                                 for experts in selected])
             rows.append({"variant": name, "training_steps": trained_steps,
-                         "synergy_slot_share_per_layer": " / ".join(f"{share:.2f}" for share in shares)})
+                         "synergy_slot_share_per_layer": " / ".join(f"{share:.2f}" for share in shares),
+                         "expert_share_min": float(loads.min()), "expert_share_max": float(loads.max())})
     return rows
 
 
@@ -201,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "model_speed.json")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup-steps", type=int, default=30, help="training steps of each model before timing")
     parser.add_argument("--sections", default="full,dispatch,components,routing", help="comma-separated subset to run")
     args = parser.parse_args(argv)
     import torch
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{shape.dtype}, {torch.get_num_threads()} threads of {payload['environment']['os_cpu_count']} cores, "
           f"{rounds} interleaved rounds (median)", flush=True)
     if "full" in sections:
-        rows = full_models(shape, rounds, log=lambda line: print(line, flush=True))
+        rows = full_models(shape, rounds, log=lambda line: print(line, flush=True), warmup_steps=args.warmup_steps)
         payload["full_models"] = rows
         print("\n[1] full models: training step (fwd + bwd + clip + AdamW) and inference")
         print(format_table(rows, [
@@ -242,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         payload["routing"] = rows
         print("\n[4] share of top-k slots routed to the synergy experts, per MoE layer (uniform: 0.25)")
         print(format_table(rows, [("variant", "variant", "s"), ("training_steps", "training steps", "d"),
-                                  ("synergy_slot_share_per_layer", "synergy share per layer", "s")]), flush=True)
+                                  ("synergy_slot_share_per_layer", "synergy share per layer", "s"),
+                                  ("expert_share_min", "least-used expert", ".3f"),
+                                  ("expert_share_max", "most-used expert", ".3f")]), flush=True)
     write_json(args.output, payload)
     return payload
 
