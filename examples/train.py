@@ -67,6 +67,7 @@ from modeling_merge.training import (  # noqa: E402
 )
 
 AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
+SELECTION_METRICS = ("accuracy", "macro_f1", "roc_auc", "average_precision")  # average_precision: binary tasks
 RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
                      "dataset_cache_dir")  # output_dir: a run folder may be moved
 RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
@@ -130,11 +131,22 @@ class RunState:
     settings: dict = field(default_factory=dict)
 
 
+def json_option(args: TrainArguments, name: str) -> dict:
+    """The JSON object given as ``--<name>``, or an error naming the option."""
+    try:
+        value = json.loads(getattr(args, name))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--{name} is not JSON ({error}): pass an object such as '{{\"window\": 50}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name} must be a JSON object of field: value pairs, got {getattr(args, name)!r}")
+    return value
+
+
 def run_settings(args: TrainArguments, accelerator: Accelerator) -> dict:
     """The settings a resumed run must share with the run it continues: every argument but `RESUMABLE_CHANGES`
     (JSON options parsed, so each field is compared by name) and the process count."""
     settings = {name: value for name, value in asdict(args).items() if name not in RESUMABLE_CHANGES}
-    settings.update(dataset_options=json.loads(args.dataset_options), model_options=json.loads(args.model_options),
+    settings.update(dataset_options=json_option(args, "dataset_options"), model_options=json_option(args, "model_options"),
                     num_processes=accelerator.num_processes)
     return settings
 
@@ -153,7 +165,7 @@ def load_data(args: TrainArguments, accelerator: Accelerator):
             splits = load_published(args.hub_dataset, cache_dir=cache_dir)
     else:
         with accelerator.main_process_first():
-            splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=str(cache_dir), **json.loads(args.dataset_options))
+            splits = dataset_builders.build(args.dataset, data_dir=args.data_dir, cache_dir=str(cache_dir), **json_option(args, "dataset_options"))
     metadata = dataset_builders.metadata_of(splits)
     if args.limit_examples:
         splits = type(splits)({split: data.select(range(min(len(data), args.limit_examples))) for split, data in splits.items()})
@@ -228,7 +240,7 @@ def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeFor
     unknown = sorted(set(args.disable_aux_loss) - set(AUX_LOSSES))
     if unknown:
         raise ValueError(f"--disable_aux_loss got {unknown}; choose from {AUX_LOSSES}")
-    options = json.loads(args.model_options)
+    options = json_option(args, "model_options")
     options.update({f"{name}_loss_weight": 0.0 for name in args.disable_aux_loss})
     config = MergeConfig(**metadata.merge_config_kwargs(), num_rus_lags=args.num_rus_lags, router_type=args.router_type,
                          **options)
@@ -262,6 +274,8 @@ def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState)
 
 
 def train(args: TrainArguments) -> dict:
+    if args.selection_metric not in SELECTION_METRICS:
+        raise ValueError(f"unknown --selection_metric {args.selection_metric!r}; choose one of {SELECTION_METRICS}")
     output_dir = Path(args.output_dir)
     mixed_precision = args.mixed_precision
     if mixed_precision == "auto":
@@ -311,6 +325,8 @@ def train(args: TrainArguments) -> dict:
     if accelerator.is_main_process:
         accelerator.init_trackers("merge", config={k: str(v) for k, v in asdict(args).items()})
     log = MetricsLog(output_dir / "metrics.jsonl")
+    if accelerator.is_main_process:
+        log.rewind(state.global_step)
     best_dir = output_dir / "best_model"
 
     while state.epoch < args.num_epochs and state.global_step < total_steps:
@@ -381,7 +397,7 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
     accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     test_metrics, _, _ = evaluate_model(model, test_loader, accelerator)
     results = {"dataset": args.dataset if not args.hub_dataset else args.hub_dataset,
-               "dataset_options": json.loads(args.dataset_options), "data_dir": args.data_dir, "seed": args.seed,
+               "dataset_options": json_option(args, "dataset_options"), "data_dir": args.data_dir, "seed": args.seed,
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
                "rus_ablation": args.rus_ablation, "num_rus_lags": args.num_rus_lags,
                "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,

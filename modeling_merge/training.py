@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .hub import write_text_atomic
 from .modeling_merge import routing_alignment_counts
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -322,6 +323,16 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def rewind(self, step: int) -> None:
+        """Keep only the train / validation records up to ``step``, the last checkpoint's (a resumed run writes
+        the rest again; a fresh run, step 0, starts empty). A line torn by a kill mid-write is dropped."""
+        if not self.path.exists():
+            return
+        text = self.path.read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+        kept = [record for record in records if record.get("split") != "test" and record.get("step", 0) <= step]
+        write_text_atomic(self.path, "".join(json.dumps(record, default=float) + "\n" for record in kept))
 
 
 EXPERT_SHARE_WARNING_RANGE = (0.01, 0.60)

@@ -109,6 +109,32 @@ def test_a_sidecar_being_estimated_by_another_run_is_not_estimated_twice(tmp_pat
     assert not (tmp_path / "rus.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--selection_metric", "f1"], "unknown --selection_metric 'f1'; choose one of"),
+        (["--dataset_options", "{window: 5}"], "--dataset_options is not JSON"),
+        (["--model_options", "[16]"], "--model_options must be a JSON object"),
+    ],
+)
+def test_bad_options_are_named_before_training(reference_run, tmp_path, extra, message):
+    root, _ = reference_run
+    with pytest.raises(ValueError, match=message):
+        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", *extra))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_fresh_run_starts_a_new_log(reference_run, tmp_path):
+    # An earlier run that died before its first checkpoint left a log, its last line torn by the kill.
+    root, _ = reference_run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 99.0}\n{"split": "tr')
+    results = train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--num_epochs", "1"))
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log if entry["split"] == "train"] == list(range(1, results["steps"] + 1))
+    assert 99.0 not in [entry.get("loss") for entry in log]
+
+
 def test_a_sidecar_estimated_on_other_data_is_refused(reference_run, tmp_path):
     root, _ = reference_run
     other_data = TINY_DATA.replace('"num_sequences": 96', '"num_sequences": 96, "seed": 7')
@@ -216,6 +242,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(reference_run, tmp_pa
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["steps"] == reference["steps"]
     assert results["test"] == pytest.approx(reference["test"], abs=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log if entry["split"] == "train"] == list(range(1, reference["steps"] + 1))
+    assert [entry["split"] for entry in log].count("test") == 1
     resumed_model = MergeForSequenceClassification.from_pretrained(tmp_path / "run" / "best_model")
     reference_model = MergeForSequenceClassification.from_pretrained(root / "run" / "best_model")
     for (name, value), expected in zip(resumed_model.state_dict().items(), reference_model.state_dict().values()):
