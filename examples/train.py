@@ -191,12 +191,11 @@ def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Ac
             if not path.exists():  # another run may have written it while we built the data
                 accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the "
                                   "training split")
-                sidecar = estimate_temporal_rus(
+                estimate_temporal_rus(
                     modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator,
                     config=BatchConfig(seed=args.seed), modality_mask=mask,
                     lags_seconds=[lag / metadata.token_grid_hz for lag in range(args.num_rus_lags)],
-                    partial_path=str(path.with_name(path.name + ".partial")))
-                sidecar.save(path)
+                    partial_path=str(path.with_name(path.name + ".partial")), output=path)
     accelerator.wait_for_everyone()
     sidecar = RusSidecar.load(path)
     sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags,

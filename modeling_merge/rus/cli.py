@@ -90,11 +90,10 @@ def _estimate(args) -> Path:
         modalities, labels, num_lags=args.num_lags, estimator=args.estimator, config=config, modality_mask=mask,
         split="train", lags_seconds=lags_seconds, num_bins=args.num_bins,
         max_samples_per_lag=args.max_samples_per_lag,
-        partial_path=str(output.with_name(output.name + ".partial.pt")), progress=not args.no_progress)
-    path = sidecar.save(output)
-    print(f"wrote {path} ({sidecar.num_modalities} modalities, {sidecar.num_lags} lags, "
+        partial_path=str(output.with_name(output.name + ".partial.pt")), output=output, progress=not args.no_progress)
+    print(f"wrote {output} ({sidecar.num_modalities} modalities, {sidecar.num_lags} lags, "
           f"{sidecar.metadata['estimator']}; clipped {sidecar.metadata['clipped_negative_mass_bits']:.4f} bits)")
-    return path
+    return output
 
 
 def _plot(args) -> list[Path]:

@@ -14,13 +14,15 @@ __all__ = ["PartialResults", "atomic_torch_save"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before it replaces the old file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

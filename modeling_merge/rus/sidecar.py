@@ -109,7 +109,7 @@ class RusSidecar:
 
     # --------------------------------------------------------------------------------------------- files
     def save(self, path_or_dir: str | os.PathLike) -> Path:
-        """Write ``rus.safetensors`` (or the given file name) atomically; returns the file path."""
+        """Write ``rus.safetensors`` (or the given file name) atomically and durably (fsync); returns the path."""
         from safetensors.torch import save_file
 
         missing = [key for key in _REQUIRED_METADATA if key not in self.metadata]
@@ -122,6 +122,8 @@ class RusSidecar:
         try:
             save_file({name: getattr(self, name) for name in _TENSOR_NAMES}, temporary,
                       metadata={CARD_KEY: json.dumps(self.metadata, sort_keys=True)})
+            with open(temporary, "rb") as stream:
+                os.fsync(stream.fileno())  # on disk before it replaces the old file
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ Estimation uses only the arrays it is given — pass the training split.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -200,13 +201,16 @@ def estimate_temporal_rus(
     num_bins: int = 4,
     max_samples_per_lag: int | None = 20000,
     partial_path: str | None = None,
+    output: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> RusSidecar:
     """Estimate temporal RUS of every modality pair on one split → :class:`RusSidecar` ([M, M, L] float32, bits).
 
     ``modalities``: name → (N, T, C_m) on one token grid (``pool_to_grid`` first); ``labels``: (N,) sequence
     labels (lags count back from the last step) or (N, T) per-step labels. ``estimator`` is one of
-    ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units, removed at the end).
+    ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units); it is removed only once
+    the sidecar is written to ``output`` (atomically), so a kill in between loses no work — without ``output``
+    the caller saves the sidecar and removes it.
     Batches / subsamples are class-balanced; a single-class or empty input is an error, and so is an estimate
     whose terms sum to more than H(Y) at some pair and lag (the error names them).
     """
@@ -254,7 +258,9 @@ def estimate_temporal_rus(
     }
     sidecar = RusSidecar(torch.from_numpy(redundancy), torch.from_numpy(uniqueness), torch.from_numpy(synergy),
                          metadata)
-    store.remove_file()
+    if output is not None:
+        sidecar.save(output)
+        store.remove_file()
     return sidecar
 
 

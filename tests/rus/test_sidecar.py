@@ -48,6 +48,21 @@ def test_save_load_round_trip_keeps_tensors_and_metadata(tmp_path):
         assert json.loads(handle.metadata()[CARD_KEY])["units"] == "bits"
 
 
+def test_the_file_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    from modeling_merge.rus.progress import atomic_torch_save
+
+    synced = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda source, target: (synced.append(f"replace {source}"),
+                                                               real_replace(source, target)))
+    make_sidecar().save(tmp_path / "rus.safetensors")
+    atomic_torch_save({"units": {}}, tmp_path / "partial.pt")
+    assert len(synced) == 4
+    for fsync_entry, replace_entry in zip(synced[::2], synced[1::2]):
+        assert replace_entry == f"replace {fsync_entry}"
+
+
 def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     make_sidecar(seed=0).save(tmp_path)
     import safetensors.torch

@@ -140,7 +140,8 @@ def test_estimation_resumes_from_its_partial_results_file(tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(temporal, "quantized_pid", interrupted)
-    kwargs = dict(num_lags=4, estimator="quantized_exact", num_bins=2, progress=False, partial_path=str(partial))
+    kwargs = dict(num_lags=4, estimator="quantized_exact", num_bins=2, progress=False, partial_path=str(partial),
+                  output=tmp_path / "rus.safetensors")
     with pytest.raises(KeyboardInterrupt):
         estimate_temporal_rus(bench.modalities, bench.labels, **kwargs)
     assert partial.exists()
@@ -149,9 +150,23 @@ def test_estimation_resumes_from_its_partial_results_file(tmp_path, monkeypatch)
     resumed = estimate_temporal_rus(bench.modalities, bench.labels, **kwargs)
     total_units = 4 * 15
     assert len(calls) == total_units - 19
-    assert not partial.exists()
-    fresh = estimate_temporal_rus(bench.modalities, bench.labels, **{**kwargs, "partial_path": None})
+    assert not partial.exists() and (tmp_path / "rus.safetensors").exists()
+    fresh = estimate_temporal_rus(bench.modalities, bench.labels, **{**kwargs, "partial_path": None, "output": None})
     assert np.allclose(resumed.synergy.numpy(), fresh.synergy.numpy())
+
+
+def test_the_partial_file_outlives_a_failed_sidecar_write(tmp_path, monkeypatch):
+    bench = make_temporal_rus_benchmark(num_sequences=200, seq_len=4, seed=1, num_noise_modalities=0)
+    partial, output = tmp_path / "rus.partial.pt", tmp_path / "rus.safetensors"
+
+    def disk_full(self, path):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(temporal.RusSidecar, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        estimate_temporal_rus(bench.modalities, bench.labels, 2, estimator="quantized_exact", num_bins=2,
+                              progress=False, partial_path=str(partial), output=output)
+    assert partial.exists() and not output.exists()
 
 
 def test_a_partial_file_from_other_data_is_not_reused(tmp_path):
