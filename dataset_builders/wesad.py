@@ -374,6 +374,7 @@ class WesadBuilder(MergeTimeSeriesBuilder):
                         "a file holds: only for files you trust)" if unread else ""))
         self._source_kind = source
         metadata = self._pickle_metadata(splits) if source == "pickle" else self._e4_metadata(splits)
+        metadata.extras["per_recording_normalize"] = self.config.per_subject_normalize  # read by MergeProcessor
         if source == "e4":
             metadata.extras["protocol_origins"] = {subject: self._protocol_origin(root / subject) for subject in chosen}
             metadata.extras["implausible_samples"] = {}

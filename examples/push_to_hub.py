@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset_builders  # noqa: E402
 from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, push_folder  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus.sidecar import RusSidecar  # noqa: E402
 
 
@@ -99,9 +100,11 @@ def main(argv: list[str] | None = None) -> str:
     run_dir = Path(args.run_dir[0])
     sidecar = check_sidecar(run_dir, runs[0])
     model = MergeForSequenceClassification.from_pretrained(run_dir / "best_model")
+    has_processor = (run_dir / "best_model" / "preprocessor_config.json").is_file()  # runs before the processor had none
+    processor = MergeProcessor.from_pretrained(run_dir / "best_model") if has_processor else None
     figures = [path for path in (run_dir / "routing.png", run_dir / "temporal_rus.png") if path.exists()]
     with tempfile.TemporaryDirectory() as folder:
-        export_checkpoint(model, folder, card_info(args, runs), sidecar_path=sidecar, figures=figures)
+        export_checkpoint(model, folder, card_info(args, runs), sidecar_path=sidecar, figures=figures, processor=processor)
         commit = push_folder(folder, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message)
     print(f"model pushed: {commit.commit_url}")
     if args.dataset_repo_id:

@@ -104,14 +104,18 @@ def export_checkpoint(
     card: ModelCardInfo,
     sidecar_path: str | Path | None = None,
     figures: Iterable[str | Path] = (),
+    processor=None,
 ) -> Path:
     """Write a Hub-ready folder: weights + config whose ``auto_map`` lists AutoConfig / AutoModel /
-    AutoModelForSequenceClassification, the remote-code modules, the RUS sidecar, figures and ``README.md``."""
+    AutoModelForSequenceClassification, the remote-code modules, the RUS sidecar, figures, ``README.md`` and,
+    given a ``MergeProcessor``, its ``preprocessor_config.json`` and ``processing_merge.py``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
     model.register_for_auto_class("AutoModelForSequenceClassification")
     model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
     if sidecar_path is not None:
         shutil.copyfile(sidecar_path, folder / SIDECAR_FILENAME)
     for figure in figures:
