@@ -74,7 +74,8 @@ def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     loader = DataLoader(splits[args.split].with_format("numpy"), batch_size=args.batch_size,
                         collate_fn=MultimodalCollator(metadata.modality_names))
     metrics, _, _ = evaluate_model(model, loader)
-    figures = interpretation_figures(model, loader, output_dir)
+    lags_seconds = [lag / metadata.token_grid_hz for lag in range(model.config.num_rus_lags)]  # as train.py draws them
+    figures = interpretation_figures(model, loader, output_dir, lags_seconds)
     report = {"checkpoint": args.checkpoint, "dataset": metadata.name, "split": args.split, "metrics": metrics,
               "figures": [str(path) for path in figures]}
     write_text_atomic(output_dir / "evaluation.json", json.dumps(report, indent=2))

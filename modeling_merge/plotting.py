@@ -86,6 +86,17 @@ def plot_routing_distribution(
     return _save(figure, path)
 
 
+def lag_axis(num_lags: int, lags_seconds: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], str]:
+    """(positions, tick labels, axis label) of a lag axis with one tick per lag τ = 0 … num_lags − 1: the lag in
+    seconds where ``lags_seconds`` gives it ("lag τ (s)"), else in token-grid steps ("lag τ (steps)")."""
+    if lags_seconds is None:
+        return np.arange(num_lags, dtype=float), [str(lag) for lag in range(num_lags)], "lag τ (steps)"
+    if len(lags_seconds) != num_lags:
+        raise ValueError(f"{len(lags_seconds)} lag times for {num_lags} lags")
+    positions = np.asarray(lags_seconds, dtype=float)
+    return positions, [f"{lag:g}" for lag in positions], "lag τ (s)"
+
+
 def plot_temporal_rus(
     redundancy: np.ndarray,
     uniqueness: np.ndarray,
@@ -94,10 +105,12 @@ def plot_temporal_rus(
     path: str | Path,
     lags_seconds: Sequence[float] | None = None,
     top_pairs: int = 6,
+    title: str | None = None,
 ) -> Path:
     """Temporal RUS curves (bits vs lag) saved as PNG: redundancy and synergy of the ``top_pairs`` pairs with the
     largest peak, and per-modality uniqueness U_m(τ) = max over pairs containing m (the reference rule).
-    Inputs are [M, M, L] arrays in ``modality_names`` order."""
+    Inputs are [M, M, L] arrays in ``modality_names`` order; the lag axis is in seconds when ``lags_seconds``
+    (L values) is given, else in steps (:func:`lag_axis`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,28 +119,30 @@ def plot_temporal_rus(
     num_modalities, _, num_lags = np.shape(redundancy)
     if len(modality_names) != num_modalities:
         raise ValueError(f"{len(modality_names)} modality names for RUS tensors over {num_modalities} modalities")
-    lags = np.asarray(lags_seconds if lags_seconds is not None else np.arange(num_lags))
+    lags, tick_labels, lag_label = lag_axis(num_lags, lags_seconds)
     pairs = [(i, j) for i in range(num_modalities) for j in range(i + 1, num_modalities)]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-    for axis, values, title in ((axes[0], redundancy, "redundancy"), (axes[1], synergy, "synergy")):
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.3), constrained_layout=True)
+    for axis, values, name in ((axes[0], redundancy, "redundancy R"), (axes[1], synergy, "synergy S")):
         ranked = sorted(pairs, key=lambda pair: -float(np.max(values[pair[0], pair[1]])))[:top_pairs]
         for i, j in ranked:
             axis.plot(lags, values[i, j], marker="o", label=f"{modality_names[i]}–{modality_names[j]}")
-        axis.set_title(f"{title} (top {len(ranked)} pairs)")
+        axis.set_title(f"{name} (top {len(ranked)} pairs by peak)")
     per_modality_uniqueness = np.max(np.asarray(uniqueness), axis=1)
     for m, name in enumerate(modality_names):
         axes[2].plot(lags, per_modality_uniqueness[m], marker="o", label=name)
-    axes[2].set_title("uniqueness (max over pairs)")
+    axes[2].set_title("uniqueness U_m (max over pairs with m)")
     for axis in axes:
-        axis.set_xlabel("lag (s)" if lags_seconds is not None else "lag (steps)")
+        axis.set_xticks(lags, tick_labels)
+        axis.set_xlabel(lag_label)
         axis.set_ylabel("bits")
         axis.legend(fontsize="small")
+    figure.suptitle(title or "Temporal RUS: information about the label shared (R), unique (U) and synergistic (S) per lag")
     return _save(figure, path)
 
 
-def plot_ablation(test_metrics: dict[str, dict[str, float]], path: str | Path) -> Path:
-    """Grouped bars of test metrics (in [0, 1]) per run, e.g. MERGE with each auxiliary loss disabled (paper
-    Fig. 7). ``test_metrics``: run label → metric name → value. Saved as PNG."""
+def plot_ablation(test_metrics: dict[str, dict[str, float]], path: str | Path, title: str | None = None) -> Path:
+    """Grouped bars of test metrics (in [0, 1]) per run, each labelled with its value, e.g. MERGE with each
+    auxiliary loss disabled (paper Fig. 7). ``test_metrics``: run label → metric name → value. Saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,14 +153,18 @@ def plot_ablation(test_metrics: dict[str, dict[str, float]], path: str | Path) -
     labels = list(test_metrics)
     metric_names = sorted({name for metrics in test_metrics.values() for name in metrics})
     width = 0.8 / len(labels)
-    figure, axis = plt.subplots(figsize=(2 + 1.5 * len(metric_names), 4), constrained_layout=True)
+    figure, axis = plt.subplots(figsize=(2.5 + 1.2 * len(metric_names) * max(1, len(labels) / 2), 4.5),
+                                constrained_layout=True)
     for index, label in enumerate(labels):
         values = [test_metrics[label].get(name, np.nan) for name in metric_names]
-        axis.bar(np.arange(len(metric_names)) + index * width, values, width, label=label)
+        bars = axis.bar(np.arange(len(metric_names)) + index * width, values, width, label=label)
+        axis.bar_label(bars, labels=["" if np.isnan(value) else f"{value:.3f}" for value in values], fontsize=7,
+                       rotation=90 if len(labels) > 3 else 0, padding=2)
     axis.set_xticks(np.arange(len(metric_names)) + 0.4 - width / 2, metric_names)
-    axis.set_ylim(0, 1)
+    axis.set_ylim(0, 1.15)
     axis.set_ylabel("test score")
-    axis.legend(fontsize="small")
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="run")
+    axis.set_title(title or f"Test metrics of {len(labels)} run(s) (router − auxiliary losses disabled)")
     return _save(figure, path)
 
 

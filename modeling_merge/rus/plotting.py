@@ -15,28 +15,24 @@ from .sidecar import RusSidecar
 __all__ = ["plot_rus_curves", "plot_rus_heatmap"]
 
 
-def _lags_and_label(sidecar: RusSidecar) -> tuple[np.ndarray | None, str]:
-    seconds = sidecar.metadata.get("lags_seconds")
-    return (np.asarray(seconds), "lag (s)") if seconds is not None else (None, "lag (steps)")
-
-
 def plot_rus_curves(sidecar: RusSidecar, path: str | Path, top_pairs: int = 6) -> Path:
     """Redundancy and synergy vs lag of the ``top_pairs`` strongest pairs and per-modality uniqueness → PNG."""
     from modeling_merge.plotting import plot_temporal_rus
 
-    lags_seconds, _ = _lags_and_label(sidecar)
     return plot_temporal_rus(sidecar.redundancy.numpy(), sidecar.uniqueness.numpy(), sidecar.synergy.numpy(),
-                             sidecar.modality_names, path, lags_seconds=lags_seconds, top_pairs=top_pairs)
+                             sidecar.modality_names, path, lags_seconds=sidecar.metadata.get("lags_seconds"),
+                             top_pairs=top_pairs, title=f"Temporal RUS ({sidecar.metadata.get('estimator', 'unknown estimator')})")
 
 
 def plot_rus_heatmap(sidecar: RusSidecar, path: str | Path) -> Path:
-    """Three pair × lag heat maps (R, U_i + U_j, S in bits; one row per modality pair) → PNG."""
+    """Three pair × lag heat maps (R, U_i + U_j, S in bits; one row per modality pair), each on its own colour
+    scale with its own colour bar, so that small terms stay visible → PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modeling_merge.plotting import _save
+    from modeling_merge.plotting import _save, lag_axis
 
     names = sidecar.modality_names or [str(m) for m in range(sidecar.num_modalities)]
     first, second = np.triu_indices(sidecar.num_modalities, 1)
@@ -46,18 +42,18 @@ def plot_rus_heatmap(sidecar: RusSidecar, path: str | Path) -> Path:
         "uniqueness (U_i + U_j)": uniqueness[first, second] + uniqueness[second, first],
         "synergy": sidecar.synergy.numpy()[first, second],
     }
-    lags, lag_label = _lags_and_label(sidecar)
-    tick_labels = [f"{v:g}" for v in (lags if lags is not None else range(sidecar.num_lags))]
+    _, tick_labels, lag_label = lag_axis(sidecar.num_lags, sidecar.metadata.get("lags_seconds"))
     pair_labels = [f"{names[i]}–{names[j]}" for i, j in zip(first, second)]
-    height = 1.5 + 0.22 * len(pair_labels)
-    figure, axes = plt.subplots(1, 3, figsize=(4 + 0.6 * sidecar.num_lags * 3, height), constrained_layout=True,
+    height = 1.9 + 0.22 * len(pair_labels)
+    figure, axes = plt.subplots(1, 3, figsize=(6 + 0.6 * sidecar.num_lags * 3, height), constrained_layout=True,
                                 sharey=True)
-    vmax = max(float(values.max()) for values in panels.values()) or 1.0
     for axis, (title, values) in zip(axes, panels.items()):
-        image = axis.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
-        axis.set_title(title)
+        image = axis.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=float(values.max()) or 1.0,
+                            interpolation="nearest")
+        axis.set_title(f"{title}, max {float(values.max()):.3g} bits")
         axis.set_xticks(range(sidecar.num_lags), tick_labels)
         axis.set_xlabel(lag_label)
+        figure.colorbar(image, ax=axis, label="bits (own scale)")
     axes[0].set_yticks(range(len(pair_labels)), pair_labels, fontsize="small")
-    figure.colorbar(image, ax=list(axes), label="bits")
+    figure.suptitle(f"Temporal RUS per modality pair and lag ({sidecar.metadata.get('estimator', 'unknown estimator')})")
     return _save(figure, path)

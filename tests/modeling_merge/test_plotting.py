@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modeling_merge.plotting import plot_ablation, plot_routing_distribution, plot_temporal_rus, routing_shares
+from modeling_merge.plotting import lag_axis, plot_ablation, plot_routing_distribution, plot_temporal_rus, routing_shares
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,3 +43,13 @@ def test_figures_are_written_as_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ab.png", "figs", "rus.png"]  # no temporary files left
     with pytest.raises(ValueError, match="3 modality names"):
         plot_routing_distribution(shares, ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_lag_axis_has_one_tick_per_lag_in_seconds_where_known_else_steps():
+    positions, labels, axis_label = lag_axis(4)
+    assert positions.tolist() == [0, 1, 2, 3] and labels == ["0", "1", "2", "3"] and axis_label == "lag τ (steps)"
+    positions, labels, axis_label = lag_axis(4, [0.0, 0.25, 0.5, 0.75])
+    assert positions.tolist() == [0.0, 0.25, 0.5, 0.75] and labels == ["0", "0.25", "0.5", "0.75"]
+    assert axis_label == "lag τ (s)"
+    with pytest.raises(ValueError, match="3 lag times for 4 lags"):
+        lag_axis(4, [0.0, 1.0, 2.0])
