@@ -44,6 +44,7 @@ from dataset_builders.synthetic import planted_structure  # noqa: E402
 from modeling_merge.configuration_merge import MergeConfig  # noqa: E402
 from modeling_merge.hub import write_text_atomic  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus import (  # noqa: E402
     BatchConfig,
     RusSidecar,
@@ -379,6 +380,7 @@ def train(args: TrainArguments) -> dict:
             if accelerator.is_main_process:
                 with atomic_directory(best_dir) as temporary:
                     accelerator.unwrap_model(model).save_pretrained(temporary)
+                    MergeProcessor.from_dataset_metadata(metadata).save_pretrained(temporary)  # raw data → model input
             accelerator.wait_for_everyone()
         save_run_state(accelerator, checkpoints, state)
 
