@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,24 @@ def test_exported_checkpoint_carries_the_processor_and_its_remote_code(synthetic
     assert {"preprocessor_config.json", "processing_merge.py", "modeling_merge.py", "configuration_merge.py"} <= {
         path.name for path in folder.iterdir()}
     assert AutoProcessor.from_pretrained(folder).token_grid_length == metadata.window
+
+
+def test_readme_snippet_applies_a_checkpoint_to_a_raw_recording(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Applying a checkpoint to new recordings", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    modalities = {"acc": 3, "bvp": 1, "eda": 1, "temp": 1}  # the WESAD-E4 default build: 1 Hz grid, windows of 100 s
+    labels = ["baseline", "stress", "amusement"]
+    folder = tmp_path / "runs" / "wesad" / "best_model"
+    model = MergeForSequenceClassification(MergeConfig(
+        modalities=modalities, token_grid_length=100, num_labels=3, id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)}, **TINY))
+    model.set_rus(torch.ones(4, 4, 2) - torch.eye(4)[:, :, None], torch.zeros(4, 4, 2), torch.zeros(4, 4, 2))
+    model.save_pretrained(folder)
+    MergeProcessor(modalities=modalities, token_grid_hz=1.0, token_grid_length=100, stride=25).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert len(namespace["windows"]) == 11 and namespace["windows"][0]["end_s"] == 100.0
+    assert namespace["windows"][0]["label"] in labels
+    assert namespace["logits"].shape == (21, 3)  # the processor's own stride, 25 steps
