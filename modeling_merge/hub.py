@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .processing_merge import PIPELINE_TASK
+
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 SIDECAR_FILENAME = "rus.safetensors"
 # Class paths inside the flat remote-code folder that `save_pretrained` writes next to the weights.
@@ -56,9 +58,11 @@ class ModelCardInfo:
     license: str = "apache-2.0"
 
 
-def render_model_card(info: ModelCardInfo, config, template_path: str | Path = MODEL_CARD_TEMPLATE) -> str:
+def render_model_card(info: ModelCardInfo, config, template_path: str | Path = MODEL_CARD_TEMPLATE,
+                      processor=None) -> str:
     """The README text for a checkpoint: YAML metadata (license, library, tags, datasets, metric results)
-    followed by the template rendered with ``info`` and the model ``config`` (a ``MergeConfig``)."""
+    followed by the template rendered with ``info``, the model ``config`` (a ``MergeConfig``) and, given a
+    ``MergeProcessor``, the inputs it expects (window, rates, rows, normalisation)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     eval_results = [
@@ -84,7 +88,7 @@ def render_model_card(info: ModelCardInfo, config, template_path: str | Path = M
         card_data, template_path=str(template_path), model_name=info.repo_id.split("/")[-1],
         metric_names=metric_names, modalities=dict(config.modalities),
         router_type=config.router_type, num_experts=config.num_experts, top_k=config.num_experts_per_token,
-        num_lags=config.num_rus_lags, **{k: v for k, v in context.items() if k != "license"},
+        num_lags=config.num_rus_lags, processor=processor, **{k: v for k, v in context.items() if k != "license"},
     )
     return str(card)
 
@@ -112,6 +116,9 @@ def export_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+    if processor is not None:  # `pipeline(repo_id, trust_remote_code=True)` finds the task in config.json
+        model.config.custom_pipelines = {PIPELINE_TASK: {"impl": "processing_merge.TimeSeriesClassificationPipeline",
+                                                         "pt": ["AutoModelForSequenceClassification"], "type": "multimodal"}}
     model.register_for_auto_class("AutoModelForSequenceClassification")
     model.save_pretrained(folder)
     if processor is not None:
@@ -120,7 +127,7 @@ def export_checkpoint(
         shutil.copyfile(sidecar_path, folder / SIDECAR_FILENAME)
     for figure in figures:
         shutil.copyfile(figure, folder / Path(figure).name)
-    write_text_atomic(folder / "README.md", render_model_card(card, model.config))
+    write_text_atomic(folder / "README.md", render_model_card(card, model.config, processor=processor))
     return folder
 
 

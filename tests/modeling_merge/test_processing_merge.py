@@ -20,6 +20,7 @@ from dataset_builders._common import resample_to_grid as builder_resample_to_gri
 from dataset_builders.synthetic import planted_structure
 from dataset_builders.wesad import E4_FILES, PLAUSIBLE_RANGES, read_e4_csv
 from modeling_merge import MergeConfig, MergeForSequenceClassification, MergeProcessor
+from modeling_merge.hub import ModelCardInfo, export_checkpoint
 from modeling_merge.processing_merge import resample_to_grid
 from modeling_merge.rus.synthetic import make_temporal_rus_benchmark
 from modeling_merge.training import MultimodalCollator
@@ -138,22 +139,23 @@ def test_wesad_e4_raw_files_become_exactly_the_built_test_windows(shared_data, t
         np.testing.assert_array_equal(features["modalities"][name], test[name])
 
 
-def test_remote_code_checkpoint_applies_its_processor_without_the_package(synthetic, tmp_path):
+def _card(metadata) -> ModelCardInfo:
+    return ModelCardInfo(repo_id="org/merge-synthetic", dataset_name="synthetic", task="classification",
+                         protocol=metadata.protocol, label_names=metadata.label_names, rus_estimator="multiscale_batch",
+                         rus_fingerprint="0" * 8, results=[])
+
+
+def test_remote_code_checkpoint_applies_its_processor_and_pipeline_without_the_package(synthetic, tmp_path):
     metadata = metadata_of(synthetic)
-    folder = tmp_path / "checkpoint"
-    model = _tiny_model(metadata)
-    model.config.auto_map = {"AutoConfig": "configuration_merge.MergeConfig",
-                             "AutoModelForSequenceClassification": "modeling_merge.MergeForSequenceClassification"}
-    model.save_pretrained(folder)
-    processor = MergeProcessor.from_dataset_metadata(metadata)
-    processor.save_pretrained(folder)
+    model, processor = _tiny_model(metadata), MergeProcessor.from_dataset_metadata(metadata)
+    folder = export_checkpoint(model, tmp_path / "checkpoint", _card(metadata), processor=processor)
     raw = _raw_synthetic_test_sequences(synthetic)[0]
     with torch.no_grad():
         expected = model(**processor(raw)).logits
     np.savez(tmp_path / "raw.npz", **raw)
     script = (
         "import sys, numpy, torch\n"
-        "from transformers import AutoProcessor, AutoModelForSequenceClassification\n"
+        "from transformers import AutoProcessor, AutoModelForSequenceClassification, pipeline\n"
         f"folder = {str(folder)!r}\n"
         "processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)\n"
         "model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
@@ -161,6 +163,8 @@ def test_remote_code_checkpoint_applies_its_processor_without_the_package(synthe
         f"raw = dict(numpy.load({str(tmp_path / 'raw.npz')!r}))\n"
         "with torch.no_grad():\n"
         f"    torch.save(model(**processor(raw)).logits, {str(tmp_path / 'logits.pt')!r})\n"
+        "(window,) = pipeline('time-series-classification', model=folder, trust_remote_code=True)(raw)\n"
+        "assert type(window['score']) is float and window['end_s'] == 12.0, window\n"
     )
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
@@ -210,16 +214,15 @@ def test_inconsistent_processor_settings_are_refused():
 
 
 def test_exported_checkpoint_carries_the_processor_and_its_remote_code(synthetic, tmp_path):
-    from modeling_merge.hub import ModelCardInfo, export_checkpoint
-
     metadata = metadata_of(synthetic)
-    card = ModelCardInfo(repo_id="org/merge-synthetic", dataset_name="synthetic", task="classification",
-                         protocol=metadata.protocol, label_names=metadata.label_names, rus_estimator="multiscale_batch",
-                         rus_fingerprint="0" * 8, results=[])
-    folder = export_checkpoint(_tiny_model(metadata), tmp_path, card, processor=MergeProcessor.from_dataset_metadata(metadata))
+    folder = export_checkpoint(_tiny_model(metadata), tmp_path, _card(metadata), processor=MergeProcessor.from_dataset_metadata(metadata))
     assert {"preprocessor_config.json", "processing_merge.py", "modeling_merge.py", "configuration_merge.py"} <= {
         path.name for path in folder.iterdir()}
     assert AutoProcessor.from_pretrained(folder).token_grid_length == metadata.window
+    readme = (folder / "README.md").read_text()
+    assert "Window: 12 token-grid steps = 12 s at 1 Hz; windows start every 12 steps" in readme
+    assert "each channel z-scored with the training split's mean / std" in readme
+    assert "| `unique_lag1` | 3 | 1 | 12 |" in readme
 
 
 def test_readme_snippet_applies_a_checkpoint_to_a_raw_recording(tmp_path, monkeypatch):
