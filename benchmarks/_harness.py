@@ -246,7 +246,7 @@ def mean_std(values: Sequence[float]) -> dict:
 
 def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[dict, list[dict]]:
     """(summary[dataset][variant] = {metric: mean/std/n/values, ...}, per-run records) over finished runs, followed by
-    ``extra_records`` (already in the record format, e.g. quality.py's classical anchors, listed first per dataset)."""
+    ``extra_records`` (already in the record format, e.g. quality.py's classical anchors, listed after the runs)."""
     summary, records = {}, []
     for run in runs:
         results = load_result(run)
@@ -261,7 +261,7 @@ def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[
     datasets = dict.fromkeys([*(record["dataset"] for record in extra_records), *(run.dataset for run in runs)])
     for dataset in datasets:
         metrics = DATASETS[dataset]["metrics"]
-        chosen_records = [r for r in extra_records if r["dataset"] == dataset] + [r for r in records if r["dataset"] == dataset]
+        chosen_records = [r for r in records if r["dataset"] == dataset] + [r for r in extra_records if r["dataset"] == dataset]
         for variant in dict.fromkeys(r["variant"] for r in chosen_records):
             chosen = [r for r in chosen_records if r["variant"] == variant]
             entry = {f"test_{metric}": mean_std([r["test"][metric] for r in chosen if metric in r["test"]])

@@ -8,6 +8,7 @@ summary features (benchmarks/_features.py) and the majority class.
     python benchmarks/quality.py --datasets physionet2012 wesad_e4_three_class --seeds 3 --deadline_minutes 60
     python benchmarks/quality.py --smoke               # tiny budget: checks the script runs end to end
     python benchmarks/quality.py --report_only         # tabulate the finished runs (computes missing anchors only)
+    python benchmarks/quality.py --loso_anchors        # WESAD-E4 anchors over the 15 leave-one-subject-out folds
 
 Training runs are launched in priority order: for each seed, MERGE and dense on every dataset, then softmax top-k
 and the Laplace gates; ``--deadline_minutes`` stops launching new ones. Resumable: finished runs and anchors are
@@ -131,7 +132,58 @@ def anchor_records(datasets: list[str], seeds: int, smoke: bool) -> list[dict]:
     return records
 
 
+def loso_anchors(tasks: tuple[str, ...] = ("three_class", "binary")) -> dict:
+    """GBT and logistic-regression anchors over WESAD-E4's 15 leave-one-subject-out folds (builder ``loso_fold``; same
+    protocol options as the benchmark), to show how much the fixed 3-subject test split says. Anchors only: the
+    networks' budget does not allow 15 folds. Writes ``benchmarks/results/quality_loso_anchors.json``."""
+    import datetime
+
+    from threadpoolctl import threadpool_limits
+
+    import dataset_builders
+    from modeling_merge.training import classification_metrics
+
+    report = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "command": "python benchmarks/quality.py --loso_anchors", "folds": {}, "summary": {}}
+    for task in tasks:
+        dataset = f"wesad_e4_{task}"
+        arguments = Run(dataset, MAIN_ROUTERS[0], 0).arguments()
+        options = json.loads(arguments["dataset_options"])
+        pooled = {name: {"logits": [], "labels": []} for name in ANCHORS[:2]}
+        for fold in range(15):
+            splits = dataset_builders.build(arguments["dataset"], data_dir=arguments["data_dir"],
+                                            cache_dir=str(RUNS_ROOT / "cache" / f"{dataset}_loso"), loso_fold=fold, **options)
+            metadata = dataset_builders.metadata_of(splits)
+            features = {split: summary_features(splits[split], metadata.modality_names)[0] for split in splits}
+            labels = {split: np.asarray(splits[split]["label"], dtype=np.int64) for split in splits}
+            for name in ANCHORS[:2]:
+                with threadpool_limits(limits=1):
+                    outputs = fit_anchor(name, 0, features, labels, len(metadata.label_names))
+                pooled[name]["logits"].append(outputs["test"])
+                pooled[name]["labels"].append(labels["test"])
+                metrics = classification_metrics(outputs["test"], labels["test"]) if len(set(labels["test"])) > 1 else {}
+                report["folds"].setdefault(dataset, {}).setdefault(name, []).append(
+                    {"fold": fold, "test_subject": metadata.split_units["test"], "n": len(labels["test"]), **metrics})
+        for name in ANCHORS[:2]:
+            folds = report["folds"][dataset][name]
+            macro = [fold["macro_f1"] for fold in folds if "macro_f1" in fold]
+            pooled_metrics = classification_metrics(np.concatenate(pooled[name]["logits"]), np.concatenate(pooled[name]["labels"]))
+            report["summary"].setdefault(dataset, {})[name] = {
+                "per_fold_macro_f1": {"mean": float(np.mean(macro)), "std": float(np.std(macro, ddof=1)),
+                                      "min": float(np.min(macro)), "max": float(np.max(macro)), "n": len(macro)},
+                "pooled_test": pooled_metrics}
+            print(f"{dataset} {name}: per-fold macro-F1 {np.mean(macro):.3f} ± {np.std(macro, ddof=1):.3f} "
+                  f"(min {np.min(macro):.3f}, max {np.max(macro):.3f}); pooled {json.dumps({k: round(v, 3) for k, v in pooled_metrics.items()})}")
+    output = Path(__file__).resolve().parent / "results" / "quality_loso_anchors.json"
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+    return report
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--loso_anchors"]:
+        loso_anchors()
+        sys.exit()
     run_script("quality", __doc__.splitlines()[0], build_runs,
                ["physionet2012", "wesad_e4_three_class", "wesad_e4_binary", "wesad_e4_paper", "synthetic"], 5,
                extra_records=anchor_records)
