@@ -65,6 +65,8 @@ from modeling_merge.training import (  # noqa: E402
     interpretation_figures,
     latest_checkpoint,
     prune_checkpoints,
+    routing_balance_warning,
+    routing_summary,
 )
 
 AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
@@ -371,7 +373,11 @@ def train(args: TrainArguments) -> dict:
         state.epoch += 1
         state.step_in_epoch = 0
         score = metrics[args.selection_metric]
-        accelerator.print(f"epoch {state.epoch}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        accelerator.print(f"epoch {state.epoch}: validation " + ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("routing_")))
+        for line in (routing_summary(metrics), routing_balance_warning(metrics)):
+            if line:
+                accelerator.print(f"  {line}" if line.startswith("routing:") else f"  WARNING: {line}")
         if accelerator.is_main_process:
             log.write(split="validation", epoch=state.epoch, step=state.global_step, **metrics)
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
@@ -410,7 +416,8 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
         log.write(split="test", step=state.global_step, **test_metrics)
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
         main_loader = make_loader(splits["test"], MultimodalCollator(metadata.modality_names), args.batch_size, False, args.seed)
-        figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"))
+        figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"),
+                                         title=f"{metadata.name}, router {args.router_type}, seed {args.seed} (test split)")
         results["rus"] = rus_summary(sidecar, splits, metadata.name)
         results["artifacts"] = {"best_model": str(output_dir / "best_model"), "rus_sidecar": str(args.rus_sidecar or output_dir / "rus.safetensors"),
                                 "rus_sidecar_hash": sidecar_hash,
@@ -418,6 +425,8 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                                 "checkpoints": str(output_dir / "checkpoints")}
         write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
         print_results(results, metadata)
+    # every process leaves together: a gloo process group whose peer has exited hangs in its destructor
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 
@@ -438,8 +447,11 @@ def rus_summary(sidecar: RusSidecar, splits, metadata_name: str) -> dict:
 
 
 def print_results(results: dict, metadata) -> None:
-    rows = [("test " + name, f"{value:.4f}") for name, value in results["test"].items()]
+    rows = [("test " + name, f"{value:.4f}") for name, value in results["test"].items() if not name.startswith("routing_")]
     rows.append(("best epoch", str(results["best_epoch"])))
+    for line in (routing_summary(results["test"]), routing_balance_warning(results["test"])):
+        if line:
+            rows.append(("test routing", line.removeprefix("routing: ")) if line.startswith("routing:") else ("WARNING", line))
     for kind, found in results["rus"].items():
         if kind.startswith("estimated_top_"):
             rows.append((kind.replace("_", " "), f"{found['pair'][0]}–{found['pair'][1]} at lag {found['lag']} "

@@ -5,7 +5,8 @@ matplotlib is imported lazily."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,12 @@ def plot_routing_distribution(
     expert_names: Sequence[str] | None = None,
     num_synergy_experts: int = 0,
     title: str | None = None,
-    alignment: Mapping[str, float] | None = None,
+    alignment_text: str | None = None,
 ) -> Path:
     """Heat maps of ``shares`` (layers, M, E) from :func:`routing_shares`, one panel per MoE layer, each cell
     labelled with its share, saved as PNG. The first ``num_synergy_experts`` experts are named "syn i" (the
-    cross-modal attention experts), the rest "ffn j"; ``alignment`` (the :class:`~modeling_merge.training.
-    RoutingAlignment` metrics) is summarised under the ``title``."""
+    cross-modal attention experts), the rest "ffn j"; ``alignment_text`` (e.g. :func:`~modeling_merge.training.
+    routing_summary` of the routing-alignment metrics) goes under the ``title``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,13 +77,9 @@ def plot_routing_distribution(
                           color="black" if value > 0.6 else "white")
     figure.colorbar(image, ax=axes[0].tolist(), label="share of the modality's routing slots")
     lines = [title or "Routing: share of each modality's top-k slots per expert"]
-    if alignment:
-        lines.append(
-            f"expert share {alignment['routing_expert_share_min']:.1%}–{alignment['routing_expert_share_max']:.1%}; "
-            f"synergy experts take {alignment['routing_synergy_share_synergistic']:.0%} of synergistic-cell slots vs "
-            f"{alignment['routing_synergy_share_other']:.0%} elsewhere; JSD redundant {alignment['routing_redundant_pair_jsd']:.3f}"
-            f" vs other {alignment['routing_non_redundant_pair_jsd']:.3f} nats")
-    figure.suptitle("\n".join(lines), fontsize=9)
+    if alignment_text:
+        lines.append(alignment_text)
+    figure.suptitle("\n".join(textwrap.fill(line, 110) for line in lines), fontsize=9)
     return _save(figure, path)
 
 

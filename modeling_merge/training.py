@@ -393,8 +393,24 @@ class RoutingAlignment:
         for name in per_layer[0]:
             if name != "expert_shares":
                 values = [layer[name] for layer in per_layer if not np.isnan(layer[name])]
-                metrics[f"routing_{name}"] = float(np.mean(values)) if values else float("nan")
+                if values:  # left out where no token pair / cell of that kind exists
+                    metrics[f"routing_{name}"] = float(np.mean(values))
         return metrics
+
+
+def routing_summary(metrics: Mapping[str, float]) -> str | None:
+    """One line on the routing-alignment metrics in ``metrics`` (None when it has none)."""
+    if "routing_expert_share_min" not in metrics:
+        return None
+
+    def value(name: str, form: str) -> str:
+        return format(metrics[f"routing_{name}"], form) if f"routing_{name}" in metrics else "n/a"
+
+    return (f"routing: experts get {value('expert_share_min', '.1%')}–{value('expert_share_max', '.1%')} of the "
+            f"slots; synergy experts {value('synergy_share_synergistic', '.0%')} of synergistic-cell slots vs "
+            f"{value('synergy_share_other', '.0%')} elsewhere; routing JSD redundant pairs "
+            f"{value('redundant_pair_jsd', '.3f')} vs {value('non_redundant_pair_jsd', '.3f')}, unique pairs "
+            f"{value('unique_pair_jsd', '.3f')} vs {value('non_unique_pair_jsd', '.3f')} nats")
 
 
 def routing_balance_warning(metrics: Mapping[str, float]) -> str | None:
@@ -451,8 +467,7 @@ def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: 
     metrics, routing, masks = evaluate_model(model, loader, keep_routing=True)
     if routing is not None:
         shares = routing_shares(routing, model.config.num_experts, masks)
-        alignment = metrics if "routing_expert_share_min" in metrics else None
         figures.append(plot_routing_distribution(shares, names, output_dir / "routing.png",
                                                  num_synergy_experts=model.config.num_synergy_experts,
-                                                 title=title, alignment=alignment))
+                                                 title=title, alignment_text=routing_summary(metrics)))
     return figures

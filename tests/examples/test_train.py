@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 
 import train  # noqa: E402
-from tiny_train_job import TINY_DATA, tiny_arguments  # noqa: E402
+from tiny_train_job import TINY_DATA, TINY_MODEL, tiny_arguments  # noqa: E402
 
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
 
@@ -264,3 +264,41 @@ def test_two_process_cpu_ddp_matches_one_process(reference_run, tmp_path):
     assert results["steps"] == reference["steps"]  # the global batch is split, not multiplied
     for name in ("accuracy", "macro_f1", "roc_auc"):
         assert results["test"][name] == pytest.approx(reference["test"][name], abs=0.1), name
+
+
+def test_the_run_records_routing_alignment_beside_the_test_metrics(reference_run):
+    root, results = reference_run
+    for split in ("validation", "test"):
+        shares = results[split]["routing_expert_share_min"], results[split]["routing_expert_share_max"]
+        assert 0.0 <= shares[0] <= shares[1] <= 1.0, split
+        assert 0.0 <= results[split]["routing_synergy_share_synergistic"] <= 1.0
+    log = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("routing_expert_share_min" in entry for entry in log if entry["split"] == "validation")
+
+
+def test_collapsed_routing_is_reported_as_a_warning(reference_run, tmp_path, capsys):
+    root, _ = reference_run
+    paper_routing = json.loads(TINY_MODEL) | {"synergy_target_mass": None, "router_bias_update_rate": 0.0,
+                                             "router_init": "initializer_range", "num_experts_per_token": 1}
+    arguments = tiny_arguments(tmp_path / "run", root / "rus.safetensors")
+    arguments[arguments.index("--model_options") + 1] = json.dumps(paper_routing)
+    results = train.main(arguments)
+    assert results["test"]["routing_expert_share_max"] > 0.6  # the paper's routing collapses here too
+    assert "WARNING: routing is unbalanced" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_readme_ddp_command_trains_the_default_model(reference_run, tmp_path):
+    """README: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py` with train.py's
+    default model (8 experts, 2 of them synergy experts) — it crashed at step 4 when the router collapsed."""
+    root, _ = reference_run
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    arguments = ["--output_dir", str(tmp_path / "ddp"), "--rus_sidecar", str(root / "rus.safetensors"),
+                 "--dataset_options", TINY_DATA, "--num_epochs", "2", "--report_to", "none", "--cpu"]
+    process = run_script(arguments, launcher=launcher)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["steps"] >= 6
+    assert MergeForSequenceClassification.from_pretrained(tmp_path / "ddp" / "best_model").config.num_experts == 8
