@@ -10,6 +10,7 @@ their alignment metrics are the control (the paper's Fig. 8 claims they show no 
 
     python benchmarks/routing.py                                   # synthetic known-RUS job, ~6 min on 2 cores
     python benchmarks/routing.py --dataset wesad_e4 --data_dir ../shared/data/wesad_e4 --checkpoints 30,300
+    python benchmarks/routing.py --from_runs runs/benchmarks/v2   # the same metrics, test split, of quality.py's runs
 
 The RUS sidecar is estimated once into `--work_dir` (or read from there) as train.py does.
 """
@@ -81,6 +82,28 @@ def run_variant(name: str, router_type: str, overrides: dict, data, checkpoints:
     return rows
 
 
+def tabulate_runs(root: Path) -> list[dict]:
+    """Mean routing metrics (test split) per dataset and router over the seeds of `quality.py`'s run folders
+    (`<root>/<dataset>/<variant>/seed<k>/results.json`)."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(root.glob("*/*/seed*/results.json")):
+        groups.setdefault((path.parts[-4], path.parts[-3]), []).append(json.loads(path.read_text())["test"])
+    rows = []
+    for (dataset, variant), tests in groups.items():
+        row = {"variant": f"{dataset} {variant}", "step": len(tests)}
+        for key, _, _ in COLUMNS[2:]:
+            values = [test[key] for test in tests if key in test]
+            if values:
+                row[key] = float(np.mean(values))
+        if "routing_expert_share_min" in row:
+            row["routing_expert_share_min"] = min(test["routing_expert_share_min"] for test in tests)
+            row["routing_expert_share_max"] = max(test["routing_expert_share_max"] for test in tests)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic")
@@ -92,7 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "runs" / "benchmarks" / "routing")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "routing.json")
+    parser.add_argument("--from_runs", type=Path, default=None,
+                        help="only tabulate the routing metrics of quality.py's runs under this folder")
     options = parser.parse_args(argv)
+    if options.from_runs is not None:
+        rows = tabulate_runs(options.from_runs)
+        print("test-split routing metrics per dataset and router (least / most expert: extremes over the seeds; "
+              "the rest: means)")
+        print(format_table(rows, [("variant", "dataset / router", "s"), ("step", "seeds", "d"),
+                                  ("macro_f1", "test macro-F1", ".3f"), *COLUMNS[3:]]))
+        return {"rows": rows}
     import torch
     import train
     from accelerate import Accelerator
