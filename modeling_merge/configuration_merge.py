@@ -6,6 +6,7 @@ hyper-parameters (4 modalities: three 13-channel IMUs and one heart-rate channel
 """
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
@@ -143,7 +144,12 @@ class MergeConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.modalities is None:
             self.modalities = _pamap2_modalities()
-        self.modalities = {str(name): channels for name, channels in dict(self.modalities).items()}
+        pairs = list(self.modalities.items() if isinstance(self.modalities, Mapping) else self.modalities)
+        names = [str(name) for name, _ in pairs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        _check(not duplicates, "modalities", f"names {duplicates} more than once (names are compared as strings); "
+               "give each modality a distinct name", [list(pair) for pair in pairs])
+        self.modalities = {name: channels for name, (_, channels) in zip(names, pairs)}
         self.patch_sizes = {str(name): size for name, size in dict(self.patch_sizes or {}).items()}
         kwargs.setdefault("num_labels", 12 if self.id2label is None else len(self.id2label))
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
@@ -236,7 +242,8 @@ class MergeConfig(PreTrainedConfig):
         for field in ("redundancy_loss_weight", "uniqueness_loss_weight", "synergy_loss_weight",
                       "load_balance_loss_weight"):
             value = getattr(self, field)
-            _check(isinstance(value, (int, float)) and value >= 0, field, "must be a number >= 0 (0 = off)", value)
+            _check(isinstance(value, (int, float)) and 0 <= value < math.inf, field,
+                   "must be a finite number >= 0 (0 = off)", value)
         _check(self.router_init in ROUTER_INITS, "router_init", f"must be one of {ROUTER_INITS}", self.router_init)
         if self.synergy_target_mass is not None:
             _check(isinstance(self.synergy_target_mass, (int, float)) and 0 < self.synergy_target_mass <= 1,
@@ -250,6 +257,10 @@ class MergeConfig(PreTrainedConfig):
                    f"must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}", value)
         _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",
                self.dropout)
+        _check(isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < math.inf,
+               "layer_norm_eps", "must be a finite number > 0 (e.g. 1e-5)", self.layer_norm_eps)
+        _check(isinstance(self.initializer_range, (int, float)) and 0 <= self.initializer_range < math.inf,
+               "initializer_range", "must be a finite number >= 0 (e.g. 0.02)", self.initializer_range)
 
 
 def _is_int(value) -> bool:

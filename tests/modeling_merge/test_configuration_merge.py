@@ -63,6 +63,14 @@ def test_auto_map_names_all_three_auto_classes():
         ({"router_type": "softmax", "router_top_partners": 2}, "router_top_partners"),
         ({"num_rus_lags": 0}, "num_rus_lags"),
         ({"dropout": 1.0}, "dropout"),
+        ({"modalities": {1: 3, "1": 2}}, "modalities"),
+        ({"modalities": [["acc", 3], ["acc", 2]]}, "modalities"),
+        ({"synergy_loss_weight": float("inf")}, "synergy_loss_weight"),
+        ({"load_balance_loss_weight": float("nan")}, "load_balance_loss_weight"),
+        ({"redundancy_loss_weight": float("inf")}, "redundancy_loss_weight"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+        ({"layer_norm_eps": -1e-5}, "layer_norm_eps"),
+        ({"initializer_range": -0.02}, "initializer_range"),
     ],
 )
 def test_invalid_values_raise_an_error_naming_the_field(overrides, field):
