@@ -797,6 +797,9 @@ class MergeModel(MergePreTrainedModel):
                 raise ValueError(f"Modality {name!r} must be a (batch, time, {config.modalities[name]}) tensor, "
                                  f"got {shape}.")
         batch = values[0].shape[0]
+        if batch == 0:
+            raise ValueError(f"The batch is empty (modality {config.modality_names[0]!r} has shape "
+                             f"{tuple(values[0].shape)}): pass at least one sample, and skip empty batches.")
         grid = {}
         for name, tensor in zip(config.modalities, values):
             channels, patch = config.modalities[name], config.patch_size(name)
@@ -822,6 +825,7 @@ class MergeModel(MergePreTrainedModel):
         if modality_mask is None:
             presence = torch.ones(batch, config.num_modalities, dtype=torch.bool, device=values[0].device)
         else:
+            modality_mask = _as_tensor(modality_mask, "modality_mask")
             if tuple(modality_mask.shape) != (batch, config.num_modalities):
                 raise ValueError(f"modality_mask has shape {tuple(modality_mask.shape)}, expected (batch, M) = "
                                  f"({batch}, {config.num_modalities}) for modalities {config.modality_names}.")
@@ -891,6 +895,17 @@ def _per_modality_uniqueness(uniqueness: Tensor) -> Tensor:
     return uniqueness.masked_fill(~off_diagonal, float("-inf")).amax(1)
 
 
+def _as_tensor(value, argument: str) -> Tensor:
+    """`value` as a tensor: tensors pass unchanged, lists and arrays are converted; anything else names `argument`."""
+    if torch.is_tensor(value):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{argument} must be a tensor or a (nested) list of numbers, got {type(value).__name__} "
+                         f"that torch cannot convert: {error}") from error
+
+
 class MergeForSequenceClassification(MergePreTrainedModel):
     """MERGE with a linear classification head on the pooled output."""
 
@@ -921,6 +936,7 @@ class MergeForSequenceClassification(MergePreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
+            labels = _as_tensor(labels, "labels")
             if labels.shape != logits.shape[:1] or labels.dtype.is_floating_point:
                 raise ValueError(f"labels must be an integer tensor of shape ({logits.shape[0]},), got "
                                  f"{labels.dtype} {tuple(labels.shape)}.")

@@ -497,6 +497,12 @@ def bad_input_cases():
         ("all absent", dict(modalities=good, modality_mask=torch.zeros(2, 3, dtype=torch.bool)), "every modality"),
         ("label out of range", dict(modalities=good, labels=torch.tensor([0, 3])), "labels"),
         ("float labels", dict(modalities=good, labels=torch.tensor([0.0, 1.0])), "labels"),
+        ("float labels as a list", dict(modalities=good, labels=[0.0, 1.0]), "labels"),
+        ("labels as a list of strings", dict(modalities=good, labels=["walk", "run"]), "labels.*list of numbers"),
+        ("mask as a list of the wrong shape", dict(modalities=good, modality_mask=[[True, False]] * 2),
+         "modality_mask"),
+        ("ragged mask list", dict(modalities=good, modality_mask=[[True], [True, False]]), "modality_mask"),
+        ("empty batch", dict(modalities=make_inputs(config, batch=0, tokens=4)), "batch is empty"),
     ]
 
 
@@ -505,6 +511,16 @@ def test_bad_inputs_raise_errors_naming_the_problem(case, kwargs, message):
     model = tiny_model()
     with pytest.raises(ValueError, match=message):
         model(**kwargs)
+
+
+def test_labels_and_modality_mask_may_be_python_lists():
+    model = tiny_model().eval()
+    inputs = make_inputs(model.config, batch=2, tokens=4)
+    mask = [[True, False, True], [True, True, True]]
+    as_tensors = model(modalities=inputs, modality_mask=torch.tensor(mask), labels=torch.tensor([0, 2]))
+    as_lists = model(modalities=inputs, modality_mask=mask, labels=[0, 2])
+    torch.testing.assert_close(as_lists.logits, as_tensors.logits)
+    torch.testing.assert_close(as_lists.loss, as_tensors.loss)
 
 
 def test_a_model_built_for_a_token_grid_refuses_windows_of_another_length():
