@@ -52,8 +52,10 @@ class MultimodalCollator:
     ``modality_names``: the model's modalities in config order. Every row must hold each of them as an
     array (T_m, C_m) of the same shape across the batch, and an integer ``label_column``. A row's optional
     ``modality_mask`` (M booleans, config order) marks absent modalities; without that column every modality
-    is present (the batch always carries ``modality_mask``, the model's ``main_input_name``). Non-finite values are refused
-    with an error naming the modality and the row, so they never reach the loss as silent NaN.
+    is present (the batch always carries ``modality_mask``, the model's ``main_input_name``). Non-finite values in a
+    present modality are refused with an error naming the modality and the row, so they never reach the loss as silent
+    NaN; an absent one may hold anything (the model zeroes it). A label that is not a whole number is refused, never
+    truncated.
     """
 
     modality_names: Sequence[str]
@@ -63,7 +65,6 @@ class MultimodalCollator:
     def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError("MultimodalCollator got an empty batch")
-        batch: dict[str, Any] = {"modalities": {name: self._stack(rows, name) for name in self.modality_names}}
         expected = (len(rows), len(self.modality_names))
         if self.mask_column in rows[0]:
             mask = torch.as_tensor(np.asarray([row[self.mask_column] for row in rows], dtype=bool))
@@ -74,12 +75,33 @@ class MultimodalCollator:
                 )
         else:
             mask = torch.ones(expected, dtype=torch.bool)
-        batch["modality_mask"] = mask
+        batch: dict[str, Any] = {
+            "modalities": {name: self._stack(rows, name, mask[:, index]) for index, name in
+                           enumerate(self.modality_names)},
+            "modality_mask": mask,
+        }
         if self.label_column in rows[0]:
-            batch["labels"] = torch.as_tensor(np.asarray([row[self.label_column] for row in rows], dtype=np.int64))
+            batch["labels"] = self._labels(rows)
         return batch
 
-    def _stack(self, rows: list[Mapping[str, Any]], name: str) -> torch.Tensor:
+    def _labels(self, rows: list[Mapping[str, Any]]) -> torch.Tensor:
+        labels = np.asarray([row[self.label_column] for row in rows])
+        if labels.shape != (len(rows),) or labels.dtype.kind not in "biuf":
+            raise ValueError(
+                f"column '{self.label_column}' must hold one integer class id per row, got {labels.dtype} values of "
+                f"shape {labels.shape}; map the labels to ids 0..num_labels-1 first"
+            )
+        if labels.dtype.kind == "f":
+            fractional = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+            if fractional.size:
+                raise ValueError(
+                    f"column '{self.label_column}' holds {labels[fractional][:5].tolist()} in batch row(s) "
+                    f"{fractional[:5].tolist()}: class ids must be whole numbers (they are not truncated); map the "
+                    "labels to ids 0..num_labels-1 first"
+                )
+        return torch.as_tensor(labels.astype(np.int64))
+
+    def _stack(self, rows: list[Mapping[str, Any]], name: str, present: torch.Tensor) -> torch.Tensor:
         arrays = []
         for index, row in enumerate(rows):
             if name not in row:
@@ -91,10 +113,10 @@ class MultimodalCollator:
                 raise ValueError(
                     f"modality '{name}' has shape {array.shape} in batch row {index} but {arrays[0].shape} in row 0"
                 )
-            if not np.isfinite(array).all():
+            if present[index] and not np.isfinite(array).all():
                 raise ValueError(
                     f"modality '{name}' in batch row {index} holds {int((~np.isfinite(array)).sum())} NaN/inf "
-                    "values; fill or mask them before training"
+                    "values; fill them, or mark the modality absent in the row's modality_mask"
                 )
             arrays.append(array)
         return torch.from_numpy(np.stack(arrays))

@@ -48,6 +48,33 @@ def test_collator_names_the_modality_and_row_of_bad_input():
         collate([_row(modality_mask=[True])])
 
 
+def test_collator_accepts_nan_in_a_modality_the_mask_marks_absent_as_the_model_does():
+    nan_acc = np.full((8, 3), np.nan, np.float32)
+    rows = [_row(0, acc=nan_acc, modality_mask=[False, True]), _row(1, modality_mask=[True, True])]
+    batch = MultimodalCollator(["acc", "bvp"])(rows)
+    assert batch["modality_mask"].tolist() == [[False, True], [True, True]]
+    with pytest.raises(ValueError, match="modality 'acc' in batch row 0 holds 24 NaN.*modality_mask"):
+        MultimodalCollator(["acc", "bvp"])([_row(0, acc=nan_acc, modality_mask=[True, True])])
+    from modeling_merge import MergeConfig, MergeForSequenceClassification
+
+    config = MergeConfig(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, d_model=8,
+                         num_attention_heads=2, ffn_dim=8, num_blocks=1, num_moe_blocks=0, router_type="dense",
+                         dropout=0.0)
+    assert torch.isfinite(MergeForSequenceClassification(config)(**batch).loss)
+
+
+@pytest.mark.parametrize("label", [0.5, 1.7, float("nan"), float("inf")])
+def test_collator_refuses_labels_that_are_not_whole_numbers_instead_of_truncating(label):
+    with pytest.raises(ValueError, match=r"column 'label' holds \[.*\] in batch row\(s\) \[1\]"):
+        MultimodalCollator(["acc", "bvp"])([_row(0), dict(_row(0), label=label)])
+
+
+def test_collator_accepts_whole_float_labels_and_names_the_column_of_non_numeric_ones():
+    assert MultimodalCollator(["acc", "bvp"])([dict(_row(), label=1.0), dict(_row(), label=0.0)])["labels"].tolist() == [1, 0]
+    with pytest.raises(ValueError, match="column 'label' must hold one integer class id per row"):
+        MultimodalCollator(["acc", "bvp"])([dict(_row(), label="walk")])
+
+
 def test_check_modalities_match_explains_what_differs():
     check_modalities_match({"acc": 3, "bvp": 1}, {"acc": 3, "bvp": 1}, "checkpoint x")
     with pytest.raises(ValueError, match=r"checkpoint x .*lacks: \['eda'\]"):
