@@ -67,11 +67,15 @@ class Recording(NamedTuple):
 def _read_table(path: Path):
     import pandas as pd
 
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    raise ValueError(f"generic: {path} is neither .csv nor .parquet")
+    if path.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"generic: {path} is neither .csv nor .parquet")
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        table = None
+    if table is None or table.empty:
+        raise ValueError(f"generic: {path} is empty (no rows); fill it, or leave it out of files=[...] / data_dir")
+    return table
 
 
 class GenericBuilder(MergeTimeSeriesBuilder):

@@ -68,6 +68,14 @@ def test_generic_names_a_file_missing_part_of_a_modality(csv_dir, tmp_path):
               label_column="activity", subject_column="person", window=10, stride=10)
 
 
+@pytest.mark.parametrize("content", ["", "ax,ay,az,bpm,activity,person\n"], ids=["zero bytes", "header only"])
+def test_generic_names_an_empty_csv(csv_dir, tmp_path, content):
+    (csv_dir / "day4.csv").write_text(content)
+    with pytest.raises(ValueError, match="day4.csv is empty"):
+        build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "cache"), modality_columns=COLUMNS,
+              label_column="activity", subject_column="person", window=10, stride=10)
+
+
 def test_generic_rejects_labels_outside_the_given_names(csv_dir, tmp_path):
     with pytest.raises(ValueError, match="label value\\(s\\) \\['run'\\] are not in label_names"):
         build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "cache"), modality_columns=COLUMNS,
