@@ -11,8 +11,10 @@ binning with forward fill and observation-mask channels, and the stratified rand
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,10 @@ def read_outcomes(path: Path) -> dict[str, int]:
     return outcomes
 
 
+# what tarfile raises on a truncated or corrupt .tar.gz
+DAMAGED_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
 class RecordArchive:
     """The `set-<x>` records, from `set-<x>.tar.gz` (streamed) or from the unpacked `set-<x>/` folder."""
 
@@ -168,20 +174,43 @@ class RecordArchive:
     def record_ids(self) -> set[str]:
         if self.folder.is_dir():
             return {path.stem for path in self.folder.glob("*.txt")}
-        with tarfile.open(self.archive, "r:gz") as archive:
-            return {Path(name).stem for name in archive.getnames() if name.endswith(".txt")}
+        try:
+            with tarfile.open(self.archive, "r:gz") as archive:
+                return {Path(name).stem for name in archive.getnames() if name.endswith(".txt")}
+        except DAMAGED_ARCHIVE_ERRORS as error:
+            raise self._damaged(error) from error
 
     def texts(self, wanted: set[str]) -> Iterator[tuple[str, str]]:
         """(source name, text) of every wanted record, streaming through the archive once."""
         if self.folder.is_dir():
             for record in sorted(wanted):
                 path = self.folder / f"{record}.txt"
-                yield str(path), path.read_text()
+                yield str(path), _utf8_text(path.read_bytes(), str(path))
             return
-        with tarfile.open(self.archive, "r:gz") as archive:
-            for member in archive:
-                if member.isfile() and Path(member.name).stem in wanted and member.name.endswith(".txt"):
-                    yield f"{self.archive.name}:{member.name}", archive.extractfile(member).read().decode()
+        try:
+            with tarfile.open(self.archive, "r:gz") as archive:
+                for member in archive:
+                    if member.isfile() and Path(member.name).stem in wanted and member.name.endswith(".txt"):
+                        source = f"{self.archive.name}:{member.name}"
+                        yield source, _utf8_text(archive.extractfile(member).read(), source)
+        except DAMAGED_ARCHIVE_ERRORS as error:
+            raise self._damaged(error) from error
+
+    def _damaged(self, error: Exception) -> ValueError:
+        return ValueError(
+            f"physionet2012: {self.archive} is truncated or corrupt ({type(error).__name__}: {error}); download it "
+            f"again, or unpack a good copy into {self.folder}/"
+        )
+
+
+def _utf8_text(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{source}: not UTF-8 text (byte {data[error.start:error.start + 1]!r} at offset {error.start}); the "
+            "official records are plain ASCII, so the file is damaged: download it again"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- builder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -213,6 +214,30 @@ def test_missing_directory_archive_or_overlong_window_is_a_clear_error(tmp_path)
     root = write_physionet_fixture(tmp_path / "data", {"100": fixture_record(0)}, {"100": 0}, as_tar=False)
     with pytest.raises(ValueError, match="longer than the 48 h"):
         build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "c3"), window=49)
+
+
+@pytest.mark.parametrize("as_tar", [True, False], ids=["tar", "folder"])
+def test_a_record_that_is_not_utf8_is_an_error_naming_the_file(tmp_path, as_tar):
+    records = {str(100 + index): fixture_record(index) for index in range(20)}
+    root = write_physionet_fixture(tmp_path / "data", records, {record: 0 for record in records}, as_tar=False)
+    (root / "set-a" / "105.txt").write_bytes(record_text([("00:00", "RecordID", 105.0)]).encode() + b"00:10,HR,\xff\n")
+    if as_tar:
+        with tarfile.open(root / "set-a.tar.gz", "w:gz") as archive:
+            archive.add(root / "set-a", arcname="set-a")
+        shutil.rmtree(root / "set-a")
+    with pytest.raises(ValueError, match=r"105\.txt: not UTF-8 text .*download it again"):
+        build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.01, 0.5], ids=["empty", "gzip header only", "half"])
+def test_a_truncated_archive_is_an_error_naming_the_file(tmp_path, kept):
+    records = {str(100 + index): fixture_record(index) for index in range(20)}
+    root = write_physionet_fixture(tmp_path / "data", records, {record: 0 for record in records}, as_tar=True)
+    archive = root / "set-a.tar.gz"
+    data = archive.read_bytes()
+    archive.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(ValueError, match=r"set-a\.tar\.gz is truncated or corrupt .*download it again"):
+        build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
 
 
 def test_warning_lists_each_skipped_record(tmp_path, caplog):
