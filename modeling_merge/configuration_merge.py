@@ -92,7 +92,8 @@ class MergeConfig(PreTrainedConfig):
         router_bias_update_rate (`float`): auxiliary-loss-free load balancing (DeepSeek-V3). Each MoE layer keeps a
             per-expert selection bias (a buffer) that is added to the router logits only to choose the top-k experts,
             never to weight them or in the auxiliary losses; every training forward moves it by this much, down for
-            experts above the mean slot share and up for those below (counts summed over processes under DDP).
+            experts above the mean slot share and up for those below (counts summed over processes under DDP),
+            while the router's own weights are trained (not under a PEFT adapter or a frozen router).
             0 = off: balance only through the load-balance loss (the paper's routing).
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).

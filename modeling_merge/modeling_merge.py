@@ -435,7 +435,9 @@ class MergeMoeLayer(nn.Module):
 
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
-    the bias moves by ±`router_bias_update_rate` toward equal slot shares (auxiliary-loss-free balancing).
+    the bias moves by ±`router_bias_update_rate` toward equal slot shares (auxiliary-loss-free balancing), as long
+    as the router's own weights are trained: with a frozen router (a PEFT adapter, a trained head only) the routing
+    and so the bias stay as loaded, and an adapter checkpoint describes the whole change.
     """
 
     def __init__(self, config: MergeConfig):
@@ -468,7 +470,7 @@ class MergeMoeLayer(nn.Module):
         slot_token = present_tokens.repeat_interleave(self.top_k)
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
         slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
-        if self.training and self.bias_update_rate > 0:
+        if self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad:
             self._update_selection_bias(slot_expert)
         flat_states = hidden_states.reshape(-1, dim)
         slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)

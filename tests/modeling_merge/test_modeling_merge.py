@@ -431,6 +431,9 @@ def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
     layer.train()
     layer(hidden, presence, None, _all_other_modalities(3))
     torch.testing.assert_close(layer.expert_selection_bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
+    layer.router.requires_grad_(False)  # a frozen router (e.g. under a PEFT adapter) keeps its routing as loaded
+    layer(hidden, presence, None, _all_other_modalities(3))
+    torch.testing.assert_close(layer.expert_selection_bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
 
 
 def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
