@@ -91,8 +91,10 @@ class MergeConfig(PreTrainedConfig):
             update of the auxiliary losses moves every token's top-k at once.
         router_bias_update_rate (`float`): auxiliary-loss-free load balancing (DeepSeek-V3). Each MoE layer keeps a
             per-expert selection bias (a buffer) that is added to the router logits only to choose the top-k experts,
-            never to weight them or in the auxiliary losses; every training forward moves it by this much, down for
-            experts above the mean slot share and up for those below (counts summed over processes under DDP),
+            never to weight them or in the auxiliary losses; every training forward moves it by this fraction of the
+            logits' spread (mean over tokens of their std over experts), down for experts above the mean slot share
+            and up for those below (counts and spread summed over processes under DDP). Scaling by the spread keeps
+            up with routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4),
             while the router's own weights are trained (not under a PEFT adapter or a frozen router).
             0 = off: balance only through the load-balance loss (the paper's routing).
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
@@ -132,7 +134,7 @@ class MergeConfig(PreTrainedConfig):
     synergy_loss_type: str = "one_minus_p"
     synergy_target_mass: float | None = 0.5
     router_init: str = "fan_in"
-    router_bias_update_rate: float = 1e-2
+    router_bias_update_rate: float = 0.02
     threshold_mode: str = "percentile"
     redundancy_threshold: float = 75.0
     uniqueness_threshold: float = 75.0

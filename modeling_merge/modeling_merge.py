@@ -435,7 +435,8 @@ class MergeMoeLayer(nn.Module):
 
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
-    the bias moves by ±`router_bias_update_rate` toward equal slot shares (auxiliary-loss-free balancing), as long
+    the bias moves by ±`router_bias_update_rate` × the logits' spread toward equal slot shares (auxiliary-loss-free
+    balancing), as long
     as the router's own weights are trained: with a frozen router (a PEFT adapter, a trained head only) the routing
     and so the bias stay as loaded, and an adapter checkpoint describes the whole change.
     """
@@ -471,7 +472,7 @@ class MergeMoeLayer(nn.Module):
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
         slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
         if self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad:
-            self._update_selection_bias(slot_expert)
+            self._update_selection_bias(slot_expert, logits.reshape(-1, logits.shape[-1])[present_tokens])
         flat_states = hidden_states.reshape(-1, dim)
         slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)
         idle_experts = []
@@ -503,12 +504,17 @@ class MergeMoeLayer(nn.Module):
         return outputs.reshape(batch, num_modalities, num_tokens, dim), probs, top_experts
 
     @torch.no_grad()
-    def _update_selection_bias(self, slot_expert: Tensor) -> None:
-        """Move each expert's selection bias toward the mean slot share: −rate if above it, +rate if below."""
-        load = torch.bincount(slot_expert, minlength=self.expert_selection_bias.shape[0]).float()
+    def _update_selection_bias(self, slot_expert: Tensor, present_logits: Tensor) -> None:
+        """Move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
+        tokens of the std over experts of `present_logits` `(n, E)`): down if above the mean share, up if below.
+        Loads and spread are summed over processes under torch.distributed."""
+        num_experts = self.expert_selection_bias.shape[0]
+        totals = torch.cat([torch.bincount(slot_expert, minlength=num_experts).float(),
+                            present_logits.float().std(-1).sum()[None], present_logits.new_tensor([present_logits.shape[0]])])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(load)
-        self.expert_selection_bias.add_(self.bias_update_rate * torch.sign(load.mean() - load))
+            torch.distributed.all_reduce(totals)
+        load, spread = totals[:num_experts], totals[num_experts] / totals[num_experts + 1].clamp(min=1)
+        self.expert_selection_bias.add_(self.bias_update_rate * spread * torch.sign(load.mean() - load))
 
 
 class MergeBlock(nn.Module):
