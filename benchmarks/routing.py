@@ -95,11 +95,9 @@ def tabulate_runs(root: Path) -> list[dict]:
         row = {"variant": f"{dataset} {variant}", "step": len(tests)}
         for key, _, _ in COLUMNS[2:]:
             values = [test[key] for test in tests if key in test]
-            if values:
-                row[key] = float(np.mean(values))
-        if "routing_expert_share_min" in row:
-            row["routing_expert_share_min"] = min(test["routing_expert_share_min"] for test in tests)
-            row["routing_expert_share_max"] = max(test["routing_expert_share_max"] for test in tests)
+            if values:  # the least / most used expert's share: its extreme over the seeds; the rest: means
+                summary = {"routing_expert_share_min": min, "routing_expert_share_max": max}.get(key, np.mean)
+                row[key] = float(summary(values))
         rows.append(row)
     return rows
 

@@ -436,9 +436,8 @@ class MergeMoeLayer(nn.Module):
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
     the bias moves by ±`router_bias_update_rate` × the logits' spread toward equal slot shares (auxiliary-loss-free
-    balancing), as long
-    as the router's own weights are trained: with a frozen router (a PEFT adapter, a trained head only) the routing
-    and so the bias stay as loaded, and an adapter checkpoint describes the whole change.
+    balancing), as long as the router's own weights are trained: with a frozen router (a PEFT adapter, a trained
+    head only) the routing and so the bias stay as loaded, and an adapter checkpoint describes the whole change.
     """
 
     def __init__(self, config: MergeConfig):
@@ -609,10 +608,9 @@ def routing_alignment_counts(
             weights = (pair_present & mask[None]).to(divergence.dtype)
             counts[f"{label}_jsd"] = (divergence * weights).sum()
             counts[f"{label}_pairs"] = weights.sum()
-    synergistic_pair = pair_present & rus.synergistic[None]  # (B, Q, T)
-    synergistic_pair = synergistic_pair.to(probs.dtype)
-    partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair).index_add(1, second, synergistic_pair)
-    in_synergy_cell = partner_count > 0  # (B, M, T)
+    synergistic_pair = (pair_present & rus.synergistic[None]).to(probs.dtype)  # (B, Q, T)
+    partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair)
+    in_synergy_cell = partner_count.index_add(1, second, synergistic_pair) > 0  # (B, M, T)
     on_synergy = (selected_experts < num_synergy_experts).sum(-1).to(probs.dtype)  # (B, M, T)
     token_present = presence[:, :, None].expand_as(on_synergy)
     top_k = selected_experts.shape[-1]

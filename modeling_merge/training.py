@@ -363,9 +363,9 @@ EXPERT_SHARE_WARNING_RANGE = (0.01, 0.60)
 class RoutingAlignment:
     """Routing-alignment metrics of a MoE model over a split, from its router outputs and the RUS it holds.
 
-    Feed every batch's outputs (`output_router_probs=True`) to :meth:`update`; :meth:`compute` returns, averaged
-    over MoE layers unless named per layer: `routing_expert_share_min` / `_max` (share of top-k slots of the least
-    and most used expert, over all layers), `routing_redundant_pair_jsd` vs `routing_non_redundant_pair_jsd`
+    Feed every batch's outputs (`output_router_probs=True`) to :meth:`update`; :meth:`compute` returns
+    `routing_expert_share_min` / `_max` (share of top-k slots of the least and most used expert, over all MoE
+    layers) and, averaged over MoE layers, `routing_redundant_pair_jsd` vs `routing_non_redundant_pair_jsd`
     (mean JSD in nats between the router distributions of two modalities' tokens at the same step: redundant
     pairs should be closer), `routing_unique_pair_jsd` vs `routing_non_unique_pair_jsd` (unique pairs farther),
     and `routing_synergy_share_synergistic` vs `routing_synergy_share_other` (share of the slots of tokens in
