@@ -74,6 +74,7 @@ SELECTION_METRICS = ("accuracy", "macro_f1", "roc_auc", "average_precision")  # 
 RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
                      "dataset_cache_dir")  # output_dir: a run folder may be moved
 RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 
 @dataclass
@@ -103,10 +104,17 @@ class TrainArguments:
     num_epochs: int = field(default=6, metadata={"help": "training epochs"})
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: no limit)"})
     batch_size: int = field(default=32, metadata={"help": "global batch size (split over processes)"})
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    max_grad_norm: float = 1.0
-    warmup_ratio: float = 0.05
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW decoupled weight decay, applied to weight matrices "
+                                                                "only (never to biases or normalisation weights)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the optimizer steps spent in linear warmup, "
+                                                                "then cosine decay"})
+    class_weighting: str = field(default="none", metadata={
+        "help": "none, or balanced: the cross-entropy weights class c by N / (C * N_c), counted on the training split "
+                "(for imbalanced tasks such as PhysioNet's 14 %% positive)"})
+    early_stopping_patience: int = field(default=0, metadata={
+        "help": "stop once the selection metric has not improved for this many epochs (0: train all --num_epochs)"})
     selection_metric: str = field(default="macro_f1", metadata={"help": "validation metric that picks the best checkpoint"})
     seed: int = 0
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir/checkpoints; "
@@ -251,10 +259,46 @@ def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeFor
     return model
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices and embeddings (parameters with ≥ 2 dims), none on biases and
+    normalisation weights (1-dim), the usual rule (nanoGPT, BERT)."""
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def class_weights(args: TrainArguments, train_split, num_labels: int) -> torch.Tensor | None:
+    """``--class_weighting balanced``: weight N / (C · N_c) per class c from the training split's labels, (C,)
+    float32; None for ``none``. A class absent from the training split is an error (its weight is undefined)."""
+    if args.class_weighting == "none":
+        return None
+    counts = np.bincount(np.asarray(train_split["label"], dtype=np.int64), minlength=num_labels)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(f"--class_weighting balanced: class id(s) {missing} never occur in the training split, so "
+                         "their weight is undefined; use --class_weighting none or another split")
+    return torch.tensor(counts.sum() / (num_labels * counts), dtype=torch.float32)
+
+
+def training_loss(outputs, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The model's own loss (cross-entropy + auxiliary routing losses), or with ``weights`` (C,) the class-weighted
+    cross-entropy in its place (the auxiliary losses kept)."""
+    if weights is None:
+        return outputs.loss
+    cross_entropy = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights.to(labels.device))
+    return cross_entropy + (outputs.aux_loss if outputs.aux_loss is not None else 0.0)
+
+
 def make_loader(split, collator, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(split.with_format("numpy"), batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
                       generator=generator, drop_last=False)
+
+
+def patience_spent(args: TrainArguments, state: RunState) -> bool:
+    """Early stopping: the selection metric has not improved for ``--early_stopping_patience`` epochs."""
+    return args.early_stopping_patience > 0 and state.best_epoch > 0 and \
+        state.epoch - state.best_epoch >= args.early_stopping_patience
 
 
 def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState) -> None:
@@ -278,6 +322,10 @@ def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState)
 def train(args: TrainArguments) -> dict:
     if args.selection_metric not in SELECTION_METRICS:
         raise ValueError(f"unknown --selection_metric {args.selection_metric!r}; choose one of {SELECTION_METRICS}")
+    if args.class_weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"unknown --class_weighting {args.class_weighting!r}; choose one of {CLASS_WEIGHTINGS}")
+    if args.early_stopping_patience < 0:
+        raise ValueError(f"--early_stopping_patience must be ≥ 0 (0: off), got {args.early_stopping_patience}")
     output_dir = Path(args.output_dir)
     mixed_precision = args.mixed_precision
     if mixed_precision == "auto":
@@ -316,7 +364,8 @@ def train(args: TrainArguments) -> dict:
 
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     total_steps = steps_per_epoch * args.num_epochs if args.max_steps < 0 else min(args.max_steps, steps_per_epoch * args.num_epochs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    weights = class_weights(args, splits["train"], model.config.num_labels)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader, scheduler)
@@ -331,7 +380,7 @@ def train(args: TrainArguments) -> dict:
         log.rewind(state.global_step)
     best_dir = output_dir / "best_model"
 
-    while state.epoch < args.num_epochs and state.global_step < total_steps:
+    while state.epoch < args.num_epochs and state.global_step < total_steps and not patience_spent(args, state):
         model.train()
         train_loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
@@ -339,7 +388,7 @@ def train(args: TrainArguments) -> dict:
                         total=steps_per_epoch, disable=not accelerator.is_local_main_process)
         for batch in progress:
             outputs = model(**batch)
-            loss = outputs.loss
+            loss = training_loss(outputs, batch["labels"], weights)
             if not torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")):
                 last_good = drop_checkpoints_from(checkpoints, state.global_step, delete=accelerator.is_main_process)
                 raise NonFiniteLossError(
@@ -407,7 +456,11 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                "dataset_options": json_option(args, "dataset_options"), "data_dir": args.data_dir, "seed": args.seed,
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
                "rus_ablation": args.rus_ablation, "num_rus_lags": args.num_rus_lags,
-               "best_epoch": state.best_epoch, "selection_metric": args.selection_metric,
+               "best_epoch": state.best_epoch, "epochs_trained": state.epoch,
+               "stopped_early": patience_spent(args, state), "selection_metric": args.selection_metric,
+               "recipe": {name: getattr(args, name) for name in ("num_epochs", "batch_size", "learning_rate",
+                                                                 "weight_decay", "warmup_ratio", "class_weighting",
+                                                                 "early_stopping_patience", "max_grad_norm")},
                "validation": state.best_metrics, "test": test_metrics,
                "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol,
                                     "label_names": metadata.label_names, "modalities": metadata.modalities},
