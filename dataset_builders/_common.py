@@ -9,12 +9,13 @@ info, and normalises every split with the training statistics.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -22,6 +23,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+# byte-order mark → (codec, name): spreadsheet programs save CSV as UTF-8 with a BOM or as UTF-16
+TEXT_BOMS = {codecs.BOM_UTF8: ("utf-8-sig", "UTF-8"), codecs.BOM_UTF16_LE: ("utf-16", "UTF-16"), codecs.BOM_UTF16_BE: ("utf-16", "UTF-16")}
+LABEL_GRANULARITIES = ("window", "step")
+PROBLEM_TYPES = ("single_label_classification", "regression")
+IGNORE_INDEX = -100  # a step without a label (per-step labels), as torch's cross-entropy ignores it
 METADATA_MARKER = "\n\nmerge_metadata_json: "
 METADATA_FORMAT_VERSION = 1
 
@@ -35,6 +41,13 @@ class DatasetMetadata:
     `window` and `stride` count token-grid steps (`1 / token_grid_hz` seconds each). `normalization` maps a
     modality to `{"mean": [C], "std": [C]}` computed on the training split only. `extras` holds
     builder-specific JSON values (the synthetic benchmark's planted structure, under `planted_structure`).
+
+    Labels: `problem_type` "single_label_classification" has one class per `label_names` entry; with
+    `label_granularity` "window" an example's `label` is one class id, with "step" it is `window` class ids,
+    one per token-grid step (`1 / token_grid_hz` s each, the grid every modality is on before patching),
+    `IGNORE_INDEX` (-100) where a step has no label. "regression" has one float target per example and
+    `label_names` holds the target's one name. `skipped` also lists examples left out because every modality
+    was absent (by example key).
     """
 
     name: str
@@ -53,6 +66,8 @@ class DatasetMetadata:
     split_units: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    label_granularity: str = "window"
+    problem_type: str = "single_label_classification"
     format_version: int = METADATA_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -84,38 +99,70 @@ class DatasetMetadata:
                 )
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"dataset {self.name!r}: window ({self.window}) and stride ({self.stride}) must be >= 1")
-        if len(self.label_names) < 2:
+        if self.label_granularity not in LABEL_GRANULARITIES:
+            raise ValueError(
+                f"dataset {self.name!r}: label_granularity must be one of {LABEL_GRANULARITIES}, got "
+                f"{self.label_granularity!r}"
+            )
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"dataset {self.name!r}: problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.problem_type == "regression":
+            if len(self.label_names) != 1 or self.label_granularity != "window":
+                raise ValueError(
+                    f"dataset {self.name!r}: a regression target has one name and one value per window, got "
+                    f"label_names {self.label_names} and label_granularity {self.label_granularity!r}"
+                )
+        elif len(self.label_names) < 2:
             raise ValueError(f"dataset {self.name!r}: needs at least two label names, got {self.label_names}")
 
     @property
     def modality_names(self) -> list[str]:
         return list(self.modalities)
 
+    @property
+    def num_labels(self) -> int:
+        """Classes (classification) or 1 (regression): the model's output size per example or step."""
+        return len(self.label_names)
+
     def rows(self, modality: str) -> int:
         """Rows (time steps at the modality's own rate) of one example of `modality`."""
         return self.window * self.patch_sizes[modality]
 
     def features(self) -> datasets.Features:
-        """The Arrow schema: one `Array2D((rows, channels), float32)` per modality, label, subject, mask."""
+        """The Arrow schema: one `Array2D((rows, channels), float32)` per modality, label, subject, mask.
+
+        `label`: a `ClassLabel` (window classification), `window` int64 class ids with -100 for unlabelled
+        steps (step classification; the class names are `label_names` in the metadata, as `ClassLabel` cannot
+        hold -100), or a float32 target (regression).
+        """
         columns: dict[str, Any] = {
             name: datasets.Array2D((self.rows(name), channels), "float32") for name, channels in self.modalities.items()
         }
-        columns["label"] = datasets.ClassLabel(names=list(self.label_names))
+        if self.problem_type == "regression":
+            columns["label"] = datasets.Value("float32")
+        elif self.label_granularity == "step":
+            columns["label"] = datasets.List(datasets.Value("int64"), length=self.window)
+        else:
+            columns["label"] = datasets.ClassLabel(names=list(self.label_names))
         columns["subject"] = datasets.Value("string")
         if self.has_modality_mask:
             columns["modality_mask"] = datasets.List(datasets.Value("bool"), length=len(self.modalities))
         return datasets.Features(columns)
 
     def merge_config_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `MergeConfig(**kwargs, ...)`."""
-        return dict(
+        """Keyword arguments for `MergeConfig(**kwargs, ...)` (with `problem_type="regression"` for a regression
+        target; per-step labels need a per-step head, which the caller chooses)."""
+        kwargs = dict(
             modalities=dict(self.modalities),
             patch_sizes=dict(self.patch_sizes),
             token_grid_length=self.window,
-            num_labels=len(self.label_names),
+            num_labels=self.num_labels,
             id2label={index: label for index, label in enumerate(self.label_names)},
             label2id={label: index for index, label in enumerate(self.label_names)},
         )
+        if self.problem_type == "regression":
+            kwargs["problem_type"] = self.problem_type
+        return kwargs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -241,6 +288,19 @@ def resample_to_grid(
     return block_mean(fine, factor)
 
 
+def decode_text(data: bytes, source: str) -> str:
+    """`data` as text: UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark. Anything else is a
+    ValueError naming `source`, the first bad byte and its offset."""
+    codec, name = next((known for bom, known in TEXT_BOMS.items() if data.startswith(bom)), ("utf-8", "UTF-8"))
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{source}: not {name} text (byte {data[error.start:error.start + 1]!r} at offset {error.start}); "
+            "save it as UTF-8, or download it again if it came from the official archive"
+        ) from None
+
+
 def fields_per_line(raw: bytes) -> np.ndarray:
     """Number of whitespace-separated fields on each line of `raw` (a trailing newline ends the last line)."""
     data = np.frombuffer(raw, dtype=np.uint8)
@@ -291,12 +351,14 @@ def recording_windows(
     stride: int,
     patch_sizes: Mapping[str, int] | None = None,
     key_prefix: str | None = None,
+    label_granularity: str = "window",
 ) -> Iterator[Example]:
-    """Cut one recording into windows labelled by their majority label.
+    """Cut one recording into windows labelled by their majority label, or by one label per step.
 
-    signals[name]: (steps · patch_sizes[name], C) on the token grid; labels: (steps,) raw label values. A
-    window whose majority label is in `ignored_labels` is dropped; a raw label neither mapped nor ignored
-    is a ValueError naming it.
+    signals[name]: (steps · patch_sizes[name], C) on the token grid; labels: (steps,) raw label values. With
+    `label_granularity` "window" a window whose majority label is in `ignored_labels` is dropped; with "step"
+    each window's label is its (window,) class ids, `IGNORE_INDEX` on steps whose label is ignored, and a
+    window with no labelled step is dropped. A raw label neither mapped nor ignored is a ValueError naming it.
     """
     labels = np.asarray(labels)
     patch_sizes = patch_sizes or {}
@@ -311,18 +373,32 @@ def recording_windows(
         if values.shape[0] != expected:
             raise ValueError(f"subject {subject}: modality {name!r} has {values.shape[0]} rows, expected {expected}")
     starts = window_starts(labels.shape[0], window, stride)
-    for start, raw_label in zip(starts.tolist(), majority_labels(labels, starts, window).tolist()):
-        if raw_label in ignored_labels:
-            continue
+    if label_granularity == "step":
+        step_ids = np.full(labels.shape, IGNORE_INDEX, dtype=np.int64)
+        for raw_label, index in label_to_index.items():
+            step_ids[labels == raw_label] = index
+        labelled = [(start, step_ids[start : start + window]) for start in starts.tolist()]
+        labelled = [(start, ids) for start, ids in labelled if (ids != IGNORE_INDEX).any()]
+    else:
+        majority = majority_labels(labels, starts, window).tolist()
+        labelled = [(start, label_to_index[raw]) for start, raw in zip(starts.tolist(), majority) if raw not in ignored_labels]
+    for start, label in labelled:
         yield Example(
             key=f"{key_prefix or subject}-{start}",
             modalities={
                 name: values[start * patch_sizes.get(name, 1) : (start + window) * patch_sizes.get(name, 1)]
                 for name, values in signals.items()
             },
-            label=label_to_index[raw_label],
+            label=label,
             subject=subject,
         )
+
+
+def describe_window_labels(granularity: str, ignored: str) -> str:
+    """How windows are labelled, for the protocol text; `ignored` names the excluded labels ("transient (0)")."""
+    if granularity == "step":
+        return f"one label per step, steps labelled {ignored} set to -100 (ignored), windows without a labelled step dropped"
+    return f"majority label, windows whose majority label is {ignored} dropped"
 
 
 def describe_splits(splits: Mapping[str, Sequence[str]], what: str = "subjects") -> str:
@@ -392,11 +468,12 @@ def unit_name(unit: Hashable) -> str:
 
 @dataclass
 class Example:
-    """One example before normalisation: `modalities[name]` is (rows, channels); `label` a class index."""
+    """One example before normalisation: `modalities[name]` is (rows, channels); `label` a class index, a
+    (window,) int array of class ids / `IGNORE_INDEX` (per-step labels) or a float (regression)."""
 
     key: str
     modalities: dict[str, np.ndarray]
-    label: int
+    label: int | float | np.ndarray
     subject: str
     modality_mask: list[bool] | None = None
 
@@ -431,6 +508,15 @@ class MergeBuilderConfig(datasets.BuilderConfig):
 
     def split_overrides(self) -> dict[str, list[str] | None]:
         return {"train": self.train_subjects, "validation": self.validation_subjects, "test": self.test_subjects}
+
+
+@dataclass
+class StepLabelsConfig(MergeBuilderConfig):
+    """Config of a benchmark labelled at every sample. label_granularity: "window" (one majority label per
+    window, the paper's protocol) or "step" (one class id per token-grid step, -100 where the step's label is
+    excluded; for `MergeForTokenClassification`-style per-step heads)."""
+
+    label_granularity: Literal["window", "step"] = "window"
 
 
 class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
@@ -526,7 +612,7 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
             return
         yield from recording_windows(
             subject, signals, labels, label_to_index, ignored_labels, metadata.window, metadata.stride,
-            metadata.patch_sizes, key_prefix,
+            metadata.patch_sizes, key_prefix, metadata.label_granularity,
         )
 
     def _train_statistics(self, metadata: DatasetMetadata, units: list[Hashable]) -> dict[str, dict[str, list[float]]]:
@@ -546,10 +632,15 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
         return statistics
 
     def _checked_examples(self, units: list[Hashable], split: str) -> Iterator[Example]:
-        """The examples of `units`, shape- and NaN-checked; an empty split is an error."""
+        """The examples of `units`, shape-, NaN- and label-checked; an example whose modality mask marks every
+        modality absent carries no input and is skipped (listed in `metadata.skipped` under its key); an empty
+        split is an error."""
         count = 0
         for unit in units:
             for example in self._unit_examples(unit):
+                if example.modality_mask is not None and not any(example.modality_mask):
+                    self._report_skip(example.key, f"every modality absent (subject {example.subject})")
+                    continue
                 self._check_example(example, self._metadata)
                 count += 1
                 yield example
@@ -575,6 +666,7 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
                 )
             if not np.isfinite(values).all():
                 raise ValueError(f"{self.name}: example {example.key}, modality {name!r} contains NaN or inf values")
+        check_label(example.label, metadata, f"{self.name}: example {example.key}")
 
     def _generate_examples(self, units: list[Hashable], split: str):
         metadata = self._metadata
@@ -592,13 +684,44 @@ class MergeTimeSeriesBuilder(datasets.GeneratorBasedBuilder):
                         statistics["std"], np.float32
                     )
                 record[name] = values
-            record["label"] = int(example.label)
+            record["label"] = label_value(example.label, metadata)
             record["subject"] = example.subject
             if metadata.has_modality_mask:
                 record["modality_mask"] = (
                     [True] * len(names) if example.modality_mask is None else [bool(v) for v in example.modality_mask]
                 )
             yield example.key, record
+
+
+def check_label(label: int | float | np.ndarray, metadata: DatasetMetadata, where: str) -> None:
+    """A ValueError naming `where` unless `label` fits the metadata: a class id in [0, num_labels), a (window,)
+    array of such ids or `IGNORE_INDEX` with at least one labelled step, or a finite float (regression)."""
+    if metadata.problem_type == "regression":
+        if not np.isscalar(label) or not np.isfinite(float(label)):
+            raise ValueError(f"{where}: regression target {label!r} is not a finite number")
+        return
+    ids = np.asarray(label)
+    expected_shape = (metadata.window,) if metadata.label_granularity == "step" else ()
+    if ids.shape != expected_shape or ids.dtype.kind not in "iu":
+        raise ValueError(
+            f"{where}: {metadata.label_granularity} label must be integer class id(s) of shape {expected_shape}, got "
+            f"{ids.dtype} of shape {ids.shape}"
+        )
+    labelled = ids[ids != IGNORE_INDEX] if metadata.label_granularity == "step" else ids.reshape(1)
+    if labelled.size == 0 or labelled.min() < 0 or labelled.max() >= metadata.num_labels:
+        raise ValueError(
+            f"{where}: label(s) {np.unique(ids).tolist()} outside the {metadata.num_labels} classes "
+            f"{metadata.label_names}" + (f" (or {IGNORE_INDEX} for an unlabelled step)" if ids.ndim else "")
+        )
+
+
+def label_value(label: int | float | np.ndarray, metadata: DatasetMetadata) -> int | float | list[int]:
+    """`label` as stored in the `label` column (see `DatasetMetadata.features`)."""
+    if metadata.problem_type == "regression":
+        return float(label)
+    if metadata.label_granularity == "step":
+        return np.asarray(label, dtype=np.int64).tolist()
+    return int(label)
 
 
 # ------------------------------------------------------------------- irregular series and record splits

@@ -1,4 +1,4 @@
-"""CMU-MOSI sentiment (binary) from the MultiBench preprocessed pickles.
+"""CMU-MOSI sentiment (binary, or the score as a regression target) from the MultiBench preprocessed pickles.
 
 Official download (MultiBench, Liang et al. 2021): https://github.com/pliang279/MultiBench — `mosi_raw.pkl`
 (word-aligned raw features) and `mosi_data.pkl` (processed), linked from its README (Google Drive). Original
@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("vision", "audio", "text")
 FILE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 LABEL_NAMES = ["negative", "positive"]
+REGRESSION_TARGET = "sentiment"  # the score in [-3, 3]
 
 
 def segment_id(raw: Any) -> str:
@@ -89,14 +90,18 @@ def load_multibench_pickle(path: Path, allow_pickle: bool = False) -> dict[str, 
 @dataclass
 class MosiConfig(MergeBuilderConfig):
     """file_name: `mosi_raw.pkl` or `mosi_data.pkl` inside data_dir. Splits are the official ones.
-    allow_pickle: read the pickle at all (unpickling runs any code the file holds: only for files you trust)."""
+    allow_pickle: read the pickle at all (unpickling runs any code the file holds: only for files you trust).
+    task: "binary" (positive > 0 vs negative < 0, neutral segments dropped) or "regression" (the sentiment
+    score in [-3, 3] as a float `label`, every segment kept; metadata problem_type "regression", one label)."""
 
     file_name: str = "mosi_raw.pkl"
     allow_pickle: bool = False
+    task: Literal["binary", "regression"] = "binary"
 
 
 class MosiBuilder(MergeTimeSeriesBuilder):
-    """CMU-MOSI binary sentiment (positive > 0, negative < 0; neutral dropped), MultiBench pickles.
+    """CMU-MOSI sentiment, MultiBench pickles: binary (positive > 0, negative < 0; neutral dropped) or the
+    score as a regression target.
 
     Download: https://github.com/pliang279/MultiBench (mosi_raw.pkl / mosi_data.pkl).
     """
@@ -109,6 +114,9 @@ class MosiBuilder(MergeTimeSeriesBuilder):
         overrides = {split: chosen for split, chosen in config.split_overrides().items() if chosen is not None}
         if overrides:
             raise ValueError(f"mosi: the official splits are fixed; *_subjects overrides {sorted(overrides)} are not supported")
+        if config.task not in ("binary", "regression"):
+            raise ValueError(f"mosi: task must be 'binary' or 'regression', got {config.task!r}")
+        regression = config.task == "regression"
         path = self.data_path / config.file_name
         self._splits = load_multibench_pickle(path, config.allow_pickle)
         steps = self._splits["train"]["vision"].shape[1]
@@ -117,7 +125,7 @@ class MosiBuilder(MergeTimeSeriesBuilder):
         skipped = {}
         for split, arrays in self._splits.items():
             for segment, label in zip(arrays["id"], arrays["labels"]):
-                if label == 0:
+                if label == 0 and not regression:
                     skipped[f"{split}/{segment}"] = "neutral sentiment (label 0) dropped by the binary task"
             for name in MODALITIES:
                 bad = ~np.isfinite(arrays[name])
@@ -135,11 +143,17 @@ class MosiBuilder(MergeTimeSeriesBuilder):
             token_grid_hz=1.0,
             window=steps,
             stride=steps,
-            label_names=list(LABEL_NAMES),
+            label_names=[REGRESSION_TARGET] if regression else list(LABEL_NAMES),
+            problem_type="regression" if regression else "single_label_classification",
             protocol=(
                 f"CMU-MOSI from MultiBench {config.file_name}: one example per segment of {steps} word-aligned steps "
-                "(the 1 Hz rate is nominal). Binary sentiment: positive (> 0) vs negative (< 0); neutral (0) "
-                "segments dropped and listed. Official train / valid / test splits. Non-finite feature values "
+                "(the 1 Hz rate is nominal). "
+                + (
+                    "Regression: label is the sentiment score in [-3, 3] as annotated, every segment kept. "
+                    if regression
+                    else "Binary sentiment: positive (> 0) vs negative (< 0); neutral (0) segments dropped and listed. "
+                )
+                + "Official train / valid / test splits. Non-finite feature values "
                 "set to 0 (as MultiBench does). Per-channel mean/std from the training split "
                 f"{'applied to every split' if config.normalize else 'not applied'}."
             ),
@@ -148,12 +162,13 @@ class MosiBuilder(MergeTimeSeriesBuilder):
 
     def _unit_examples(self, unit: str) -> Iterator[Example]:
         arrays = self._splits[unit]
+        regression = self.config.task == "regression"
         for index, (segment, label) in enumerate(zip(arrays["id"], arrays["labels"])):
-            if label == 0:
+            if label == 0 and not regression:
                 continue
             yield Example(
                 key=f"{unit}-{index}",
                 modalities={name: arrays[name][index] for name in MODALITIES},
-                label=int(label > 0),
+                label=float(label) if regression else int(label > 0),
                 subject=segment,
             )

@@ -17,9 +17,10 @@ from ._common import (
     BuildPlan,
     DatasetMetadata,
     Example,
-    MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    StepLabelsConfig,
     describe_splits,
+    describe_window_labels,
     read_whitespace_table,
     resolve_subject_splits,
 )
@@ -58,8 +59,9 @@ PROTOCOL_RUNS = {
 
 
 @dataclass
-class OpportunityConfig(MergeBuilderConfig):
-    """Opportunity options: window / stride in 30 Hz samples (default 100 / 50).
+class OpportunityConfig(StepLabelsConfig):
+    """Opportunity options: window / stride in 30 Hz samples (default 100 / 50); label_granularity "window"
+    (default) or "step" (one HL_Activity per 30 Hz sample, null -100).
 
     *_runs: file stems ("S1-ADL1") per split; *_subjects ("S1"…"S4"), when given instead, put every ADL
     run of those subjects in the split. Default: S1–S3 ADL1–4 train, S1–S3 ADL5 validation, S4 test.
@@ -74,7 +76,8 @@ class OpportunityConfig(MergeBuilderConfig):
 
 class OpportunityBuilder(MergeTimeSeriesBuilder):
     """Opportunity: seven modalities by sensor location (torso, arms, legs, shoes, objects, environment,
-    location), label HL_Activity (5 classes, null windows dropped), Drill runs excluded.
+    location), label HL_Activity (5 classes, null windows dropped; per sample with `label_granularity="step"`,
+    null samples -100), Drill runs excluded.
 
     Columns that are mostly NaN on the training runs are dropped (a modality left with no column is
     dropped too); the rest are forward- then backward-filled per run, and a column that is NaN through a
@@ -124,12 +127,14 @@ class OpportunityBuilder(MergeTimeSeriesBuilder):
             window=window,
             stride=stride,
             label_names=list(HL_ACTIVITIES.values()),
+            label_granularity=self.config.label_granularity,
             channel_names={name: [f"column_{column}" for column in columns] for name, columns in self._kept_columns.items()},
             protocol=(
-                f"Opportunity ADL runs (Drill excluded), label HL_Activity, null (0) windows dropped; "
+                f"Opportunity ADL runs (Drill excluded), label HL_Activity; "
                 f"{len(dropped)} column(s) with >= {self.config.max_nan_fraction:.0%} NaN on the training runs "
                 f"dropped {sorted(dropped)}, modalities dropped {dropped_modalities}; forward/backward fill per "
-                f"run; windows of {window} samples (30 Hz), stride {stride}, majority label; "
+                f"run; windows of {window} samples (30 Hz), stride {stride}, "
+                f"{describe_window_labels(self.config.label_granularity, 'null (0)')}; "
                 + describe_splits(runs, "runs")
             ),
         )

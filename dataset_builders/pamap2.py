@@ -16,9 +16,10 @@ from ._common import (
     BuildPlan,
     DatasetMetadata,
     Example,
-    MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    StepLabelsConfig,
     describe_splits,
+    describe_window_labels,
     fill_nan_linear,
     read_whitespace_table,
     resolve_subject_splits,
@@ -49,8 +50,9 @@ PROTOCOL_SPLITS = {"train": SUBJECTS[:6], "validation": SUBJECTS[6:7], "test": S
 
 
 @dataclass
-class Pamap2Config(MergeBuilderConfig):
-    """PAMAP2 options: window / stride in 100 Hz samples (default 100 / 50); subjects are "101"…"109"."""
+class Pamap2Config(StepLabelsConfig):
+    """PAMAP2 options: window / stride in 100 Hz samples (default 100 / 50); subjects are "101"…"109";
+    label_granularity "window" (default) or "step" (one activity per 100 Hz sample, transient -100)."""
 
 
 class Pamap2Builder(MergeTimeSeriesBuilder):
@@ -58,7 +60,8 @@ class Pamap2Builder(MergeTimeSeriesBuilder):
 
     Protocol files `PAMAP2_Dataset/Protocol/subject1NN.dat` (54 space-separated columns). NaN runs are
     filled by linear interpolation per recording; windows take their majority activity and windows whose
-    majority is the transient activity 0 are dropped; subjects 101–106 train, 107 validation, 108–109 test.
+    majority is the transient activity 0 are dropped (or, with `label_granularity="step"`, one activity per sample,
+    transient samples -100); subjects 101–106 train, 107 validation, 108–109 test.
     """
 
     BUILDER_CONFIG_CLASS = Pamap2Config
@@ -78,10 +81,12 @@ class Pamap2Builder(MergeTimeSeriesBuilder):
             window=window,
             stride=stride,
             label_names=list(ACTIVITIES.values()),
+            label_granularity=self.config.label_granularity,
             channel_names={**{location: list(IMU_CHANNELS) for location in IMU_LOCATIONS}, "heart_rate": ["bpm"]},
             protocol=(
                 f"PAMAP2 Protocol recordings; NaN filled by linear interpolation per subject; windows of {window} "
-                f"samples (100 Hz), stride {stride}, majority label, transient (0) windows dropped; "
+                f"samples (100 Hz), stride {stride}, "
+                f"{describe_window_labels(self.config.label_granularity, 'transient (0)')}; "
                 + describe_splits(splits)
             ),
         )

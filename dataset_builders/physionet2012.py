@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import tarfile
 import zlib
@@ -30,6 +31,7 @@ from ._common import (
     MergeBuilderConfig,
     MergeTimeSeriesBuilder,
     bin_irregular_series,
+    decode_text,
     observation_means,
     resolve_subject_splits,
     stratified_record_splits,
@@ -137,10 +139,12 @@ def parse_record(text: str, source: str) -> IcuRecord:
 
 
 def read_outcomes(path: Path) -> dict[str, int]:
-    """`Outcomes-<x>.txt` → RecordID → In-hospital_death (0 / 1), in file order."""
+    """`Outcomes-<x>.txt` → RecordID → In-hospital_death (0 / 1), in file order. The file may be UTF-8 with or
+    without a byte-order mark or UTF-16 with one (as a spreadsheet program saves it); other bytes are an error
+    naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"physionet2012: outcomes file {str(path)!r} not found")
-    with path.open(newline="") as handle:
+    with io.StringIO(decode_text(path.read_bytes(), str(path)), newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"RecordID", "In-hospital_death"} - set(reader.fieldnames or [])
         if missing:
@@ -185,14 +189,14 @@ class RecordArchive:
         if self.folder.is_dir():
             for record in sorted(wanted):
                 path = self.folder / f"{record}.txt"
-                yield str(path), _utf8_text(path.read_bytes(), str(path))
+                yield str(path), decode_text(path.read_bytes(), str(path))
             return
         try:
             with tarfile.open(self.archive, "r:gz") as archive:
                 for member in archive:
                     if member.isfile() and Path(member.name).stem in wanted and member.name.endswith(".txt"):
                         source = f"{self.archive.name}:{member.name}"
-                        yield source, _utf8_text(archive.extractfile(member).read(), source)
+                        yield source, decode_text(archive.extractfile(member).read(), source)
         except DAMAGED_ARCHIVE_ERRORS as error:
             raise self._damaged(error) from error
 
@@ -201,16 +205,6 @@ class RecordArchive:
             f"physionet2012: {self.archive} is truncated or corrupt ({type(error).__name__}: {error}); download it "
             f"again, or unpack a good copy into {self.folder}/"
         )
-
-
-def _utf8_text(data: bytes, source: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{source}: not UTF-8 text (byte {data[error.start:error.start + 1]!r} at offset {error.start}); the "
-            "official records are plain ASCII, so the file is damaged: download it again"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- builder

@@ -32,9 +32,11 @@ from ._common import (
     BuildPlan,
     DatasetMetadata,
     Example,
-    MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    StepLabelsConfig,
     describe_splits,
+    describe_window_labels,
+    decode_text,
     drop_implausible,
     majority_labels,
     resample_to_grid,
@@ -88,7 +90,7 @@ ACTIVITY_FLOOR_G_S = 0.25
 
 
 @dataclass
-class WesadConfig(MergeBuilderConfig):
+class WesadConfig(StepLabelsConfig):
     """WESAD options. window / stride in token-grid steps (default 100 / 25); subjects are "S2"…"S17".
 
     Benchmark protocol (E4): `task="three_class"` or `"binary"`, `per_subject_normalize=True`,
@@ -100,7 +102,8 @@ class WesadConfig(MergeBuilderConfig):
     `S<k>.pkl` files at all; unpickling runs any code a file holds, so pass True only for files you trust
     (the E4 source never reads a pickle). target_rate_hz: the token grid every signal is
     interpolated and mean-downsampled to (paper: 1 Hz); with the E4 source `None` keeps the native rates
-    (grid 4 Hz, patch sizes acc 8, bvp 16).
+    (grid 4 Hz, patch sizes acc 8, bvp 16). label_granularity: "window" (majority label) or "step" (one label
+    per token-grid step; steps of a condition outside the task's classes are -100).
     """
 
     source: Literal["auto", "pickle", "e4"] = "auto"
@@ -163,7 +166,7 @@ def read_e4_csv(archive: zipfile.ZipFile, member: str, channels: int, where: str
     import pandas as pd
 
     try:
-        text = archive.read(member).decode("ascii")
+        text = decode_text(archive.read(member), f"{where}/{member}")
     except KeyError:
         raise FileNotFoundError(f"{where}: no {member} in the E4 zip") from None
     try:
@@ -175,8 +178,11 @@ def read_e4_csv(archive: zipfile.ZipFile, member: str, channels: int, where: str
             f"{where}/{member}: expected a start-time row, a rate row and samples in {channels} numeric "
             f"column(s), got shape {table.shape}"
         )
-    if table[1, 0] <= 0:
-        raise ValueError(f"{where}/{member}: sampling rate (row 2) must be positive, got {table[1, 0]:g} Hz")
+    if (table[1] <= 0).any() or (table[1] != table[1, 0]).any():
+        raise ValueError(
+            f"{where}/{member}: sampling rate (row 2) must be one positive value in every column, got "
+            f"{table[1].tolist()} Hz"
+        )
     return float(table[0, 0]), float(table[1, 0]), table[2:]
 
 
@@ -404,7 +410,8 @@ class WesadBuilder(MergeTimeSeriesBuilder):
         config = self.config
         return (
             f"WESAD {source} source, task {config.task}; signals resampled (interpolated, then mean-downsampled) to a "
-            f"{grid_hz:g} Hz grid; windows of {window} steps, stride {stride}, majority label"
+            f"{grid_hz:g} Hz grid; windows of {window} steps, stride {stride}, "
+            + describe_window_labels(config.label_granularity, "outside the task's classes")
             + ("; every channel z-scored per subject over its own recording" if config.per_subject_normalize else "")
             + "; "
             + describe_splits(splits)
@@ -428,6 +435,7 @@ class WesadBuilder(MergeTimeSeriesBuilder):
             window=window,
             stride=stride,
             label_names=self._labels(PICKLE_LABELS, PICKLE_LABEL_TO_INDEX)[0],
+            label_granularity=self.config.label_granularity,
             channel_names=channel_names,
             protocol=self._protocol_text("pickle", splits, grid_hz, window, stride) + "; labels 5, 6, 7 → other",
         )
@@ -453,6 +461,7 @@ class WesadBuilder(MergeTimeSeriesBuilder):
             window=window,
             stride=stride,
             label_names=self._labels(E4_LABELS, E4_LABEL_TO_INDEX)[0],
+            label_granularity=self.config.label_granularity,
             channel_names=channel_names,
             protocol=self._protocol_text("e4 (wrist only)", splits, grid_hz, window, stride)
             + "; labels from S<k>_quest.csv START/END counted from each subject's protocol origin "

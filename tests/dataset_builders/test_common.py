@@ -10,8 +10,10 @@ import pytest
 
 from dataset_builders import BuildPlan, DatasetMetadata, Example, MergeTimeSeriesBuilder, build, metadata_of
 from dataset_builders._common import (
+    IGNORE_INDEX,
     ChannelMoments,
     block_mean,
+    decode_text,
     fields_per_line,
     fill_nan_linear,
     majority_labels,
@@ -86,6 +88,29 @@ def test_merge_config_kwargs_give_modalities_patches_and_labels():
     assert kwargs["patch_sizes"] == {"fast": 2, "slow": 1}
     assert kwargs["num_labels"] == 2
     assert kwargs["id2label"] == {0: "rest", 1: "move"} and kwargs["label2id"] == {"rest": 0, "move": 1}
+
+
+def test_per_step_labels_are_window_int64_ids_and_a_regression_target_one_float():
+    step = small_metadata(label_granularity="step")
+    assert step.features()["label"] == datasets.List(datasets.Value("int64"), length=3)
+    assert step.merge_config_kwargs()["num_labels"] == 2
+    regression = small_metadata(label_names=["score"], problem_type="regression")
+    assert regression.features()["label"] == datasets.Value("float32")
+    kwargs = regression.merge_config_kwargs()
+    assert kwargs["problem_type"] == "regression" and kwargs["num_labels"] == 1
+    assert "problem_type" not in small_metadata().merge_config_kwargs()
+    assert DatasetMetadata.from_json(step.to_json()) == step
+
+
+def test_metadata_refuses_unknown_label_options_and_a_regression_without_one_name():
+    with pytest.raises(ValueError, match=r"label_granularity must be one of \('window', 'step'\), got 'token'"):
+        small_metadata(label_granularity="token")
+    with pytest.raises(ValueError, match="problem_type must be one of .*got 'multi_label'"):
+        small_metadata(problem_type="multi_label")
+    with pytest.raises(ValueError, match="a regression target has one name and one value per window"):
+        small_metadata(problem_type="regression")
+    with pytest.raises(ValueError, match="a regression target has one name and one value per window"):
+        small_metadata(label_names=["score"], problem_type="regression", label_granularity="step")
 
 
 def test_features_have_one_array_per_modality_with_rows_times_patch():
@@ -222,6 +247,90 @@ def test_recording_windows_reject_unknown_labels_and_misaligned_signals():
         list(recording_windows("s1", signals, np.array([1, 1, 1, 7, 7, 7]), {1: 0, 2: 1}, set(), 3, 3, {"b": 2}))
     with pytest.raises(ValueError, match="modality 'b' has 12 rows, expected 6"):
         list(recording_windows("s1", signals, np.array([1] * 6), {1: 0}, set(), 3, 3))
+
+
+def test_recording_windows_with_step_labels_give_one_id_per_step_and_ignore_excluded_steps():
+    signals = {"a": np.arange(12.0)[:, None]}
+    raw = np.array([0, 0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 0])  # 0 is excluded
+    windows = list(recording_windows("s1", signals, raw, {1: 0, 2: 1}, {0}, 4, 2, label_granularity="step"))
+    # starts 0, 2, 4, 6, 8: the window at 0 and at 8 hold no labelled step and are dropped
+    assert [example.key for example in windows] == ["s1-2", "s1-4", "s1-6"]
+    assert [example.label.tolist() for example in windows] == [
+        [IGNORE_INDEX, IGNORE_INDEX, 0, 0], [0, 0, 1, 1], [1, 1, IGNORE_INDEX, IGNORE_INDEX]
+    ]
+    assert windows[1].modalities["a"][:, 0].tolist() == [4.0, 5.0, 6.0, 7.0]
+    by_majority = list(recording_windows("s1", signals, raw, {1: 0, 2: 1}, {0}, 4, 2))
+    assert [(example.key, example.label) for example in by_majority] == [("s1-4", 0)]  # tie 1 / 2 → smaller code
+
+
+class StepToyBuilder(MergeTimeSeriesBuilder):
+    """Toy builder with per-step labels: unit u gives one example whose step labels are `STEP_LABELS[u]`."""
+
+    REQUIRES_DATA_DIR = False
+    STEP_LABELS = {"1": [0, 1, IGNORE_INDEX], "2": [1, 1, 0], "3": [IGNORE_INDEX, 0, 0]}
+
+    def _plan(self) -> BuildPlan:
+        return BuildPlan(metadata=small_metadata(label_granularity="step"), units={"train": ["1"], "validation": ["2"], "test": ["3"]})
+
+    def _unit_examples(self, unit):
+        modalities = {"fast": np.full((6, 2), float(unit)), "slow": np.full((3, 1), 1.0)}
+        yield Example(key=unit, modalities=modalities, label=np.asarray(self.STEP_LABELS[unit]), subject=unit)
+
+
+def test_step_labels_round_trip_through_arrow_save_to_disk_and_parquet(tmp_path):
+    builder = StepToyBuilder(cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    built = builder.as_dataset()
+    assert [built[split]["label"][0] for split in ("train", "validation", "test")] == list(StepToyBuilder.STEP_LABELS.values())
+    assert metadata_of(built).label_granularity == "step"
+    built.save_to_disk(str(tmp_path / "saved"))
+    assert datasets.load_from_disk(str(tmp_path / "saved"))["train"]["label"] == [[0, 1, IGNORE_INDEX]]
+    built["test"].to_parquet(str(tmp_path / "test.parquet"))
+    reread = datasets.load_dataset("parquet", data_files=str(tmp_path / "test.parquet"), split="train",
+                                   cache_dir=str(tmp_path / "parquet_cache"))
+    assert reread.features["label"] == built["test"].features["label"]
+    assert reread["label"] == [[IGNORE_INDEX, 0, 0]]
+    as_numpy = reread.with_format("numpy")[:]["label"]
+    assert as_numpy.dtype == np.int64 and as_numpy.shape == (1, 3)
+
+
+class BadLabelBuilder(StepToyBuilder):
+    """Unit "2" gives a step label outside the classes."""
+
+    STEP_LABELS = {"1": [0, 1, 1], "2": [0, 2, 1], "3": [0, 0, 0]}
+
+
+def test_a_label_outside_the_classes_is_an_error_naming_the_example(tmp_path):
+    with pytest.raises(ValueError, match=r"example 2: label\(s\) \[0, 1, 2\] outside the 2 classes \['rest', 'move'\]"):
+        BadLabelBuilder(cache_dir=str(tmp_path / "cache")).download_and_prepare()
+
+
+class AllAbsentToyBuilder(ToyBuilder):
+    """ToyBuilder whose subject '3' has every modality absent in its second example."""
+
+    def _unit_examples(self, unit):
+        for example in super()._unit_examples(unit):
+            if example.key == "3-1":
+                example.modality_mask = [False, False]
+            yield example
+
+
+def test_an_example_with_every_modality_absent_is_skipped_and_listed(tmp_path):
+    builder = AllAbsentToyBuilder(cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    built = builder.as_dataset()
+    assert built["train"]["subject"].count("3") == 1 and built["train"].num_rows == 5
+    assert metadata_of(built).skipped == {"9": "no file", "3-1": "every modality absent (subject 3)"}
+    # train fast values: subject 1 → 1, 2; subject 3 → 3 (its 4 skipped); subject c → 2, 3
+    assert metadata_of(built).normalization["fast"]["mean"] == pytest.approx([(1 + 2 + 3 + 2 + 3) / 5] * 2)
+
+
+def test_decode_text_reads_utf8_with_or_without_a_bom_and_utf16_and_names_other_bytes():
+    assert decode_text("RecordID,x\n".encode(), "f.txt") == "RecordID,x\n"
+    assert decode_text(b"\xef\xbb\xbfRecordID,x\n", "f.txt") == "RecordID,x\n"
+    assert decode_text("RecordID,x\n".encode("utf-16"), "f.txt") == "RecordID,x\n"
+    with pytest.raises(ValueError, match=r"f.txt: not UTF-8 text \(byte b'\\xe9' at offset 3\)"):
+        decode_text("Caf\u00e9".encode("latin-1"), "f.txt")
 
 
 def test_an_unknown_builder_name_lists_the_builders_and_aliases():

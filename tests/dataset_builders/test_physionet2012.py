@@ -229,6 +229,30 @@ def test_a_record_that_is_not_utf8_is_an_error_naming_the_file(tmp_path, as_tar)
         build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.parametrize(
+    "encode", [lambda text: b"\xef\xbb\xbf" + text.encode(), lambda text: text.encode("utf-16")], ids=["utf8 bom", "utf16"]
+)
+def test_an_outcomes_file_saved_with_a_bom_or_as_utf16_reads_as_the_plain_one(tmp_path, encode):
+    records = {str(100 + index): fixture_record(index) for index in range(12)}
+    outcomes = {record: index % 2 for index, record in enumerate(records)}
+    root = write_physionet_fixture(tmp_path / "data", records, outcomes, as_tar=False)
+    plain = build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "plain"))
+    path = root / "Outcomes-a.txt"
+    path.write_bytes(encode(path.read_text()))
+    (root / "set-a" / "100.txt").write_bytes(b"\xef\xbb\xbf" + (root / "set-a" / "100.txt").read_bytes())
+    saved = build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "saved"))
+    for split in ("train", "validation", "test"):
+        assert saved[split]["subject"] == plain[split]["subject"] and saved[split]["label"] == plain[split]["label"]
+
+
+def test_an_outcomes_file_in_another_encoding_is_an_error_naming_it(tmp_path):
+    root = write_physionet_fixture(tmp_path / "data", {"100": fixture_record(0)}, {"100": 0}, as_tar=False)
+    path = root / "Outcomes-a.txt"
+    path.write_bytes(path.read_bytes().replace(b"Survival", "Überleben".encode("latin-1")))
+    with pytest.raises(ValueError, match=r"Outcomes-a\.txt: not UTF-8 text \(byte b'\\xdc' at offset \d+\); save it as UTF-8"):
+        build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("kept", [0.0, 0.01, 0.5], ids=["empty", "gzip header only", "half"])
 def test_a_truncated_archive_is_an_error_naming_the_file(tmp_path, kept):
     records = {str(100 + index): fixture_record(index) for index in range(20)}
