@@ -10,82 +10,43 @@
 
 `push_to_hub` uploads that folder with `huggingface_hub`; `load_published` reads it back (a local folder
 or a Hub dataset repo) with the metadata restored, so `metadata_of` works on the result.
+
+This module is where data meets the RUS sidecar, so unlike the builders it imports ``modeling_merge``: the
+sidecar's own checks (``RusSidecar.validate``), its file name and the package's one atomic writer. No builder
+imports it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import datasets
 
+from modeling_merge.files import atomic_write
+from modeling_merge.rus.sidecar import SIDECAR_FILENAME
+
 from ._common import SPLITS, DatasetMetadata, metadata_of
 
-SIDECAR_FILENAME = "rus.safetensors"
 METADATA_FILENAME = "merge_metadata.json"
 DATA_FOLDER = "data"
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(temporary_path)` on a temporary file in `path`'s folder, then move it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+def check_sidecar(sidecar_path: str | Path, metadata: DatasetMetadata, dataset_dict: datasets.DatasetDict | None = None):
+    """The RUS sidecar at ``sidecar_path`` (a ``RusSidecar``) after checking it against the dataset: its modalities
+    (names and order) and, given ``dataset_dict``, the fingerprint of the training split it was estimated on.
+    A mismatch is a ``RusSidecarMismatch`` (a ValueError) saying what differs. The check is the sidecar's own
+    (``RusSidecar.validate``), the one path every caller uses."""
+    from modeling_merge.rus.sidecar import RusSidecar, fingerprint_arrays
+    from modeling_merge.rus.temporal import arrays_from_dataset
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-
-
-def check_sidecar(sidecar_path: str | Path, metadata: DatasetMetadata) -> None:
-    """Raise a ValueError saying what differs when the sidecar's tensors ([M, M, L]) or its modality names do not
-    fit the dataset's modalities (in order)."""
-    from safetensors import safe_open
-
-    sidecar_path = Path(sidecar_path)
-    if not sidecar_path.is_file():
-        raise FileNotFoundError(f"RUS sidecar {sidecar_path} does not exist")
-    modality_count = len(metadata.modalities)
-    with safe_open(str(sidecar_path), framework="numpy") as sidecar:
-        names = set(sidecar.keys())
-        for tensor in ("redundancy", "uniqueness", "synergy"):
-            if tensor not in names:
-                raise ValueError(f"RUS sidecar {sidecar_path} has no {tensor!r} tensor (has {sorted(names)})")
-            shape = tuple(sidecar.get_slice(tensor).get_shape())
-            if len(shape) != 3 or shape[:2] != (modality_count, modality_count):
-                raise ValueError(
-                    f"RUS sidecar {sidecar_path}: {tensor} has shape {shape}, expected ({modality_count}, "
-                    f"{modality_count}, lags) for modalities {metadata.modality_names}"
-                )
-        listed = _sidecar_modality_names(sidecar.metadata() or {})
-    if listed is not None and list(listed) != metadata.modality_names:
-        raise ValueError(
-            f"RUS sidecar {sidecar_path} was computed for modalities {list(listed)}, the dataset has "
-            f"{metadata.modality_names}"
-        )
-
-
-def _sidecar_modality_names(text_metadata: dict[str, str]) -> list[str] | None:
-    """Modality names from a safetensors header: a `modality_names` JSON list, or inside a JSON object."""
-    for key, value in text_metadata.items():
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            continue
-        if key == "modality_names" and isinstance(decoded, list):
-            return decoded
-        if isinstance(decoded, dict) and "modality_names" in decoded:
-            return decoded["modality_names"]
-    return None
+    sidecar = RusSidecar.load(sidecar_path)
+    fingerprint = None
+    if dataset_dict is not None:
+        modalities, labels, _ = arrays_from_dataset(dataset_dict["train"], metadata.modality_names, metadata.patch_sizes)
+        fingerprint = fingerprint_arrays(modalities, labels)
+    return sidecar.validate(modality_names=metadata.modality_names, fingerprint=fingerprint)
 
 
 def dataset_card(dataset_dict: datasets.DatasetDict, metadata: DatasetMetadata, has_sidecar: bool,
@@ -165,9 +126,9 @@ def export_for_hub(
 ) -> Path:
     """Write `dataset_dict` (built by a MERGE builder) into `folder` ready for `upload_folder`; returns `folder`.
 
-    Every file is written to a temporary name first and moved into place, so an interrupted export leaves no
-    half-written file. `sidecar`: a `rus.safetensors` checked against the dataset's modalities, copied beside
-    the data.
+    Every file is written atomically (`modeling_merge.files.atomic_write`), so an interrupted export leaves no
+    half-written file. `sidecar`: a `rus.safetensors` checked against the dataset (`check_sidecar`: modalities
+    and the training split's fingerprint), copied beside the data.
     """
     metadata = metadata_of(dataset_dict)
     unknown = sorted(set(dataset_dict) - set(SPLITS))
@@ -178,15 +139,15 @@ def export_for_hub(
         if dataset.features != features:
             raise ValueError(f"export_for_hub: split {split!r} has other features than the first split")
     if sidecar is not None:
-        check_sidecar(sidecar, metadata)
+        check_sidecar(sidecar, metadata, dataset_dict)
     folder = Path(folder)
     for split, dataset in dataset_dict.items():
-        _write_atomic(folder / DATA_FOLDER / f"{split}-00000-of-00001.parquet", lambda path, d=dataset: d.to_parquet(path))
-    _write_text_atomic(folder / METADATA_FILENAME, metadata.to_json())
+        atomic_write(folder / DATA_FOLDER / f"{split}-00000-of-00001.parquet", lambda path, d=dataset: d.to_parquet(str(path)))
+    atomic_write(folder / METADATA_FILENAME, metadata.to_json())
     if sidecar is not None:
-        _write_atomic(folder / SIDECAR_FILENAME, lambda path: shutil.copyfile(sidecar, path))
+        atomic_write(folder / SIDECAR_FILENAME, lambda path: shutil.copyfile(sidecar, path))
     has_sidecar = (folder / SIDECAR_FILENAME).is_file()
-    _write_text_atomic(
+    atomic_write(
         folder / "README.md", dataset_card(dataset_dict, metadata, has_sidecar, pretty_name, license, citation)
     )
     return folder

@@ -8,17 +8,16 @@ The README is rendered with Jinja2 through ``huggingface_hub.ModelCard.from_temp
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .files import atomic_write
 from .processing_merge import PIPELINE_TASK
+from .rus.sidecar import SIDECAR_FILENAME
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
-SIDECAR_FILENAME = "rus.safetensors"
 # Class paths inside the flat remote-code folder that `save_pretrained` writes next to the weights.
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_merge.MergeConfig",
@@ -93,13 +92,7 @@ def render_model_card(info: ModelCardInfo, config, template_path: str | Path = M
     return str(card)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so a crash leaves no half file."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-    return path
+write_text_atomic = atomic_write  # the name modeling_merge.training imports; new code uses modeling_merge.files
 
 
 def export_checkpoint(
@@ -127,7 +120,7 @@ def export_checkpoint(
         shutil.copyfile(sidecar_path, folder / SIDECAR_FILENAME)
     for figure in figures:
         shutil.copyfile(figure, folder / Path(figure).name)
-    write_text_atomic(folder / "README.md", render_model_card(card, model.config, processor=processor))
+    atomic_write(folder / "README.md", render_model_card(card, model.config, processor=processor))
     return folder
 
 

@@ -4,12 +4,13 @@ matplotlib is imported lazily."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 
 def routing_shares(
@@ -166,13 +167,10 @@ def plot_ablation(test_metrics: dict[str, dict[str, float]], path: str | Path, t
 
 
 def _save(figure, path: str | Path) -> Path:
-    """Save ``figure`` as PNG through a temporary file in the same folder, then close it."""
+    """Save ``figure`` as PNG atomically (:func:`modeling_merge.files.atomic_write`), then close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        return atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    finally:
+        plt.close(figure)

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["PartialResults", "atomic_torch_save"]
+from ..files import atomic_write
 
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())  # on disk before it replaces the old file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+__all__ = ["PartialResults"]
 
 
 class PartialResults:
@@ -41,7 +26,14 @@ class PartialResults:
         self.signature = signature
         self.units: dict[str, Any] = {}
         if self.path is not None and self.path.exists():
-            stored = torch.load(self.path, weights_only=True)
+            try:
+                stored = torch.load(self.path, weights_only=True)
+            except Exception as error:  # truncated, random bytes, or not a partial-results file at all
+                raise ValueError(f"{self.path} is not a readable partial-results file ({type(error).__name__}: "
+                                 f"{str(error)[:200]}); delete it to start this estimation over") from None
+            if not isinstance(stored, dict) or not isinstance(stored.get("units"), dict):
+                raise ValueError(f"{self.path} is not a partial-results file of merge RUS estimation (no 'units'); "
+                                 "delete it to start this estimation over")
             if stored.get("signature") == signature:
                 self.units = stored["units"]
             else:
@@ -55,10 +47,11 @@ class PartialResults:
         return self.units[key]
 
     def put(self, key: str, value: Any) -> None:
-        """Record a finished unit and persist the file."""
+        """Record a finished unit and persist the file (atomically, fsync'ed)."""
         self.units[key] = value
         if self.path is not None:
-            atomic_torch_save({"signature": self.signature, "units": self.units}, self.path)
+            record = {"signature": self.signature, "units": self.units}
+            atomic_write(self.path, lambda temporary: torch.save(record, temporary))
 
     def remove_file(self) -> None:
         """Delete the file once the final output is written."""

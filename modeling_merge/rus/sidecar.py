@@ -19,8 +19,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..files import atomic_write, exclusive_lock
+
 __all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RusSidecar", "RusSidecarMismatch",
-           "fingerprint_arrays"]
+           "check_modalities_match", "fingerprint_arrays", "modality_differences"]
 
 FORMAT_VERSION = 1
 SIDECAR_FILENAME = "rus.safetensors"
@@ -42,6 +44,37 @@ def fingerprint_arrays(modalities: Mapping[str, np.ndarray], labels: np.ndarray)
         digest.update(json.dumps([name, list(values.shape), values.dtype.str]).encode())
         digest.update(values.tobytes())
     return f"sha256:{digest.hexdigest()}"
+
+
+def modality_differences(found: Mapping[str, int] | Sequence[str], expected: Mapping[str, int] | Sequence[str],
+                         found_as: str = "it", expected_as: str = "the data") -> list[str]:
+    """What differs between two modality lists (names in order) or mappings (name → channels, in order), one
+    phrase per kind of difference (missing / extra names, channel counts, order); empty when they agree."""
+    found_names, expected_names = list(found), list(expected)
+    missing = [name for name in expected_names if name not in found_names]
+    extra = [name for name in found_names if name not in expected_names]
+    differences = []
+    if missing or extra:
+        differences.append("modalities differ: " + "; ".join(
+            part for part in (f"{found_as} lacks: {missing}" if missing else "",
+                              f"only {found_as} has: {extra}" if extra else "") if part))
+    if isinstance(found, Mapping) and isinstance(expected, Mapping):
+        channels = [f"{name} ({found[name]}, {expected[name]})" for name in expected_names
+                    if name in found and found[name] != expected[name]]
+        if channels:
+            differences.append(f"channels differ ({found_as}, {expected_as}): " + ", ".join(channels))
+    if not differences and found_names != expected_names:
+        differences.append(f"modality order differs: {found_as} {found_names}, {expected_as} {expected_names}")
+    return differences
+
+
+def check_modalities_match(found: Mapping[str, int] | Sequence[str], expected: Mapping[str, int] | Sequence[str],
+                           what: str) -> None:
+    """Raise :class:`RusSidecarMismatch` when ``what`` (a checkpoint path, a sidecar) was made for other modalities,
+    channel counts or another modality order than the data (``expected``), naming every difference."""
+    differences = modality_differences(found, expected)
+    if differences:
+        raise RusSidecarMismatch(f"{what} does not match the dataset: " + "; ".join(differences))
 
 
 def _resolve_file(path_or_dir: str | os.PathLike) -> Path:
@@ -115,20 +148,10 @@ class RusSidecar:
         missing = [key for key in _REQUIRED_METADATA if key not in self.metadata]
         if missing:
             raise ValueError(f"sidecar metadata lacks {missing}")
-        path = _resolve_file(path_or_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file({name: getattr(self, name) for name in _TENSOR_NAMES}, temporary,
-                      metadata={CARD_KEY: json.dumps(self.metadata, sort_keys=True)})
-            with open(temporary, "rb") as stream:
-                os.fsync(stream.fileno())  # on disk before it replaces the old file
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        tensors = {name: getattr(self, name) for name in _TENSOR_NAMES}
+        header = {CARD_KEY: json.dumps(self.metadata, sort_keys=True)}
+        return atomic_write(_resolve_file(path_or_dir),
+                            lambda temporary: save_file(tensors, str(temporary), metadata=header))
 
     @classmethod
     def load(cls, path_or_dir: str | os.PathLike) -> "RusSidecar":
@@ -163,21 +186,49 @@ class RusSidecar:
             raise ValueError(f"{path} has sidecar format version {version}; this library reads {FORMAT_VERSION}")
         return cls(**tensors, metadata=metadata)
 
+    @classmethod
+    def for_dataset(cls, splits, metadata, num_lags: int = 4, estimator: str = "multiscale_batch",
+                    cache: str | os.PathLike | None = None, config=None, progress: bool = True,
+                    **estimator_options) -> "RusSidecar":
+        """The temporal RUS of a dataset's training split (``splits["train"]``, modalities pooled onto the token
+        grid of ``metadata``, a ``DatasetMetadata``), checked against that split.
+
+        With ``cache`` (a file, or a folder → ``<folder>/rus.safetensors``): loaded from there when the file
+        exists, otherwise estimated (class-balanced, resumable through ``<cache>.partial``) and written there
+        atomically, by one process at a time (``<cache>.lock``; a second one is an error naming the first). A
+        cached file of other modalities, lags or data is a :class:`RusSidecarMismatch` saying what differs.
+        ``config``: a ``BatchConfig``; ``estimator_options`` go to ``estimate_temporal_rus`` (``num_bins``,
+        ``max_samples_per_lag``)."""
+        from .temporal import arrays_from_dataset, estimate_temporal_rus
+
+        names = list(metadata.modality_names)
+        modalities, labels, mask = arrays_from_dataset(splits["train"], names, metadata.patch_sizes)
+        fingerprint = fingerprint_arrays(modalities, labels)
+
+        def estimate(output: Path | None, partial: Path | None) -> "RusSidecar":
+            grid_hz = metadata.token_grid_hz
+            return estimate_temporal_rus(
+                modalities, labels, num_lags=num_lags, estimator=estimator, config=config, modality_mask=mask,
+                split="train", lags_seconds=[lag / grid_hz for lag in range(num_lags)] if grid_hz else None,
+                partial_path=str(partial) if partial else None, output=output, progress=progress,
+                **estimator_options)
+
+        if cache is None:
+            return estimate(None, None).validate(names, num_lags, fingerprint)
+        path = _resolve_file(cache)
+        if not path.exists():
+            with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
+                if not path.exists():  # another process may have written it while this one built the data
+                    estimate(path, path.with_name(path.name + ".partial"))
+        return cls.load(path).validate(names, num_lags, fingerprint)
+
     # ---------------------------------------------------------------------------------------- validation
     def validate(self, modality_names: Sequence[str] | None = None, num_lags: int | None = None,
                  fingerprint: str | None = None) -> "RusSidecar":
         """Check the sidecar against a dataset or model; raise :class:`RusSidecarMismatch` naming every difference."""
         problems = []
         if modality_names is not None:
-            expected, stored = list(modality_names), self.modality_names
-            if stored != expected:
-                only_expected = [n for n in expected if n not in stored]
-                only_stored = [n for n in stored if n not in expected]
-                if only_expected or only_stored:
-                    problems.append(f"modalities differ: missing from the sidecar {only_expected}, only in the "
-                                    f"sidecar {only_stored}")
-                else:
-                    problems.append(f"modality order differs: sidecar {stored}, expected {expected}")
+            problems += modality_differences(self.modality_names, list(modality_names), "the sidecar", "expected")
         if num_lags is not None and num_lags != self.num_lags:
             problems.append(f"lag count differs: sidecar has {self.num_lags}, expected {num_lags}")
         if fingerprint is not None and fingerprint != self.metadata.get("fingerprint"):
@@ -201,20 +252,23 @@ class RusSidecar:
                 "format_version": FORMAT_VERSION}
 
     def push_to_hub(self, repo_id: str, filename: str = SIDECAR_FILENAME, revision: str | None = None,
-                    token: str | None = None, endpoint: str | None = None,
+                    token: str | None = None, endpoint: str | None = None, private: bool = False,
                     commit_message: str = "Add MERGE RUS sidecar") -> str:
         """Upload the sidecar into the dataset repo ``repo_id`` beside the data, in one commit with the dataset
-        card whose YAML key ``merge_rus`` points to it. Returns the commit id."""
+        card whose YAML key ``merge_rus`` points to it (an existing card keeps everything else). A repo that does
+        not exist yet is created (``private`` applies then). Returns the commit id."""
         from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi
 
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         card = _existing_card(repo_id, revision, None, token, endpoint) or DatasetCard("---\n---\n")
         card.data[CARD_KEY] = self.card_entry(filename)
         with tempfile.TemporaryDirectory() as folder:
             local = self.save(Path(folder) / filename)
             operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(local)),
                           CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
-            info = HfApi(endpoint=endpoint, token=token).create_commit(
-                repo_id, operations, commit_message=commit_message, repo_type="dataset", revision=revision)
+            info = api.create_commit(repo_id, operations, commit_message=commit_message, repo_type="dataset",
+                                     revision=revision)
         return info.oid
 
     @classmethod
@@ -239,11 +293,14 @@ class RusSidecar:
 def _existing_card(repo_id: str, revision, cache_dir, token, endpoint):
     """The dataset card of ``repo_id`` or None when the repo has no README.md."""
     from huggingface_hub import DatasetCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     try:
         readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision,
                                  cache_dir=cache_dir, token=token, endpoint=endpoint)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"there is no dataset repo {repo_id} (or no access to it) on "
+                                f"{endpoint or 'the Hub'}: check the id and your token") from None
     except EntryNotFoundError:
         return None
     return DatasetCard.load(readme)

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from huggingface_hub import constants
-from safetensors.numpy import save_file
 
 from dataset_builders import build, metadata_of
 from dataset_builders.publish import (
@@ -21,6 +21,9 @@ from dataset_builders.publish import (
     push_to_hub,
 )
 from hub_server import LocalHubServer
+from modeling_merge.files import TEMPORARY_SUFFIX
+from modeling_merge.rus.sidecar import FORMAT_VERSION, RusSidecar, RusSidecarMismatch, fingerprint_arrays
+from modeling_merge.rus.temporal import arrays_from_dataset
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +39,20 @@ def small(tmp_path_factory):
     )
 
 
-def write_sidecar(path, modality_names, lags=3):
+def train_fingerprint(splits):
+    """The fingerprint a RUS sidecar estimated on this training split records (token-grid arrays, labels)."""
+    metadata = metadata_of(splits)
+    modalities, labels, _ = arrays_from_dataset(splits["train"], metadata.modality_names, metadata.patch_sizes)
+    return fingerprint_arrays(modalities, labels)
+
+
+def write_sidecar(path, modality_names, fingerprint="sha256:unknown", lags=3):
     count = len(modality_names)
-    tensors = {name: np.zeros((count, count, lags), np.float32) for name in ("redundancy", "uniqueness", "synergy")}
-    save_file(tensors, str(path), metadata={"modality_names": json.dumps(modality_names), "units": "bits"})
-    return path
+    off_diagonal = (1.0 - torch.eye(count)).unsqueeze(-1).expand(count, count, lags)
+    metadata = dict(modality_names=list(modality_names), lags_steps=list(range(lags)), units="bits",
+                    estimator="quantized_exact", estimator_settings={}, split="train", class_balanced=True,
+                    fingerprint=fingerprint, format_version=FORMAT_VERSION)
+    return RusSidecar(0.2 * off_diagonal, 0.1 * off_diagonal, 0.3 * off_diagonal, metadata).save(path)
 
 
 def assert_same_dataset(loaded, original):
@@ -54,7 +66,7 @@ def assert_same_dataset(loaded, original):
 
 
 def test_export_writes_parquet_card_metadata_and_sidecar(small, tmp_path):
-    sidecar = write_sidecar(tmp_path / "estimated.safetensors", ["acc", "bvp"])
+    sidecar = write_sidecar(tmp_path / "estimated.safetensors", ["acc", "bvp"], train_fingerprint(small))
     folder = export_for_hub(small, tmp_path / "export", sidecar=sidecar, pretty_name="Tiny wearable")
     assert sorted(path.name for path in (folder / "data").iterdir()) == [
         "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"
@@ -68,7 +80,7 @@ def test_export_writes_parquet_card_metadata_and_sidecar(small, tmp_path):
     assert features["label"]["dtype"]["class_label"]["names"] == {"0": "calm", "1": "stress", "2": "fun"}
     assert set(features) == {"acc", "bvp", "label", "subject", "modality_mask"}
     assert metadata_of(small).protocol in readme and "| `bvp` | 1 |" in readme
-    assert not list(folder.rglob("*.tmp"))
+    assert not list(folder.rglob(f"*{TEMPORARY_SUFFIX}"))
 
 
 def test_export_then_load_published_round_trips_data_and_metadata(small, tmp_path):
@@ -80,19 +92,32 @@ def test_export_then_load_published_round_trips_data_and_metadata(small, tmp_pat
 
 
 def test_export_refuses_a_sidecar_for_other_modalities(small, tmp_path):
-    wrong_order = write_sidecar(tmp_path / "a.safetensors", ["bvp", "acc"])
-    with pytest.raises(ValueError, match="computed for modalities \\['bvp', 'acc'\\], the dataset has \\['acc', 'bvp'\\]"):
+    fingerprint = train_fingerprint(small)
+    wrong_order = write_sidecar(tmp_path / "a.safetensors", ["bvp", "acc"], fingerprint)
+    with pytest.raises(RusSidecarMismatch, match=r"order differs: the sidecar \['bvp', 'acc'\], expected \['acc', 'bvp'\]"):
         export_for_hub(small, tmp_path / "export", sidecar=wrong_order)
-    three = write_sidecar(tmp_path / "b.safetensors", ["acc", "bvp", "eda"])
-    with pytest.raises(ValueError, match="redundancy has shape \\(3, 3, 3\\), expected \\(2, 2, lags\\)"):
+    three = write_sidecar(tmp_path / "b.safetensors", ["acc", "bvp", "eda"], fingerprint)
+    with pytest.raises(RusSidecarMismatch, match=r"only the sidecar has: \['eda'\]"):
         export_for_hub(small, tmp_path / "export", sidecar=three)
+    other_split = write_sidecar(tmp_path / "c.safetensors", ["acc", "bvp"], "sha256:another-training-split")
+    with pytest.raises(RusSidecarMismatch, match="data fingerprint differs"):
+        export_for_hub(small, tmp_path / "export", sidecar=other_split)
     assert not (tmp_path / "export").exists()
+
+
+def test_a_file_that_is_not_a_rus_sidecar_is_refused_naming_it(small, tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"redundancy": np.zeros((2, 2, 3), np.float32)}, str(path))
+    with pytest.raises(ValueError, match=f"{path} is not a RUS sidecar"):
+        export_for_hub(small, tmp_path / "export", sidecar=path)
 
 
 def test_push_to_hub_and_load_back_through_the_hub_api(small, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    sidecar = write_sidecar(tmp_path / "rus.safetensors", ["acc", "bvp"])
+    sidecar = write_sidecar(tmp_path / "rus.safetensors", ["acc", "bvp"], train_fingerprint(small))
     with LocalHubServer(lifetime_s=120) as server:
         commit = push_to_hub(small, "lab/tiny-wearable", sidecar=sidecar, token="hf_local", endpoint=server.url)
         assert commit.oid == server.hub.get("dataset", "lab/tiny-wearable").commits[-1].sha
@@ -113,29 +138,9 @@ def test_export_refuses_a_dataset_without_merge_metadata(tmp_path):
 
 
 def test_a_real_rus_sidecar_travels_beside_the_published_data(small, tmp_path):
-    import torch
-
-    from modeling_merge.rus.sidecar import FORMAT_VERSION, RusSidecar, fingerprint_arrays
-
-    metadata = metadata_of(small)
-    train = small["train"].with_format("numpy")[:]
-    fingerprint = fingerprint_arrays({name: train[name] for name in metadata.modality_names}, train["label"])
-    off_diagonal = 1.0 - torch.eye(2).unsqueeze(-1).expand(2, 2, 3)
-    sidecar = RusSidecar(
-        0.2 * off_diagonal, 0.1 * off_diagonal, 0.3 * off_diagonal,
-        metadata=dict(modality_names=metadata.modality_names, lags_steps=[0, 1, 2], units="bits",
-                      estimator="quantized_exact", estimator_settings={}, split="train", class_balanced=True,
-                      fingerprint=fingerprint, format_version=FORMAT_VERSION),
-    )
-    folder = export_for_hub(small, tmp_path / "export", sidecar=sidecar.save(tmp_path / "estimate"))
+    sidecar = write_sidecar(tmp_path / "estimate" / "rus.safetensors", ["acc", "bvp"], train_fingerprint(small))
+    folder = export_for_hub(small, tmp_path / "export", sidecar=sidecar)
     loaded = load_published(folder, cache_dir=tmp_path / "cache")
     reloaded = RusSidecar.load(published_sidecar(folder))
-    loaded_train = loaded["train"].with_format("numpy")[:]
-    reloaded.validate(
-        modality_names=metadata_of(loaded).modality_names, num_lags=3,
-        fingerprint=fingerprint_arrays({name: loaded_train[name] for name in metadata.modality_names}, loaded_train["label"]),
-    )
-    swapped = RusSidecar(sidecar.redundancy, sidecar.uniqueness, sidecar.synergy,
-                         metadata={**sidecar.metadata, "modality_names": ["bvp", "acc"]})
-    with pytest.raises(ValueError, match="computed for modalities \\['bvp', 'acc'\\]"):
-        export_for_hub(small, tmp_path / "other", sidecar=swapped.save(tmp_path / "swapped"))
+    reloaded.validate(modality_names=metadata_of(loaded).modality_names, num_lags=3,
+                      fingerprint=train_fingerprint(loaded))  # the published training split is the estimated one

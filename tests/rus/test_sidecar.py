@@ -48,19 +48,22 @@ def test_save_load_round_trip_keeps_tensors_and_metadata(tmp_path):
         assert json.loads(handle.metadata()[CARD_KEY])["units"] == "bits"
 
 
-def test_the_file_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
-    from modeling_merge.rus.progress import atomic_torch_save
+def test_the_sidecar_and_the_partial_results_are_written_by_the_durable_atomic_writer(tmp_path, monkeypatch):
+    """Both go through modeling_merge.files.atomic_write (fsync before the rename, then the folder; its own tests)."""
+    from modeling_merge import files
+    from modeling_merge.rus import progress, sidecar
 
-    synced = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda source, target: (synced.append(f"replace {source}"),
-                                                               real_replace(source, target)))
+    written = []
+
+    def spy(path, content, **kwargs):
+        written.append(path.name)
+        return files.atomic_write(path, content, **kwargs)
+
+    monkeypatch.setattr(sidecar, "atomic_write", spy)
+    monkeypatch.setattr(progress, "atomic_write", spy)
     make_sidecar().save(tmp_path / "rus.safetensors")
-    atomic_torch_save({"units": {}}, tmp_path / "partial.pt")
-    assert len(synced) == 4
-    for fsync_entry, replace_entry in zip(synced[::2], synced[1::2]):
-        assert replace_entry == f"replace {fsync_entry}"
+    progress.PartialResults(tmp_path / "rus.safetensors.partial", "run").put("lag0", torch.zeros(1))
+    assert written == ["rus.safetensors", "rus.safetensors.partial"]
 
 
 def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -96,9 +99,9 @@ def test_invalid_tensors_or_metadata_are_rejected_with_the_reason(change, messag
 def test_validate_names_what_differs():
     sidecar = make_sidecar()
     assert sidecar.validate(modality_names=NAMES, num_lags=3, fingerprint="sha256:abc") is sidecar
-    with pytest.raises(RusSidecarMismatch, match=r"order differs: sidecar \['acc', 'bvp', 'eda'\], expected \['bvp'"):
+    with pytest.raises(RusSidecarMismatch, match=r"order differs: the sidecar \['acc', 'bvp', 'eda'\], expected \['bvp'"):
         sidecar.validate(modality_names=["bvp", "acc", "eda"])
-    with pytest.raises(RusSidecarMismatch, match=r"missing from the sidecar \['temp'\], only in the sidecar \['eda'\]"):
+    with pytest.raises(RusSidecarMismatch, match=r"the sidecar lacks: \['temp'\]; only the sidecar has: \['eda'\]"):
         sidecar.validate(modality_names=["acc", "bvp", "temp"])
     with pytest.raises(RusSidecarMismatch, match="lag count differs: sidecar has 3, expected 5"):
         sidecar.validate(num_lags=5)
@@ -201,3 +204,61 @@ def test_hub_round_trip_through_a_local_hub_api_server(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     again = RusSidecar.from_hub("lab/wearable", filename="rus/train.safetensors", cache_dir=tmp_path / "cache")
     assert torch.equal(again.redundancy, sidecar.redundancy)
+
+
+def test_check_modalities_match_names_every_difference():
+    from modeling_merge.rus.sidecar import check_modalities_match
+
+    check_modalities_match({"acc": 3, "bvp": 1}, {"acc": 3, "bvp": 1}, "checkpoint x")
+    with pytest.raises(RusSidecarMismatch, match=r"checkpoint x does not match the dataset: .*it lacks: \['eda'\]"):
+        check_modalities_match({"acc": 3, "bvp": 1}, {"acc": 3, "bvp": 1, "eda": 1}, "checkpoint x")
+    with pytest.raises(ValueError, match=r"channels differ \(it, the data\): acc \(3, 6\)"):
+        check_modalities_match({"acc": 3}, {"acc": 6}, "checkpoint x")
+    with pytest.raises(ValueError, match=r"order differs: it \['bvp', 'acc'\], the data \['acc', 'bvp'\]"):
+        check_modalities_match({"bvp": 1, "acc": 3}, {"acc": 3, "bvp": 1}, "checkpoint x")
+
+
+@pytest.fixture(scope="module")
+def synthetic_splits(tmp_path_factory):
+    from dataset_builders import build, metadata_of
+
+    splits = build("synthetic", cache_dir=str(tmp_path_factory.mktemp("cache")), num_sequences=240, seq_len=8)
+    return splits, metadata_of(splits)
+
+
+def test_for_dataset_estimates_once_into_the_cache_then_loads_and_checks_it(synthetic_splits, tmp_path, monkeypatch):
+    from modeling_merge.rus import temporal
+
+    splits, metadata = synthetic_splits
+    options = dict(num_lags=2, estimator="quantized_exact", num_bins=2, progress=False)
+    estimated = RusSidecar.for_dataset(splits, metadata, cache=tmp_path, **options)
+    assert (tmp_path / "rus.safetensors").is_file() and not (tmp_path / "rus.safetensors.partial").exists()
+    assert estimated.modality_names == metadata.modality_names and estimated.num_lags == 2
+    monkeypatch.setattr(temporal, "estimate_temporal_rus", lambda *a, **k: pytest.fail("estimated twice"))
+    assert RusSidecar.for_dataset(splits, metadata, cache=tmp_path, **options).content_hash() == estimated.content_hash()
+    with pytest.raises(RusSidecarMismatch, match="lag count differs: sidecar has 2, expected 3"):
+        RusSidecar.for_dataset(splits, metadata, cache=tmp_path, **{**options, "num_lags": 3})
+    other = type(splits)({**splits, "train": splits["train"].select(range(100))})
+    with pytest.raises(RusSidecarMismatch, match="data fingerprint differs"):
+        RusSidecar.for_dataset(other, metadata, cache=tmp_path, **options)
+
+
+def test_for_dataset_refuses_a_cache_another_process_is_estimating(synthetic_splits, tmp_path):
+    from modeling_merge.files import exclusive_lock
+
+    splits, metadata = synthetic_splits
+    with exclusive_lock(tmp_path / "rus.safetensors.lock", "a test"):
+        with pytest.raises(RuntimeError, match=r"RUS sidecar .*rus.safetensors \(being estimated\) is in use"):
+            RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", cache=tmp_path,
+                                   num_bins=2, progress=False)
+
+
+def test_push_to_a_dataset_repo_that_does_not_exist_creates_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    sidecar = make_sidecar()
+    with LocalHubServer(lifetime_s=120) as server:
+        sidecar.push_to_hub("lab/new-dataset", token="hf_local", endpoint=server.url)
+        files = server.hub.get("dataset", "lab/new-dataset").commits[-1].files
+    assert {"README.md", "rus.safetensors"} <= set(files)
+    assert DatasetCard(files["README.md"].decode()).data.to_dict()[CARD_KEY]["file"] == "rus.safetensors"
