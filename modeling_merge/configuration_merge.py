@@ -7,6 +7,7 @@ hyper-parameters (4 modalities: three 13-channel IMUs and one heart-rate channel
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
@@ -25,11 +26,53 @@ AUTO_MAP = {
 }
 
 
+@dataclass(kw_only=True, repr=False, eq=False)
+class RusRoutingConfig:
+    """The RUS-routing settings shared by [`MergeConfig`] and the LLM gates' `RusGateConfig` (`llm.py`): the
+    router's hidden and attention sizes, the thresholds and the weights and form of the R/U/S losses. Their
+    meaning is documented in [`MergeConfig`]; `rus_routing.py` is the one place that applies them."""
+
+    router_hidden_dim: int = 64
+    router_attention_dim: int = 32
+    redundancy_loss_weight: float = 1.0
+    uniqueness_loss_weight: float = 1.0
+    synergy_loss_weight: float = 1.0
+    synergy_loss_type: str = "one_minus_p"
+    synergy_target_mass: float | None = 0.5
+    threshold_mode: str = "percentile"
+    redundancy_threshold: float = 75.0
+    uniqueness_threshold: float = 75.0
+    synergy_threshold: float = 75.0
+
+    def validate_rus_routing(self) -> None:
+        """Raise a `ValueError` naming the first shared field that is invalid."""
+        owner = type(self).__name__
+        for field in ("router_hidden_dim", "router_attention_dim"):
+            _check(_is_int(getattr(self, field)) and getattr(self, field) > 0, field, "must be an int > 0",
+                   getattr(self, field), owner)
+        for field in ("redundancy_loss_weight", "uniqueness_loss_weight", "synergy_loss_weight"):
+            value = getattr(self, field)
+            _check(_is_number(value) and 0 <= value < math.inf, field, "must be a finite number >= 0 (0 = off)",
+                   value, owner)
+        _check(self.synergy_loss_type in SYNERGY_LOSS_TYPES, "synergy_loss_type",
+               f"must be one of {SYNERGY_LOSS_TYPES}", self.synergy_loss_type, owner)
+        if self.synergy_target_mass is not None:
+            _check(_is_number(self.synergy_target_mass) and 0 < self.synergy_target_mass <= 1,
+                   "synergy_target_mass", "must be None or in (0, 1]", self.synergy_target_mass, owner)
+        _check(self.threshold_mode in THRESHOLD_MODES, "threshold_mode", f"must be one of {THRESHOLD_MODES}",
+               self.threshold_mode, owner)
+        upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
+        for field in ("redundancy_threshold", "uniqueness_threshold", "synergy_threshold"):
+            value = getattr(self, field)
+            _check(_is_number(value) and 0 <= value <= upper, field,
+                   f"must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}", value, owner)
+
+
 def _pamap2_modalities() -> dict[str, int]:
     return {"hand": 13, "chest": 13, "ankle": 13, "heart_rate": 1}
 
 
-class MergeConfig(PreTrainedConfig):
+class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     r"""
     Configuration of [`MergeModel`] / [`MergeForSequenceClassification`].
 
@@ -123,22 +166,11 @@ class MergeConfig(PreTrainedConfig):
     expert_hidden_dim: int = 128
     expert_dispatch: str = "grouped_mm"
     router_type: str = "rus"
-    router_hidden_dim: int = 64
     router_gru_dim: int = 64
-    router_attention_dim: int = 32
     router_top_partners: int | None = None
-    redundancy_loss_weight: float = 1.0
-    uniqueness_loss_weight: float = 1.0
-    synergy_loss_weight: float = 1.0
     load_balance_loss_weight: float = 0.02
-    synergy_loss_type: str = "one_minus_p"
-    synergy_target_mass: float | None = 0.5
     router_init: str = "fan_in"
     router_bias_update_rate: float = 0.02
-    threshold_mode: str = "percentile"
-    redundancy_threshold: float = 75.0
-    uniqueness_threshold: float = 75.0
-    synergy_threshold: float = 75.0
     num_rus_lags: int = 5
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
@@ -206,8 +238,9 @@ class MergeConfig(PreTrainedConfig):
             _check(name in self.modalities, "patch_sizes", f"names unknown modality {name!r}; known: "
                    f"{self.modality_names}", name)
             _check(_is_int(size) and size > 0, "patch_sizes", f"patch of {name!r} must be an int > 0", size)
+        self.validate_rus_routing()
         positive_ints = ("d_model", "num_attention_heads", "ffn_dim", "num_blocks", "expert_hidden_dim",
-                         "router_hidden_dim", "router_gru_dim", "router_attention_dim", "num_rus_lags")
+                         "router_gru_dim", "num_rus_lags")
         for field in positive_ints:
             _check(_is_int(getattr(self, field)) and getattr(self, field) > 0, field, "must be an int > 0",
                    getattr(self, field))
@@ -221,10 +254,6 @@ class MergeConfig(PreTrainedConfig):
         _check(self.router_type in ROUTER_TYPES, "router_type", f"must be one of {ROUTER_TYPES}", self.router_type)
         _check(self.expert_dispatch in EXPERT_DISPATCHES, "expert_dispatch", f"must be one of {EXPERT_DISPATCHES}",
                self.expert_dispatch)
-        _check(self.synergy_loss_type in SYNERGY_LOSS_TYPES, "synergy_loss_type",
-               f"must be one of {SYNERGY_LOSS_TYPES}", self.synergy_loss_type)
-        _check(self.threshold_mode in THRESHOLD_MODES, "threshold_mode", f"must be one of {THRESHOLD_MODES}",
-               self.threshold_mode)
         if self.router_type != "dense":
             _check(self.num_experts > 0, "num_feedforward_experts",
                    "an MoE router needs at least one expert (num_feedforward_experts + num_synergy_experts)",
@@ -242,22 +271,11 @@ class MergeConfig(PreTrainedConfig):
             _check(self.router_type == "rus", "router_top_partners",
                    f"needs router_type='rus' (partners are chosen from the RUS), got {self.router_type!r}",
                    self.router_top_partners)
-        for field in ("redundancy_loss_weight", "uniqueness_loss_weight", "synergy_loss_weight",
-                      "load_balance_loss_weight"):
-            value = getattr(self, field)
-            _check(isinstance(value, (int, float)) and 0 <= value < math.inf, field,
-                   "must be a finite number >= 0 (0 = off)", value)
+        _check(_is_number(self.load_balance_loss_weight) and 0 <= self.load_balance_loss_weight < math.inf,
+               "load_balance_loss_weight", "must be a finite number >= 0 (0 = off)", self.load_balance_loss_weight)
         _check(self.router_init in ROUTER_INITS, "router_init", f"must be one of {ROUTER_INITS}", self.router_init)
-        if self.synergy_target_mass is not None:
-            _check(isinstance(self.synergy_target_mass, (int, float)) and 0 < self.synergy_target_mass <= 1,
-                   "synergy_target_mass", "must be None or in (0, 1]", self.synergy_target_mass)
         _check(isinstance(self.router_bias_update_rate, (int, float)) and 0 <= self.router_bias_update_rate < math.inf,
                "router_bias_update_rate", "must be a finite number >= 0 (0 = off)", self.router_bias_update_rate)
-        upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
-        for field in ("redundancy_threshold", "uniqueness_threshold", "synergy_threshold"):
-            value = getattr(self, field)
-            _check(isinstance(value, (int, float)) and 0 <= value <= upper, field,
-                   f"must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}", value)
         _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",
                self.dropout)
         _check(isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < math.inf,
@@ -270,9 +288,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(condition: bool, field: str, requirement: str, value) -> None:
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(condition: bool, field: str, requirement: str, value, owner: str = "MergeConfig") -> None:
     if not condition:
-        raise ValueError(f"MergeConfig.{field} {requirement} (got {value!r}).")
+        raise ValueError(f"{owner}.{field} {requirement} (got {value!r}).")
 
 
-__all__ = ["MergeConfig"]
+__all__ = ["MergeConfig", "RusRoutingConfig"]

@@ -25,7 +25,9 @@ modalities present at or before the token (MergeRusContextAttention); logits = W
 one token at a time from a KV cache that has no slot for a GRU state, and a per-token gate keeps cached
 and uncached decoding identical.
 
-Auxiliary losses (METHOD.md §2) on the gates' softmax probabilities, pooled per (sample, modality, lag):
+Auxiliary losses (METHOD.md §2, computed by `rus_routing.py`, the code MergeModel uses: the same thresholds,
+per-modality uniqueness U_m = max_j U[m, j], pair conditions and R/U/S losses, synergy target included) on the
+gates' softmax probabilities, pooled per (sample, modality, lag):
 p̄[b, m, ℓ] is the mean router distribution of the tokens of modality m at lag ℓ in sample b; pairs of
 modalities present at the same lag play the role of MergeModel's same-step token pairs. Synergy promotion
 needs designated experts (`RusGateConfig.synergy_experts`, e.g. experts that a fine-tuning run reserves
@@ -56,52 +58,44 @@ from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeTopKRouter
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeTopKRouter
 from transformers.utils.generic import ModelOutput
 
-from .configuration_merge import SYNERGY_LOSS_TYPES, THRESHOLD_MODES
-from .modeling_merge import MergeRusContextAttention, jensen_shannon_divergence
+from .configuration_merge import RusRoutingConfig
+from .rus_routing import (
+    MergeRusContextAttention,
+    PairConditions,
+    lag_index,
+    pair_conditions,
+    per_modality_uniqueness,
+    resolve_thresholds,
+    rus_losses,
+    validate_rus_tables,
+)
 
 TEXT_MODALITY = "text"
 TEXT_MODALITY_ID = 0
 
 
 @dataclasses.dataclass
-class RusGateConfig:
-    """Settings of the RUS-aware gates and their auxiliary losses; field names and meanings as in MergeConfig.
+class RusGateConfig(RusRoutingConfig):
+    """Settings of the RUS-aware gates and their auxiliary losses: the fields shared with MergeConfig
+    (`RusRoutingConfig`: router sizes, thresholds, loss weights and form, same names, meanings and checks) plus
+    two LLM-only fields.
 
-    Thresholds are percentiles (0–100) of the sensor tables' off-diagonal values (`threshold_mode=
-    "percentile"`, the paper's recommendation) or bits (`"absolute"`). `synergy_experts` lists the experts
-    the synergy loss promotes; empty (the default) leaves the synergy loss out.
+    Thresholds are percentiles (0–100) of the sensor tables' values (`threshold_mode="percentile"`, the paper's
+    recommendation) or bits (`"absolute"`), resolved by `rus_routing.resolve_thresholds` like MergeModel's.
+    `text_rus_bits` fills every R, U and S entry involving text. `synergy_experts` lists the experts the synergy
+    loss promotes; empty (the default) leaves the synergy loss out.
     """
 
-    router_hidden_dim: int = 64
-    router_attention_dim: int = 32
     text_rus_bits: float = 0.0
-    redundancy_loss_weight: float = 1.0
-    uniqueness_loss_weight: float = 1.0
-    synergy_loss_weight: float = 1.0
-    synergy_loss_type: str = "one_minus_p"
-    threshold_mode: str = "percentile"
-    redundancy_threshold: float = 75.0
-    uniqueness_threshold: float = 75.0
-    synergy_threshold: float = 75.0
     synergy_experts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self.validate_rus_routing()
+        if not (isinstance(self.text_rus_bits, (int, float)) and 0 <= self.text_rus_bits < float("inf")):
+            raise ValueError(f"RusGateConfig.text_rus_bits must be a finite number >= 0 bits (got {self.text_rus_bits!r}).")
         self.synergy_experts = tuple(int(e) for e in self.synergy_experts)
-        if self.router_hidden_dim < 1 or self.router_attention_dim < 1:
-            raise ValueError(
-                f"router_hidden_dim and router_attention_dim must be ≥ 1, got {self.router_hidden_dim}, "
-                f"{self.router_attention_dim}"
-            )
-        if self.synergy_loss_type not in SYNERGY_LOSS_TYPES:
-            raise ValueError(f"synergy_loss_type must be one of {SYNERGY_LOSS_TYPES}, got {self.synergy_loss_type!r}")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
-        upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
-        for name in ("redundancy_threshold", "uniqueness_threshold", "synergy_threshold"):
-            if not 0.0 <= getattr(self, name) <= upper:
-                raise ValueError(f"{name} must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}")
-        if len(set(self.synergy_experts)) != len(self.synergy_experts):
-            raise ValueError(f"synergy_experts has repeated experts: {self.synergy_experts}")
+        if len(set(self.synergy_experts)) != len(self.synergy_experts) or any(e < 0 for e in self.synergy_experts):
+            raise ValueError(f"RusGateConfig.synergy_experts must be distinct expert ids >= 0 (got {self.synergy_experts}).")
 
 
 @dataclasses.dataclass
@@ -216,12 +210,6 @@ RUS_GATE_FOR_STOCK_GATE: dict[type[nn.Module], type[nn.Module]] = {
 SUPPORTED_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of `values` where `mask` (broadcast) holds; 0 where it never does."""
-    mask = mask.expand_as(values).to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 class RusRouting(nn.Module):
     """The RUS tables (text included) and the per-forward token state shared by a model's RUS gates."""
 
@@ -234,9 +222,8 @@ class RusRouting(nn.Module):
         gate_config: RusGateConfig,
     ):
         super().__init__()
-        redundancy, uniqueness, synergy = (
-            self._with_text_row(table, name, modality_names, gate_config.text_rus_bits)
-            for table, name in ((redundancy, "redundancy"), (uniqueness, "uniqueness"), (synergy, "synergy"))
+        redundancy, uniqueness, synergy = self._with_text_row(
+            (redundancy, uniqueness, synergy), modality_names, gate_config.text_rus_bits
         )
         self.register_buffer("redundancy", redundancy)  # (M+1, M+1, L) bits, index 0 = text
         self.register_buffer("uniqueness", uniqueness)  # [i, j, ℓ] = U_i within the pair (i, j)
@@ -251,19 +238,22 @@ class RusRouting(nn.Module):
         return self.redundancy.shape[-1]
 
     @staticmethod
-    def _with_text_row(table: Tensor, name: str, modality_names: list[str], text_bits: float) -> Tensor:
-        table = torch.as_tensor(table, dtype=torch.float32)
+    def _with_text_row(tables: tuple[Tensor, Tensor, Tensor], modality_names: list[str], text_bits: float
+                       ) -> list[Tensor]:
+        """The sensor tables ([M, M, L], validated by `rus_routing.validate_rus_tables`) padded with the text row
+        and column (`text_bits`, 0 on the text diagonal) → [M+1, M+1, L] each."""
         num_modalities = len(modality_names)
-        if table.dim() != 3 or table.shape[0] != num_modalities or table.shape[1] != num_modalities:
-            raise ValueError(
-                f"RUS {name} must be [M, M, L] with M = {num_modalities} ({modality_names}), got {tuple(table.shape)}"
-            )
-        if not table.is_meta and (not torch.isfinite(table).all() or (table < 0).any()):
-            raise ValueError(f"RUS {name} must be finite and ≥ 0 bits")
-        padded = torch.full((num_modalities + 1, num_modalities + 1, table.shape[2]), float(text_bits))
-        padded[1:, 1:] = table
-        padded[TEXT_MODALITY_ID, TEXT_MODALITY_ID] = 0.0
-        return padded
+        redundancy = torch.as_tensor(tables[0])
+        num_lags = redundancy.shape[-1] if redundancy.dim() == 3 else 0
+        validated = validate_rus_tables(*tables, (num_modalities, num_modalities, num_lags), f"M = {num_modalities}: "
+                                        f"{modality_names}")
+        padded_tables = []
+        for table in validated.values():
+            padded = torch.full((num_modalities + 1, num_modalities + 1, num_lags), float(text_bits))
+            padded[1:, 1:] = table
+            padded[TEXT_MODALITY_ID, TEXT_MODALITY_ID] = 0.0
+            padded_tables.append(padded)
+        return padded_tables
 
     def _text_features(self, num_tokens: int) -> TokenRusFeatures:
         ids = torch.zeros(1, num_tokens, dtype=torch.long, device=self.redundancy.device)
@@ -271,11 +261,12 @@ class RusRouting(nn.Module):
 
     def set_rus(self, redundancy: Tensor, uniqueness: Tensor, synergy: Tensor) -> None:
         """Replace the tables ([M, M, L] over the non-text modalities, same names and lags)."""
-        for name, table in (("redundancy", redundancy), ("uniqueness", uniqueness), ("synergy", synergy)):
-            padded = self._with_text_row(table, name, self.modality_names[1:], self.gate_config.text_rus_bits)
-            if padded.shape != getattr(self, name).shape:
-                raise ValueError(f"RUS {name} must have {self.num_lags} lags, got {padded.shape[-1]}")
-            getattr(self, name).copy_(padded)
+        padded = self._with_text_row((redundancy, uniqueness, synergy), self.modality_names[1:],
+                                     self.gate_config.text_rus_bits)
+        if padded[0].shape != self.redundancy.shape:
+            raise ValueError(f"RUS tables must have {self.num_lags} lags, got {padded[0].shape[-1]}")
+        for name, table in zip(("redundancy", "uniqueness", "synergy"), padded):
+            getattr(self, name).copy_(table)
 
     @contextlib.contextmanager
     def tokens(self, modality_ids: Tensor, lag_ids: Tensor | None = None) -> Iterator[None]:
@@ -301,8 +292,7 @@ class RusRouting(nn.Module):
         one_hot = F.one_hot(given_ids, len(self.modality_names))  # (B, S, M+1)
         index_in_stream = (one_hot.cumsum(dim=1) - 1).gather(2, given_ids.unsqueeze(-1)).squeeze(-1)
         stream_length = one_hot.sum(dim=1).gather(1, given_ids)
-        lags = torch.div(index_in_stream * self.num_lags, stream_length, rounding_mode="floor")
-        lags = lags.clamp(max=self.num_lags - 1)
+        lags = lag_index(index_in_stream, stream_length, self.num_lags)
         return torch.where(given_ids == TEXT_MODALITY_ID, torch.zeros_like(lags), lags)
 
     def token_features(
@@ -326,7 +316,7 @@ class RusRouting(nn.Module):
         present = one_hot.cummax(dim=1).values[:, offset:]
         own, lag = known_ids[:, offset:], known_lags[:, offset:]
         pair_features = torch.stack([self.redundancy[own, :, lag], self.synergy[own, :, lag]], dim=-1)
-        uniqueness = self.uniqueness[own, :, lag].amax(dim=-1, keepdim=True)
+        uniqueness = per_modality_uniqueness(self.uniqueness)[own, lag].unsqueeze(-1)
         num_tokens = batch_size * seq_len
         return TokenRusFeatures(
             pair_features=pair_features.reshape(num_tokens, -1, 2),
@@ -378,8 +368,8 @@ class RusRouting(nn.Module):
     def _pooled_probs(self) -> tuple[Tensor, Tensor]:
         """Mean router distribution per (layer, sample, modality, lag) (G, B, M+1, L, E) and presence (B, M+1, L).
 
-        MergeModel's `merge_auxiliary_losses` takes presence per (sample, modality) and the synergy experts from a
-        MergeConfig, so the LLM pools per lag and computes the pair losses below with the shared JSD.
+        The pooled (sample, modality, lag) cells play the role of MergeModel's same-step token pairs in
+        `rus_routing.rus_losses`.
         """
         features = self._recorded_features()
         batch_size, seq_len = features.modality_ids.shape
@@ -397,39 +387,38 @@ class RusRouting(nn.Module):
     def num_experts(self) -> int:
         return self.token_state.router_probs[0].shape[-1]
 
-    def threshold_bits(self, name: str) -> float:
-        """τ of `name` ("redundancy", "uniqueness", "synergy") in bits, resolving percentiles over the sensor pairs."""
-        threshold = getattr(self.gate_config, f"{name}_threshold")
-        if self.gate_config.threshold_mode == "absolute":
-            return threshold
-        sensors = getattr(self, name)[1:, 1:]
-        off_diagonal = ~torch.eye(sensors.shape[0], dtype=torch.bool, device=sensors.device)
-        values = sensors[off_diagonal]
-        return torch.quantile(values, threshold / 100.0).item() if values.numel() else float("inf")
+    def thresholds(self) -> Tensor:
+        """[τ_R, τ_U, τ_S] in bits `(3,)`, resolved over the sensor tables (text left out) by the rule MergeModel
+        uses (`rus_routing.resolve_thresholds`)."""
+        return resolve_thresholds(self.redundancy[1:, 1:], self.uniqueness[1:, 1:], self.synergy[1:, 1:],
+                                  self.gate_config)
+
+    def pair_conditions(self, pairs: Tensor) -> PairConditions:
+        """Redundant / unique / synergistic masks `(Q, L)` of modality pairs `(Q, 2)` (ids, 0 = text) at every lag."""
+        lags = torch.arange(self.num_lags, device=self.redundancy.device)
+        return pair_conditions(self.redundancy, self.uniqueness, self.synergy, pairs.to(lags.device), lags,
+                               self.thresholds())
+
+    def rus_losses(self, pooled: Tensor, present: Tensor) -> dict[str, Tensor]:
+        """Unweighted redundancy / uniqueness / synergy losses (`rus_routing.rus_losses`) of pooled router
+        distributions `(G, B, M+1, L, E)` with presence `(B, M+1, L)`; every modality pair is a pair, every lag
+        a cell, U_m is the per-modality uniqueness over the padded tables (text column included)."""
+        num_modalities = len(self.modality_names)
+        pairs = torch.triu_indices(num_modalities, num_modalities, offset=1, device=pooled.device).T
+        first, second = pairs[:, 0], pairs[:, 1]
+        conditions = self.pair_conditions(pairs)
+        synergy_experts = torch.tensor(self.gate_config.synergy_experts, dtype=torch.long, device=pooled.device)
+        return rus_losses(pooled[:, :, first], pooled[:, :, second], present[:, first] & present[:, second],
+                          conditions, synergy_experts, self.gate_config)
 
     def auxiliary_losses(self) -> dict[str, Tensor]:
-        """RUS losses of the current forward, averaged over MoE layers: redundancy, uniqueness, synergy, total."""
+        """RUS losses of the current forward, weighted, averaged over MoE layers: redundancy, uniqueness, synergy
+        (only with `synergy_experts`), total."""
         cfg = self.gate_config
-        pooled, present = self._pooled_probs()
-        first, second = torch.triu_indices(len(self.modality_names), len(self.modality_names), offset=1)
-        first, second = first.to(pooled.device), second.to(pooled.device)
-        p_first, p_second = pooled[:, :, first], pooled[:, :, second]  # (G, B, P, L, E)
-        both_present = present[:, first] & present[:, second]  # (B, P, L)
-        divergence = jensen_shannon_divergence(p_first, p_second)  # (G, B, P, L)
-        redundant = self.redundancy[first, second] > self.threshold_bits("redundancy")  # (P, L)
-        uniqueness_bits = self.threshold_bits("uniqueness")
-        unique = (self.uniqueness[first, second] > uniqueness_bits) & (self.uniqueness[second, first] > uniqueness_bits)
-        losses = {
-            "redundancy": cfg.redundancy_loss_weight * _masked_mean(divergence, both_present & redundant),
-            "uniqueness": -cfg.uniqueness_loss_weight * _masked_mean(divergence, both_present & unique),
-        }
-        if cfg.synergy_experts:
-            experts = torch.tensor(cfg.synergy_experts, device=pooled.device)
-            on_synergy = pooled.index_select(-1, experts).sum(-1)  # (G, B, M+1, L)
-            shared = 0.5 * (on_synergy[:, :, first] + on_synergy[:, :, second])
-            penalty = 1.0 - shared if cfg.synergy_loss_type == "one_minus_p" else -shared.clamp(min=1e-8).log()
-            synergistic = self.synergy[first, second] > self.threshold_bits("synergy")
-            losses["synergy"] = cfg.synergy_loss_weight * _masked_mean(penalty, both_present & synergistic)
+        losses = self.rus_losses(*self._pooled_probs())
+        if not cfg.synergy_experts:
+            del losses["synergy"]
+        losses = {name: getattr(cfg, f"{name}_loss_weight") * value for name, value in losses.items()}
         losses["total"] = sum(losses.values())
         return losses
 

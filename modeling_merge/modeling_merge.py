@@ -3,8 +3,9 @@
 METHOD.md §2. Shapes use B = batch, M = modalities, T = token-grid length, D = d_model, E = experts,
 k = experts per token, L = RUS lags, P = router partners per modality. RUS values are in bits.
 
-This file and ``configuration_merge.py`` are the flat pair that a checkpoint carries for
-``trust_remote_code``: they import each other only with same-folder relative imports.
+This file, ``rus_routing.py`` (the RUS-routing rules, shared with ``llm.py``) and ``configuration_merge.py`` are
+the flat set that a checkpoint carries for ``trust_remote_code``: they import each other only with same-folder
+relative imports.
 """
 
 import math
@@ -18,6 +19,17 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_merge import MergeConfig
+from .rus_routing import (
+    MergeRusContextAttention,
+    PairConditions,
+    jensen_shannon_divergence,
+    pair_conditions,
+    per_modality_uniqueness,
+    resolve_thresholds,
+    rus_losses,
+    token_lags,
+    validate_rus_tables,
+)
 
 RUS_BUFFERS = ("rus_redundancy", "rus_uniqueness", "rus_synergy")
 
@@ -70,22 +82,14 @@ class MergeRusContext:
         pair_mask: `(B, M, 1, P)` bool, partner present in the sample.
         token_uniqueness: `(M, T)` U_m at each token's lag (max over partners).
         loss_pairs: `(Q, 2)` modality pairs m < n that the RUS losses look at.
-        redundant / unique / synergistic: `(Q, T)` bool, the pair is above τ_R / both above τ_U / above τ_S.
+        conditions: `(Q, T)` redundant / unique / synergistic masks of the loss pairs at each token's lag.
     """
 
     pair_features: Tensor
     pair_mask: Tensor
     token_uniqueness: Tensor
     loss_pairs: Tensor
-    redundant: Tensor
-    unique: Tensor
-    synergistic: Tensor
-
-
-def token_lags(num_tokens: int, num_lags: int, device: torch.device | None = None) -> Tensor:
-    """Lag index ℓ(t) = min(⌊t·L/T⌋, L−1) of every token t, shape `(T,)` int64."""
-    steps = torch.arange(num_tokens, device=device)
-    return torch.clamp(steps * num_lags // num_tokens, max=num_lags - 1)
+    conditions: PairConditions
 
 
 def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -96,18 +100,6 @@ def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype:
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table.to(dtype)
-
-
-def jensen_shannon_divergence(p: Tensor, q: Tensor) -> Tensor:
-    """JSD(p‖q) in nats over the last dim of two probability tensors (no extra softmax); rounding below 0 is
-    clipped. Logs are taken of probabilities floored at the dtype's smallest normal number, so a probability
-    that underflowed to exactly 0 contributes 0 and a finite gradient (not NaN)."""
-    tiny = torch.finfo(p.dtype).tiny
-    log_mean = torch.log((0.5 * (p + q)).clamp_min(tiny))
-    divergence = 0.5 * (p * (torch.log(p.clamp_min(tiny)) - log_mean)).sum(-1) + 0.5 * (
-        q * (torch.log(q.clamp_min(tiny)) - log_mean)
-    ).sum(-1)
-    return divergence.clamp(min=0.0)
 
 
 class MergeAttention(nn.Module):
@@ -223,35 +215,6 @@ class MergeModalityEncoder(nn.Module):
         for layer in self.layers:
             hidden_states = layer(hidden_states)
         return self.norm(hidden_states)
-
-
-class MergeRusContextAttention(nn.Module):
-    """Attention of a token over its partner modalities' RUS features (METHOD.md §2 router).
-
-    q = W_q x, k = W_k f, v = W_v f with f = [R, S] of (own modality, partner) at the token's lag;
-    c = Σ_j softmax_j(q·k_j / √A) v_j. Leading dims of the inputs broadcast against each other.
-    Because f has only 2 features, q·k_j = (W_kᵀ q)·f_j and Σ_j α_j v_j = W_v (Σ_j α_j f_j): the cost per
-    (token, partner) is O(1) instead of O(A), which keeps the router cheap for many modalities.
-    """
-
-    def __init__(self, input_dim: int, attention_dim: int):
-        super().__init__()
-        self.scale = 1.0 / math.sqrt(attention_dim)
-        self.query = nn.Linear(input_dim, attention_dim)
-        self.key = nn.Linear(2, attention_dim, bias=False)
-        self.value = nn.Linear(2, attention_dim)
-
-    def forward(self, query_input: Tensor, pair_features: Tensor, pair_mask: Tensor | None = None) -> Tensor:
-        """query_input `(..., input_dim)`, pair_features `(..., P, 2)`, pair_mask `(..., P)` bool (False = not a
-        partner) → context `(..., attention_dim)`, zeros where a token has no partner."""
-        query_in_feature_space = self.query(query_input) @ self.key.weight
-        scores = (query_in_feature_space.unsqueeze(-2) * pair_features).sum(-1) * self.scale
-        if pair_mask is None:
-            return self.value((scores.softmax(-1).unsqueeze(-1) * pair_features).sum(-2))
-        has_partner = pair_mask.any(-1, keepdim=True)
-        scores = scores.masked_fill(~pair_mask, float("-inf")).masked_fill(~has_partner, 0.0)
-        weights = scores.softmax(-1) * has_partner
-        return self.value((weights.unsqueeze(-1) * pair_features).sum(-2)) * has_partner
 
 
 class MergeRusRouter(nn.Module):
@@ -558,32 +521,8 @@ def merge_auxiliary_losses(
         return losses
     first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]
-    probs_first, probs_second = probs[:, first], probs[:, second]
-    divergence = jensen_shannon_divergence(probs_first, probs_second)
-    synergy_first = probs_first[..., : config.num_synergy_experts].sum(-1)
-    synergy_second = probs_second[..., : config.num_synergy_experts].sum(-1)
-    synergy_mass = 0.5 * (synergy_first + synergy_second)
-    # on the scale of the loss type: 1 − p̄ (reference) or −log p̄ (earlier reference)
-    def scale(mass):
-        return 1.0 - mass if config.synergy_loss_type == "one_minus_p" else -torch.log(torch.as_tensor(mass).clamp(min=1e-9))
-
-    synergy_penalty = scale(synergy_mass)
-
-    def masked_mean(values: Tensor, pair_condition: Tensor) -> Tensor:
-        weights = (pair_present & pair_condition[None]).to(values.dtype)
-        return (values * weights).sum() / weights.sum().clamp(min=1)
-
-    losses["redundancy"] = masked_mean(divergence, rus.redundant)
-    losses["uniqueness"] = -masked_mean(divergence, rus.unique)
-    if config.synergy_target_mass is None:
-        losses["synergy"] = masked_mean(synergy_penalty, rus.synergistic)
-        return losses
-    # synergistic cells pull up to the target mass; every other cell of a present pair pushes back down to the
-    # synergy experts' fair share, so the loss has no direction shared by every token
-    fair_share = config.num_synergy_experts / num_experts
-    below_target = (synergy_penalty - scale(config.synergy_target_mass)).clamp(min=0.0)
-    above_fair_share = (scale(fair_share) - synergy_penalty).clamp(min=0.0)
-    losses["synergy"] = masked_mean(below_target, rus.synergistic) + masked_mean(above_fair_share, ~rus.synergistic)
+    losses.update(rus_losses(probs[:, first], probs[:, second], pair_present, rus.conditions,
+                             slice(0, config.num_synergy_experts), config))
     return losses
 
 
@@ -603,12 +542,12 @@ def routing_alignment_counts(
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]  # (B, Q, 1)
     divergence = jensen_shannon_divergence(probs[:, first], probs[:, second])  # (B, Q, T)
     counts = {}
-    for name, condition in (("redundant", rus.redundant), ("unique", rus.unique)):
+    for name, condition in (("redundant", rus.conditions.redundant), ("unique", rus.conditions.unique)):
         for label, mask in ((name, condition), (f"non_{name}", ~condition)):
             weights = (pair_present & mask[None]).to(divergence.dtype)
             counts[f"{label}_jsd"] = (divergence * weights).sum()
             counts[f"{label}_pairs"] = weights.sum()
-    synergistic_pair = (pair_present & rus.synergistic[None]).to(probs.dtype)  # (B, Q, T)
+    synergistic_pair = (pair_present & rus.conditions.synergistic[None]).to(probs.dtype)  # (B, Q, T)
     partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair)
     in_synergy_cell = partner_count.index_add(1, second, synergistic_pair) > 0  # (B, M, T)
     on_synergy = (selected_experts < num_synergy_experts).sum(-1).to(probs.dtype)  # (B, M, T)
@@ -700,51 +639,17 @@ class MergeModel(MergePreTrainedModel):
         the pair (i, j)); resolve percentile thresholds and the top partners. Raises `ValueError` on a wrong
         shape, non-finite or negative values, or asymmetric R / S."""
         expected = (self.config.num_modalities, self.config.num_modalities, self.config.num_rus_lags)
-        tables = {}
-        for name, values in (("redundancy", redundancy), ("uniqueness", uniqueness), ("synergy", synergy)):
-            values = torch.as_tensor(values, dtype=torch.float32)
-            if tuple(values.shape) != expected:
-                raise ValueError(
-                    f"RUS {name} has shape {tuple(values.shape)}, expected [M, M, L] = {list(expected)} "
-                    f"(modalities {self.config.modality_names}, num_rus_lags={self.config.num_rus_lags})."
-                )
-            if not torch.isfinite(values).all():
-                raise ValueError(f"RUS {name} contains NaN or Inf values.")
-            if (values < 0).any():
-                raise ValueError(f"RUS {name} has negative values (min {values.min().item():.4g} bits).")
-            tables[name] = values
-        for name in ("redundancy", "synergy"):
-            if not torch.allclose(tables[name], tables[name].transpose(0, 1), atol=1e-5):
-                raise ValueError(f"RUS {name} must be symmetric in its first two axes ([i, j, τ] == [j, i, τ]).")
+        tables = validate_rus_tables(redundancy, uniqueness, synergy, expected,
+                                     f"modalities {self.config.modality_names}, num_rus_lags={self.config.num_rus_lags}")
         for name, values in tables.items():
             getattr(self, f"rus_{name}").copy_(values)
-        self.rus_thresholds.copy_(self._resolve_thresholds(tables))
+        self.rus_thresholds.copy_(resolve_thresholds(tables["redundancy"], tables["uniqueness"], tables["synergy"], self.config))
         if self.config.router_top_partners is not None and self.config.num_modalities > 1:
             score = (tables["redundancy"] + tables["synergy"]).sum(-1)
             score.fill_diagonal_(float("-inf"))
             top = torch.topk(score, self.rus_partner_index.shape[1], dim=1, sorted=False).indices
             self.rus_partner_index.copy_(torch.sort(top, dim=1).values)
         self.rus_is_set.fill_(True)
-
-    def _resolve_thresholds(self, tables: dict[str, Tensor]) -> Tensor:
-        """[τ_R, τ_U, τ_S] in bits: the config's values, or their percentiles of the RUS values (R, S over pairs
-        i < j and lags; U over U_m(τ) = max_j U[m, j, τ])."""
-        config = self.config
-        requested = torch.tensor(
-            [config.redundancy_threshold, config.uniqueness_threshold, config.synergy_threshold]
-        )
-        if config.threshold_mode == "absolute":
-            return requested
-        upper = torch.triu_indices(config.num_modalities, config.num_modalities, offset=1)
-        samples = [
-            tables["redundancy"][upper[0], upper[1]].reshape(-1),
-            _per_modality_uniqueness(tables["uniqueness"]).reshape(-1),
-            tables["synergy"][upper[0], upper[1]].reshape(-1),
-        ]
-        return torch.stack([
-            torch.quantile(values, percentile / 100.0) if values.numel() else torch.tensor(0.0)
-            for values, percentile in zip(samples, requested.tolist())
-        ])
 
     def rus_context(self, num_tokens: int, presence: Tensor) -> MergeRusContext:
         """RUS lookups at each token's lag, partner features and loss pairs (vectorised over M and pairs)."""
@@ -763,17 +668,13 @@ class MergeModel(MergePreTrainedModel):
         is_partner = torch.zeros(num_modalities, num_modalities, dtype=torch.bool, device=presence.device)
         is_partner[rows.expand_as(partners), partners] = True
         loss_pairs = torch.nonzero(torch.triu(is_partner | is_partner.T, diagonal=1))
-        token_uniqueness = _per_modality_uniqueness(self.rus_uniqueness)[:, lags]
-        first, second = loss_pairs[:, 0], loss_pairs[:, 1]
-        tau_redundancy, tau_uniqueness, tau_synergy = self.rus_thresholds
         return MergeRusContext(
             pair_features=pair_features.transpose(1, 2),
             pair_mask=presence[:, partners][:, :, None, :],
-            token_uniqueness=token_uniqueness,
+            token_uniqueness=per_modality_uniqueness(self.rus_uniqueness)[:, lags],
             loss_pairs=loss_pairs,
-            redundant=redundancy[first, second] > tau_redundancy,
-            unique=(token_uniqueness[first] > tau_uniqueness) & (token_uniqueness[second] > tau_uniqueness),
-            synergistic=synergy[first, second] > tau_synergy,
+            conditions=pair_conditions(self.rus_redundancy, self.rus_uniqueness, self.rus_synergy, loss_pairs, lags,
+                                       self.rus_thresholds),
         )
 
     def _validated_inputs(
@@ -890,15 +791,6 @@ class MergeModel(MergePreTrainedModel):
             selected_experts=tuple(all_experts) if output_router_probs else None,
         )
         return output if return_dict else output.to_tuple()
-
-
-def _per_modality_uniqueness(uniqueness: Tensor) -> Tensor:
-    """U_m(τ) = max over partners j ≠ m of U[m, j, τ]: `[M, M, L]` → `(M, L)` (zeros when M = 1)."""
-    num_modalities = uniqueness.shape[0]
-    if num_modalities == 1:
-        return uniqueness.new_zeros(1, uniqueness.shape[2])
-    off_diagonal = ~torch.eye(num_modalities, dtype=torch.bool, device=uniqueness.device)[:, :, None]
-    return uniqueness.masked_fill(~off_diagonal, float("-inf")).amax(1)
 
 
 def _as_tensor(value, argument: str) -> Tensor:

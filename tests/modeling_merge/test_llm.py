@@ -261,12 +261,12 @@ def test_bad_modality_ids_are_errors_naming_the_problem():
 
 def test_rus_tables_of_the_wrong_shape_or_with_text_as_a_sensor_name_are_errors():
     rus = sensor_rus()
-    with pytest.raises(ValueError, match=r"redundancy must be \[M, M, L\] with M = 3"):
+    with pytest.raises(ValueError, match=r"RUS redundancy has shape \(2, 2, 3\), expected \[M, M, L\] = \[3, 3, 3\]"):
         install_rus_router(tiny_lm("olmoe"), rus, modality_names=["acc", "ecg", "eda"])
     with pytest.raises(ValueError, match="built-in text modality"):
         install_rus_router(tiny_lm("olmoe"), rus, modality_names=["text", "ecg"])
     rus.synergy[0, 1, 0] = float("nan")
-    with pytest.raises(ValueError, match="synergy must be finite"):
+    with pytest.raises(ValueError, match="RUS synergy contains NaN or Inf"):
         install_rus_router(tiny_lm("olmoe"), rus)
 
 
@@ -281,11 +281,11 @@ def routing_for(rus=None, **gate_settings) -> RusRouting:
 
 def test_percentile_thresholds_are_quantiles_of_the_sensor_pairs_values():
     routing = routing_for(threshold_mode="percentile", redundancy_threshold=50.0, text_rus_bits=5.0)
-    sensor_values = sorted(sensor_rus().redundancy[~torch.eye(2, dtype=torch.bool)].flatten().tolist())
-    middle = len(sensor_values) // 2  # text rows (5 bits) are left out
-    median = 0.5 * (sensor_values[middle - 1] + sensor_values[middle])
-    assert routing.threshold_bits("redundancy") == pytest.approx(median)
-    assert routing_for().threshold_bits("uniqueness") == 0.5
+    sensor_values = sorted(sensor_rus().redundancy[0, 1].tolist())  # the one pair i < j; text (5 bits) left out
+    middle = len(sensor_values) // 2
+    median = sensor_values[middle] if len(sensor_values) % 2 else 0.5 * (sensor_values[middle - 1] + sensor_values[middle])
+    assert routing.thresholds()[0].item() == pytest.approx(median)
+    assert routing_for().thresholds()[1].item() == 0.5
 
 
 def test_text_rows_of_the_tables_hold_the_configured_text_value():
@@ -364,7 +364,8 @@ def test_uniqueness_loss_rewards_divergent_routing_and_ignores_pairs_below_thres
 
 
 def test_synergy_loss_is_one_minus_the_mean_mass_on_the_designated_experts():
-    routing = routing_for(redundancy_loss_weight=0.0, uniqueness_loss_weight=0.0, synergy_experts=(0, 1))
+    routing = routing_for(redundancy_loss_weight=0.0, uniqueness_loss_weight=0.0, synergy_experts=(0, 1),
+                          synergy_target_mass=None)
     probs = torch.tensor([[0.5, 0.1, 0.2, 0.2], [0.1, 0.1, 0.4, 0.4]])  # synergy mass 0.6 and 0.2
     record_pooled(routing, torch.tensor([[1, 2]]), probs)
     assert routing.auxiliary_losses()["synergy"].item() == pytest.approx(1.0 - 0.4)

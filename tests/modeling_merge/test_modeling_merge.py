@@ -15,50 +15,14 @@ from modeling_merge import MergeConfig, MergeForSequenceClassification, MergeMod
 from modeling_merge.modeling_merge import (
     MergeFeedForwardExperts,
     MergeMoeLayer,
-    MergeRusContextAttention,
     MergeSynergyExpert,
     _all_other_modalities,
-    jensen_shannon_divergence,
     merge_auxiliary_losses,
-    token_lags,
 )
 
+from merge_tester import make_inputs, random_rus, tiny_config, tiny_model
+
 ROUTER_TYPES = ["rus", "softmax", "laplace", "laplace_per_modality", "dense"]
-MODALITIES = {"acc": 3, "bvp": 1, "eda": 2}
-PATCHES = {"bvp": 2}
-
-
-def tiny_config(**overrides) -> MergeConfig:
-    settings = dict(
-        modalities=MODALITIES, patch_sizes=PATCHES, num_labels=3, d_model=16, num_attention_heads=2, ffn_dim=32,
-        num_encoder_layers=1, num_blocks=2, num_moe_blocks=1, num_feedforward_experts=3, num_synergy_experts=2,
-        expert_hidden_dim=16, router_hidden_dim=8, router_gru_dim=8, router_attention_dim=8, num_rus_lags=3,
-        dropout=0.0,
-    )
-    settings.update(overrides)
-    return MergeConfig(**settings)
-
-
-def random_rus(num_modalities: int, num_lags: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    redundancy, synergy = (torch.rand(num_modalities, num_modalities, num_lags, generator=generator) for _ in "RS")
-    uniqueness = torch.rand(num_modalities, num_modalities, num_lags, generator=generator)
-    return (redundancy + redundancy.transpose(0, 1)) / 2, uniqueness, (synergy + synergy.transpose(0, 1)) / 2
-
-
-def tiny_model(model_class=MergeForSequenceClassification, **overrides):
-    config = tiny_config(**overrides)
-    model = model_class(config)
-    model.set_rus(*random_rus(config.num_modalities, config.num_rus_lags))
-    return model
-
-
-def make_inputs(config: MergeConfig, batch: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.randn(batch, tokens * config.patch_size(name), channels, generator=generator)
-        for name, channels in config.modalities.items()
-    }
 
 
 def subset(inputs: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
@@ -238,12 +202,6 @@ def test_set_rus_resolves_percentile_thresholds_from_the_stored_values():
     assert tau_uniqueness == min(per_modality)
 
 
-def test_token_lags_split_the_grid_into_equal_segments():
-    assert token_lags(10, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert token_lags(3, 5).tolist() == [0, 1, 3]
-    assert token_lags(7, 1).tolist() == [0] * 7
-
-
 def test_router_top_partners_keeps_only_the_strongest_pairs_in_context_and_losses():
     modalities = {f"m{index}": 1 for index in range(5)}
     model = tiny_model(modalities=modalities, patch_sizes={}, router_top_partners=1, threshold_mode="absolute",
@@ -314,37 +272,6 @@ def test_with_top_partners_a_modality_only_sees_its_partners_through_the_synergy
     assert torch.allclose(perturbed[:, others], reference[:, others], atol=1e-6), "m2 is nobody's top partner"
     reference, perturbed = states[None]
     assert not torch.allclose(perturbed[:, others], reference[:, others], atol=1e-4), "with all partners m2 is seen"
-
-
-def test_rus_context_attention_ignores_masked_partners_and_is_zero_without_any():
-    attention = MergeRusContextAttention(input_dim=6, attention_dim=4)
-    query = torch.randn(2, 5, 6)
-    features = torch.rand(2, 5, 3, 2)
-    mask = torch.tensor([True, False, True]).expand(2, 5, 3).clone()
-    mask[1] = False
-    context = attention(query, features, mask)
-    assert context.shape == (2, 5, 4)
-    assert torch.equal(context[1], torch.zeros(5, 4))
-    altered = features.clone()
-    altered[..., 1, :] = 100.0
-    assert torch.allclose(attention(query, altered, mask), context)
-    assert torch.allclose(attention(query[0], features[0, :, [0, 2]]), context[0], atol=1e-6)
-
-
-def test_jensen_shannon_divergence_is_symmetric_zero_on_equal_and_ln2_on_disjoint():
-    p, q = torch.tensor([0.7, 0.3, 0.0]), torch.tensor([0.1, 0.2, 0.7])
-    assert torch.allclose(jensen_shannon_divergence(p, q), jensen_shannon_divergence(q, p))
-    assert jensen_shannon_divergence(p, p).abs() < 1e-7
-    disjoint = jensen_shannon_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
-    assert torch.allclose(disjoint, torch.tensor(math.log(2.0)))
-
-
-def test_jensen_shannon_divergence_has_finite_gradients_when_a_softmax_underflows_to_zero():
-    logits = torch.tensor([[100.0, -100.0, 0.0]], requires_grad=True)
-    probabilities = logits.softmax(-1)
-    assert (probabilities == 0).any()
-    jensen_shannon_divergence(probabilities, torch.full((1, 3), 1 / 3)).sum().backward()
-    assert torch.isfinite(logits.grad).all()
 
 
 # (loss type, target mass) → synergy loss when the pair's synergy-expert mass p̄ is 0.5

@@ -68,7 +68,7 @@ def test_checkpoint_loads_with_trust_remote_code_where_the_package_is_not_import
     model.set_rus(rus + rus.transpose(0, 1), torch.rand(3, 3, 2), rus + rus.transpose(0, 1))
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
-    assert {"configuration_merge.py", "modeling_merge.py", "model.safetensors"} <= {
+    assert {"configuration_merge.py", "rus_routing.py", "modeling_merge.py", "model.safetensors"} <= {
         path.name for path in checkpoint.iterdir()
     }
     assert set(json.loads((checkpoint / "config.json").read_text())["auto_map"]) == {
