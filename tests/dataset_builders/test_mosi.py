@@ -63,6 +63,25 @@ def test_mosi_labels_positive_above_zero_and_negative_below(mosi):
     assert mosi["test"]["label"] == [1, 0, 0]
 
 
+def test_mosi_regression_keeps_every_segment_with_its_sentiment_score_as_a_float_target(mosi_dir, tmp_path):
+    from modeling_merge.configuration_merge import MergeConfig
+
+    built = build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path), normalize=False, allow_pickle=True,
+                  task="regression")
+    assert [built[split].num_rows for split in ("train", "validation", "test")] == [8, 3, 4]
+    for split, key in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        np.testing.assert_allclose(built[split]["label"], SENTIMENT[key], rtol=1e-6)
+    assert built["train"].features["label"] == datasets.Value("float32")
+    metadata = metadata_of(built)
+    assert (metadata.problem_type, metadata.label_names, metadata.num_labels, metadata.skipped) == (
+        "regression", ["sentiment"], 1, {}
+    )
+    config = MergeConfig(**metadata.merge_config_kwargs())
+    assert (config.problem_type, config.num_labels) == ("regression", 1)
+    with pytest.raises(ValueError, match="task must be 'binary' or 'regression', got 'ordinal'"):
+        build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path / "c2"), allow_pickle=True, task="ordinal")
+
+
 def test_mosi_features_are_the_pickled_arrays_with_channels_from_the_file(mosi):
     metadata = metadata_of(mosi)
     assert metadata.modalities == CHANNELS and metadata.window == STEPS

@@ -7,7 +7,7 @@ import pytest
 
 from dataset_builders import build, metadata_of
 
-from builder_fixtures import write_opportunity_run
+from builder_fixtures import segment_labels, write_opportunity_run
 
 SPLIT = dict(train_runs=["S1-ADL1", "S2-ADL1"], validation_runs=["S1-ADL5"], test_runs=["S4-ADL1"])
 
@@ -49,6 +49,18 @@ def test_opportunity_windows_take_the_majority_high_level_activity(opportunity):
     assert [names[label] for label in rows["label"][s1]] == ["relaxing"] * 6 + ["coffee_time"] * 4
     assert set(rows["subject"]) == {"S1", "S2"}
     assert all(np.isfinite(rows[name]).all() for name in metadata_of(opportunity).modality_names)
+
+
+def test_opportunity_step_labels_give_each_sample_its_high_level_activity_and_ignore_null(opportunity_dir, tmp_path):
+    built = build("opportunity", data_dir=str(opportunity_dir), cache_dir=str(tmp_path), window=20, stride=10,
+                  label_granularity="step", **SPLIT)
+    assert metadata_of(built).label_granularity == "step"
+    rows = built["train"].with_format("numpy")[:]
+    activities = segment_labels([(0, 25), (101, 60), (102, 45)])  # S1-ADL1, 130 rows: starts 0..110
+    expected = [[-100 if activity == 0 else activity - 101 for activity in activities[start : start + 20]] for start in range(10, 120, 10)]
+    assert rows["label"][rows["subject"] == "S1"].tolist() == expected  # the window at 0 is all null: dropped
+    test = built["test"].with_format("numpy")[:]  # S4-ADL1: relaxing 0-29, null 30-59; starts 30, 40 all null
+    assert test["label"].tolist() == [[0] * 20, [0] * 20, [0] * 10 + [-100] * 10]
 
 
 def test_opportunity_fills_a_sensor_lost_for_a_whole_run_with_its_training_mean(opportunity):

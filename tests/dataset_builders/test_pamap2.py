@@ -7,7 +7,7 @@ import pytest
 
 from dataset_builders import build, metadata_of
 
-from builder_fixtures import write_pamap2_subject
+from builder_fixtures import segment_labels, write_pamap2_subject
 
 SPLIT = dict(train_subjects=["101", "102"], validation_subjects=["107"], test_subjects=["108"])
 
@@ -51,6 +51,24 @@ def test_pamap2_windows_take_the_majority_activity_and_drop_transient_ones(pamap
     # Majority over [s, s + 20): transient for s = 0, 10, 80, 90 (dropped), lying 20-70, walking 100-140.
     assert labels == ["lying"] * 6 + ["walking"] * 5
     assert "transient" not in names
+
+
+def test_pamap2_step_labels_give_each_100_hz_sample_its_activity_and_ignore_transient(pamap2_dir, tmp_path):
+    built = build("pamap2", data_dir=str(pamap2_dir), cache_dir=str(tmp_path), window=20, stride=10, normalize=False,
+                  label_granularity="step", **SPLIT)
+    metadata = metadata_of(built)
+    assert (metadata.label_granularity, metadata.token_grid_hz, metadata.window) == ("step", 100.0, 20)
+    assert "one label per step, steps labelled transient (0) set to -100" in metadata.protocol
+    rows = built["train"].with_format("numpy")[:]
+    subject_101 = rows["subject"] == "101"
+    activities = segment_labels([(0, 25), (1, 60), (0, 20), (4, 55)])  # the fixture's activity per row
+    class_of = {0: -100, **{activity: index for index, activity in enumerate([1, 2, 3, 4, 5, 6, 7, 12, 13, 16, 17, 24])}}
+    # starts 0, 10, ..., 140: only the window at 0 is all transient; every other one keeps its 20 rows' activities
+    expected = [[class_of[activity] for activity in activities[start : start + 20]] for start in range(10, 150, 10)]
+    assert rows["label"][subject_101].tolist() == expected
+    # the fixture's IMU level is the activity: steps labelled walking sit ~3 above those labelled lying
+    chest, labels = rows["chest"][subject_101][..., 1], rows["label"][subject_101]
+    assert 2.5 < chest[labels == 3].mean() - chest[labels == 0].mean() < 3.5
 
 
 def test_pamap2_fills_nan_runs_and_normalises_with_train_statistics(pamap2):

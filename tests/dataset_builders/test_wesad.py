@@ -12,7 +12,13 @@ import pytest
 
 from dataset_builders import build, metadata_of
 from dataset_builders._common import drop_implausible
-from dataset_builders.wesad import SUBJECTS, WesadBuilder, detect_protocol_origin, parse_quest_times, respiban_start
+from dataset_builders.wesad import (
+    SUBJECTS,
+    WesadBuilder,
+    detect_protocol_origin,
+    parse_quest_times,
+    respiban_start,
+)
 
 from builder_fixtures import code_running_pickle, write_wesad_pickle
 
@@ -58,6 +64,26 @@ def test_wesad_pickle_windows_carry_their_majority_label_and_merge_six_and_seven
     wrist_means = rows["wrist"][s2].mean(axis=(1, 2))
     np.testing.assert_allclose(wrist_means[5], 1.0, atol=0.01)
     assert set(rows["label"][rows["subject"] == "S3"]) >= {names.index("amusement"), names.index("meditation")}
+
+
+def test_wesad_pickle_step_labels_give_each_one_hertz_step_its_label(pickle_dir, tmp_path):
+    paper = build("wesad", data_dir=str(pickle_dir), cache_dir=str(tmp_path / "p"), window=10, stride=5, normalize=False,
+                  allow_pickle=True, label_granularity="step", **PICKLE_SPLIT)
+    assert metadata_of(paper).label_granularity == "step" and metadata_of(paper).token_grid_hz == 1.0
+    rows = paper["train"].with_format("numpy")[:]
+    s2 = rows["subject"] == "S2"
+    # S2 seconds: transient 0-19, baseline 20-59, stress 60-99, label 6 ("other", class 5) 100-129; every step kept
+    codes = np.repeat([0, 1, 2, 5], [20, 40, 40, 30])
+    assert rows["label"][s2].tolist() == [codes[start : start + 10].tolist() for start in range(0, 121, 5)]
+    # every signal's level is the raw label of its second: the chest level per step matches its step label
+    labels, chest = rows["label"], rows["chest"][..., 0]
+    np.testing.assert_allclose(chest[labels < 5], labels[labels < 5], atol=0.05)
+    three = build("wesad", data_dir=str(pickle_dir), cache_dir=str(tmp_path / "t"), window=10, stride=5, normalize=False,
+                  allow_pickle=True, label_granularity="step", task="three_class", **PICKLE_SPLIT)
+    three_rows = three["train"].with_format("numpy")[:]
+    three_codes = np.repeat([-100, 0, 1, -100], [20, 40, 40, 30])  # transient and "other" are outside the task
+    expected = [three_codes[start : start + 10].tolist() for start in range(0, 121, 5)]
+    assert three_rows["label"][three_rows["subject"] == "S2"].tolist() == [ids for ids in expected if max(ids) >= 0]
 
 
 def test_wesad_pickle_split_is_by_subject(from_pickles):
@@ -219,6 +245,55 @@ def test_wesad_e4_labels_follow_the_quest_file_from_the_protocol_origin(from_e4,
     assert checked >= 20  # S2 spends > 40 minutes in labelled conditions
 
 
+def quest_codes(intervals, steps: int) -> np.ndarray:
+    """Expected WESAD code of each 1 Hz step after the origin, read from the quest intervals at the step's centre."""
+    code = {"Base": 1, "TSST": 2, "Fun": 3, "Medi 1": 4, "Medi 2": 4}
+    centres = np.arange(steps) + 0.5
+    return np.asarray([next((code.get(name, 0) for name, first, last in intervals if first <= t < last), 0) for t in centres])
+
+
+@pytest.fixture(scope="module")
+def from_e4_steps(shared_data, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return build("wesad_e4", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(cache), window=60, stride=60,
+                 heart_rate=True, normalize=False, label_granularity="step", **E4_SPLIT)
+
+
+def test_wesad_e4_step_labels_follow_the_quest_file_second_by_second(from_e4_steps, shared_data):
+    metadata = metadata_of(from_e4_steps)
+    assert (metadata.label_granularity, metadata.token_grid_hz) == ("step", 1.0)
+    assert from_e4_steps["train"].features["label"].length == 60
+    for subject in ("S2", "S3"):
+        labels = np.asarray(from_e4_steps["train"]["label"])[np.asarray(from_e4_steps["train"]["subject"]) == subject]
+        intervals = parse_quest_times(shared_data / "wesad_e4" / "WESAD" / subject / f"{subject}_quest.csv")
+        # the paper task labels every step (transient is a class), so window i holds steps 60 i … 60 i + 59
+        np.testing.assert_array_equal(labels.reshape(-1), quest_codes(intervals, labels.size), err_msg=subject)
+        assert set(labels.reshape(-1).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_wesad_e4_window_labels_are_the_majority_of_the_step_labels(from_e4, from_e4_steps):
+    for split in ("train", "validation", "test"):
+        steps = np.asarray(from_e4_steps[split]["label"])
+        majority = [int(np.bincount(window).argmax()) for window in steps]
+        assert majority == from_e4[split]["label"], split
+        np.testing.assert_array_equal(from_e4_steps[split].with_format("numpy")[:]["eda"], from_e4[split].with_format("numpy")[:]["eda"])
+
+
+def test_wesad_e4_step_labels_of_a_task_set_excluded_conditions_to_minus_100(shared_data, tmp_path):
+    split = dict(train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"], window=60, stride=60)
+    built = build("wesad_e4", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path), task="three_class",
+                  label_granularity="step", **split)
+    labels = np.asarray(built["train"]["label"])
+    intervals = parse_quest_times(shared_data / "wesad_e4" / "WESAD" / "S2" / "S2_quest.csv")
+    to_class = {0: -100, 1: 0, 2: 1, 3: 2, 4: -100}  # transient and meditation are outside the three classes
+    paper = np.vectorize(to_class.get)(quest_codes(intervals, 60 * 200))
+    windows = [paper[start : start + 60] for start in range(0, paper.size - 59, 60)]
+    kept = [window for window in windows if (window >= 0).any()]
+    np.testing.assert_array_equal(labels, np.asarray(kept))  # the protocol ends well inside the recording
+    assert (labels == -100).any() and set(labels[labels >= 0].tolist()) == {0, 1, 2}
+    assert "steps labelled outside the task's classes set to -100" in metadata_of(built).protocol
+
+
 def test_wesad_e4_three_class_and_binary_tasks_drop_the_other_windows(shared_data, tmp_path):
     split = dict(train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"], window=60, stride=60)
     paper = build("wesad_e4", data_dir=str(shared_data / "wesad_e4"), cache_dir=str(tmp_path / "p"), **split)
@@ -316,6 +391,21 @@ def test_wesad_e4_native_rates_keep_fast_signals_as_patches(shared_data, tmp_pat
     assert built["test"].features["bvp"].shape == (240 * 16, 1)
     temperature = built["train"].with_format("numpy")[:]["temp"]
     assert 20.0 < float(np.median(temperature)) < 40.0  # degrees Celsius, untouched when normalize=False
+
+
+@pytest.mark.parametrize("rate", [b"0.000000", b"-4.000000"], ids=["zero", "negative"])
+def test_wesad_e4_sampling_rate_zero_or_negative_is_named(shared_data, tmp_path, rate):
+    copy_with_s3_member(shared_data, tmp_path, "EDA.csv", lambda lines: [lines[0], rate, *lines[2:]])
+    with pytest.raises(ValueError, match=r"S3_E4_Data.zip/EDA.csv: sampling rate \(row 2\) must be one positive value"):
+        build("wesad", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=60, stride=60,
+              train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"])
+
+
+def test_wesad_e4_csv_in_another_encoding_is_named(shared_data, tmp_path):
+    copy_with_s3_member(shared_data, tmp_path, "TEMP.csv", lambda lines: [*lines[:5], "35,5°".encode("latin-1"), *lines[5:]])
+    with pytest.raises(ValueError, match=r"S3_E4_Data.zip/TEMP.csv: not UTF-8 text"):
+        build("wesad", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), window=60, stride=60,
+              train_subjects=["S2"], validation_subjects=["S3"], test_subjects=["S4"])
 
 
 def test_wesad_e4_subject_without_samples_is_named(shared_data, tmp_path):
