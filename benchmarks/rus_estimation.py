@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,14 +34,18 @@ from modeling_merge.rus.batch import (
     multiscale_batch,
     stepwise_batch,
 )
-from modeling_merge.rus.pid import exact_pid
+from modeling_merge.rus.pid import exact_pid, quantized_pid
 from modeling_merge.rus.sinkhorn import sinkhorn_couplings
 from modeling_merge.rus.synthetic import (
+    continuous_pid_samples,
     discrete_pid_cases,
     make_temporal_rus_benchmark,
+    mixed_case,
+    parity_case,
     sample_from_joint,
+    shared_symbol_case,
 )
-from modeling_merge.rus.temporal import lagged_samples
+from modeling_merge.rus.temporal import balanced_subsample, lagged_samples
 
 TERMS = ("redundancy", "unique_i", "unique_j", "synergy")
 
@@ -81,6 +86,53 @@ def exact_suite(config: BatchConfig, num_samples: int) -> list[dict]:
                      **{f"batch_{term}": value for term, value in zip(TERMS, got)},
                      "max_abs_error_bits": max(abs(a - b) for a, b in zip(got, expected)),
                      "exact_s": exact_s, "batch_s": batch_s})
+    return rows
+
+
+def _batch_pid(x1, x2, y, num_classes: int, config: BatchConfig) -> list[float]:
+    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=num_classes, config=config, progress=False)
+    return [float(getattr(estimate, term)[0, 0]) for term in TERMS]
+
+
+def _quantized_pid(x1, x2, y, num_classes: int, num_bins: int = 4) -> list[float]:
+    keep = balanced_subsample(y)
+    result = quantized_pid(x1[keep], x2[keep], y[keep], num_bins)
+    return [result.redundancy, result.unique_1, result.unique_2, result.synergy]
+
+
+def accuracy_suite(config: BatchConfig, quick: bool) -> list[dict]:
+    """Section 1b: each estimator vs the exact PID of continuous sources with a discrete label (symbols of a joint
+    table embedded in ``dims`` dimensions, :func:`continuous_pid_samples`) as dimension, synergy and sample size
+    grow. Truth: the exact PID of the class-balanced joint (the embeddings determine their symbols)."""
+    estimators = {
+        f"batch ({config.discriminator_steps} steps)": lambda *a: _batch_pid(*a, config=config),
+        f"batch ({4 * config.discriminator_steps} steps)": lambda *a: _batch_pid(
+            *a, config=replace(config, discriminator_steps=4 * config.discriminator_steps)),
+        "quantized_exact (4 bins)": _quantized_pid,
+        "quantized_exact (16 bins)": lambda *a: _quantized_pid(*a, num_bins=16),
+    }
+    all_dims, sizes = ([2, 32], [1000, 4000]) if quick else ([2, 8, 32], [1000, 4000, 16000])
+    grid = [("dimension", case, dims, 4000) for case in (*discrete_pid_cases(), parity_case(2), shared_symbol_case(2))
+            for dims in all_dims]
+    grid += [("synergy", parity_case(bits), 8, 4000) for bits in (1, 2, 3)]
+    grid += [("samples", mixed_case(), 8, n) for n in sizes]
+    rows = []
+    for axis, case, dims, num_samples in grid:
+        x1, x2, y = continuous_pid_samples(case, max(dims, int(np.ceil(np.log2(max(case.joint.shape[:2]))))),
+                                           num_samples)
+        balanced = case.joint / case.joint.sum(axis=(0, 1), keepdims=True) / case.joint.shape[2]
+        exact = exact_pid(balanced)
+        truth = [exact.redundancy, exact.unique_1, exact.unique_2, exact.synergy]
+        for name, estimate in estimators.items():
+            got, seconds, _ = _timed(lambda estimate=estimate: estimate(x1, x2, y, case.joint.shape[2]))
+            rows.append({"axis": axis, "case": case.name, "dims": x1.shape[1], "samples": num_samples,
+                         "classes": case.joint.shape[2], "estimator": name, "seconds": seconds,
+                         **{f"exact_{term}": value for term, value in zip(TERMS, truth)},
+                         **{f"estimate_{term}": value for term, value in zip(TERMS, got)},
+                         "max_abs_error_bits": max(abs(a - b) for a, b in zip(got, truth))})
+            print(f"    {axis:9s} {case.name:8s} d={x1.shape[1]:2d} N={num_samples:5d} {name:26s} truth "
+                  + " ".join(f"{v:.2f}" for v in truth) + " | got " + " ".join(f"{v:.2f}" for v in got)
+                  + f" | max err {rows[-1]['max_abs_error_bits']:.3f} ({seconds:.1f} s)", flush=True)
     return rows
 
 
@@ -134,6 +186,64 @@ def multiscale_vs_stepwise(config: BatchConfig, num_sequences: int, num_lags: in
                               "stepwise": _planted_recovered(step, bench)},
         "clipped_negative_bits": {"multiscale": float(multi.clipped), "stepwise": float(step.clipped)},
     }
+
+
+def _comparison(estimate, reference, bench) -> dict:
+    """Relative difference of ``estimate`` to ``reference`` (all terms; planted entries only) and its errors
+    against the exact temporal RUS."""
+    def flat(pairwise, mask=None):
+        values = np.stack(pairwise.to_matrices(len(bench.modalities)))
+        return values if mask is None else values[mask]
+    planted = np.stack([bench.planted["rus"][name] for name in ("redundancy", "uniqueness", "synergy")]) > 0
+    return {"relative_difference": _relative_difference(flat(estimate), flat(reference)),
+            "relative_difference_planted": _relative_difference(flat(estimate, planted), flat(reference, planted)),
+            "relative_difference_unplanted": float(np.abs(flat(estimate, ~planted) - flat(reference, ~planted)).sum()
+                                                   / max(np.abs(flat(reference)).sum(), 1e-12)),
+            **_error_vs_planted(estimate, bench)}
+
+
+def multiscale_diagnosis(config: BatchConfig, num_sequences: int, num_lags: int) -> list[dict]:
+    """Section 2b: why multi-scale and step-wise differ. Each variant vs step-wise (seed 0): the noise floor
+    (step-wise with another seed), the per-lag budget (multi-scale with L× / 2× the steps; step-wise with 1/L of
+    them, i.e. multi-scale's per-lag budget without sharing) and the read-out noise (16 read-out batches)."""
+    bench = make_temporal_rus_benchmark(num_sequences=num_sequences, seq_len=max(8, num_lags), num_lags=num_lags)
+    samples = lagged_samples(bench.modalities, bench.labels, num_lags)
+
+    def scaled(factor: float, **changes) -> BatchConfig:
+        return replace(config, discriminator_steps=int(config.discriminator_steps * factor),
+                       alignment_steps=max(1, int(config.alignment_steps * factor)), **changes)
+
+    variants = [
+        ("step-wise, seed 0 (reference)", stepwise_batch, config),
+        ("step-wise, seed 1 (noise floor)", stepwise_batch, replace(config, seed=1)),
+        ("multi-scale, seed 0", multiscale_batch, config),
+        ("multi-scale, seed 1", multiscale_batch, replace(config, seed=1)),
+        (f"multi-scale, {num_lags}x steps (step-wise's per-lag budget)", multiscale_batch, scaled(num_lags)),
+        ("multi-scale, 2x steps", multiscale_batch, scaled(2)),
+        (f"step-wise, 1/{num_lags} steps (multi-scale's per-lag budget)", stepwise_batch, scaled(1 / num_lags)),
+        ("step-wise, seed 0, 16 read-out batches", stepwise_batch, replace(config, readout_batches=16)),
+        ("step-wise, seed 1, 16 read-out batches", stepwise_batch, replace(config, seed=1, readout_batches=16)),
+        ("multi-scale, seed 0, 16 read-out batches", multiscale_batch, replace(config, readout_batches=16)),
+        ("multi-scale, 2x steps, 16 read-out batches", multiscale_batch, scaled(2, readout_batches=16)),
+    ]
+    rows, reference, reference16 = [], None, None
+    for name, run, variant in variants:
+        estimate, seconds, _ = _timed(lambda run=run, variant=variant: run(
+            samples.features, samples.labels, samples.num_classes, variant, progress=False))
+        if reference is None:
+            reference = estimate
+        if "16 read-out" in name and reference16 is None:
+            reference16 = estimate
+        against = reference16 if "16 read-out" in name else reference
+        rows.append({"variant": name, "seconds": seconds, "discriminator_steps": variant.discriminator_steps,
+                     "alignment_steps": variant.alignment_steps, "readout_batches": variant.readout_batches,
+                     "seed": variant.seed, "planted_recovered": _planted_recovered(estimate, bench),
+                     **_comparison(estimate, against, bench)})
+        print(f"    {name}: {seconds:.0f} s, diff {100 * rows[-1]['relative_difference']:.1f} % (planted "
+              f"{100 * rows[-1]['relative_difference_planted']:.1f} %), mae R/U/S "
+              f"{rows[-1]['mae_redundancy_bits']:.3f}/{rows[-1]['mae_uniqueness_bits']:.3f}/"
+              f"{rows[-1]['mae_synergy_bits']:.3f}", flush=True)
+    return rows
 
 
 def sinkhorn_iterations(device: str) -> list[dict]:
@@ -209,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
                                   ("exact_s", "exact s", ".3f"), ("batch_s", "BATCH s", ".1f")]), flush=True)
         for row in rows:
             del row["R"], row["U1"], row["U2"], row["S"]
+    if "accuracy" in sections:
+        print("\n[1b] estimators vs the exact PID, continuous sources (R U1 U2 S, bits)", flush=True)
+        payload["accuracy_suite"] = accuracy_suite(BatchConfig(batch_size=128, discriminator_steps=300,
+                                                               alignment_steps=50, device=args.device), quick)
     if "multiscale" in sections:
         result = payload["multiscale_vs_stepwise"] = multiscale_vs_stepwise(
             config, num_sequences=1000 if quick else 2000, num_lags=4)
@@ -224,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{term} {errors[f'mae_{term}_bits']:.3f} / {errors[f'max_{term}_bits']:.3f} bits"
                 for term in ("redundancy", "uniqueness", "synergy")))
         print(f"    planted structure recovered: {result['planted_recovered']}", flush=True)
+    if "diagnosis" in sections:
+        print("\n[2b] why multi-scale and step-wise differ (each vs step-wise seed 0; M=7, L=4)", flush=True)
+        payload["multiscale_diagnosis"] = multiscale_diagnosis(config, num_sequences=1000 if quick else 2000,
+                                                               num_lags=4)
     if "sinkhorn" in sections:
         rows = payload["sinkhorn"] = sinkhorn_iterations(args.device)
         print("\n[3] Sinkhorn iterations to a 1e-6 marginal error (P=21, K=2, B=256, d_e=10)")

@@ -6,7 +6,7 @@ import torch
 
 from modeling_merge.rus.batch import BatchConfig, balanced_batch_indices, multiscale_batch, stepwise_batch
 from modeling_merge.rus.pid import exact_pid
-from modeling_merge.rus.synthetic import discrete_pid_cases, sample_from_joint
+from modeling_merge.rus.synthetic import continuous_pid_samples, discrete_pid_cases, parity_case, sample_from_joint
 
 TOLERANCE_BITS = 0.1
 FAST = BatchConfig(batch_size=128, discriminator_steps=300, alignment_steps=50, readout_batches=4)
@@ -29,6 +29,13 @@ def test_batch_is_within_tolerance_of_the_exact_pid_on_low_dimensional_cases(cas
     expected = [exact.redundancy, exact.unique_1, exact.unique_2, exact.synergy]
     assert got == pytest.approx(expected, abs=TOLERANCE_BITS)
     assert estimate.diagnostics["sinkhorn_max_marginal_error"] < 1e-5
+
+
+def test_batch_measures_two_bits_of_synergy_between_eight_dimensional_sources():
+    x1, x2, y = continuous_pid_samples(parity_case(2), dims=8, num_samples=4000)
+    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=4, config=FAST, progress=False)
+    got = [float(v[0, 0]) for v in (estimate.redundancy, estimate.unique_i, estimate.unique_j, estimate.synergy)]
+    assert got == pytest.approx([0.0, 0.0, 0.0, 2.0], abs=TOLERANCE_BITS)
 
 
 def test_balanced_batches_hold_every_class_equally():

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling_merge.rus.pid import PairwiseRus, exact_pid, mutual_information, quantized_pid
-from modeling_merge.rus.synthetic import discrete_pid_cases, sample_from_joint
+from modeling_merge.rus.synthetic import continuous_pid_samples, discrete_pid_cases, mixed_case, sample_from_joint
 
 pytest.importorskip("cvxpy")
 
@@ -87,3 +87,11 @@ def test_pairwise_results_become_symmetric_matrices_with_directional_uniqueness(
     assert pairwise.clipped == 0.0
     clipped = PairwiseRus.from_informations(pairs, ones * 0.5, ones * 0.5, ones * 0.4, ones * 0.45)
     assert clipped.clipped == pytest.approx(0.05 * 6 * 3)  # U_i, U_j and S per entry negative
+
+
+def test_quantized_estimator_with_an_alphabet_as_large_as_the_sources_recovers_the_mixed_case_in_32_dimensions():
+    case = mixed_case()  # x1 has 8 symbols, x2 4: four bins cannot hold x1, sixteen can
+    x1, x2, y = continuous_pid_samples(case, dims=32, num_samples=4000)
+    result = quantized_pid(x1, x2, y, num_bins=16)
+    got = [result.redundancy, result.unique_1, result.unique_2, result.synergy]
+    assert got == pytest.approx([case.redundancy, case.unique_1, case.unique_2, case.synergy], abs=0.05)

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from modeling_merge.rus.synthetic import (
+    continuous_pid_samples,
     discrete_pid_cases,
+    embed_symbols,
+    mixed_case,
+    parity_case,
+    shared_symbol_case,
     make_temporal_rus_benchmark,
     sample_from_joint,
     symbol_label_information,
@@ -19,7 +24,8 @@ def _mutual_information_bits(joint_xy: np.ndarray) -> float:
     return float((joint_xy[mask] * np.log2(joint_xy[mask] / (px * py)[mask])).sum())
 
 
-@pytest.mark.parametrize("case", discrete_pid_cases(), ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [*discrete_pid_cases(), parity_case(1), parity_case(3), shared_symbol_case(2)],
+                         ids=lambda c: c.name)
 def test_discrete_case_closed_form_is_consistent_with_its_joint_table(case):
     joint = case.joint
     assert np.isclose(joint.sum(), 1.0) and (joint >= 0).all()
@@ -106,3 +112,22 @@ def test_temporal_benchmark_rejects_lags_it_cannot_hold():
         make_temporal_rus_benchmark(num_lags=3)
     with pytest.raises(ValueError, match="distinct"):
         make_temporal_rus_benchmark(unique_lags=(1, 1))
+
+
+@pytest.mark.parametrize("dims", [3, 32])
+def test_embedded_symbols_are_recoverable_by_their_nearest_prototype_in_any_dimension(dims):
+    rng = np.random.default_rng(0)
+    symbols = rng.integers(0, 8, 3000)
+    values = embed_symbols(symbols, bits=3, dims=dims, noise=0.2, rng=rng)
+    assert values.shape == (3000, dims) and values.dtype == np.float32
+    assert _nearest_prototype_accuracy(values, symbols) == 1.0
+    with pytest.raises(ValueError, match="3-bit symbols in 2"):
+        embed_symbols(symbols, bits=3, dims=2, noise=0.2, rng=rng)
+
+
+def test_continuous_samples_embed_the_symbols_drawn_from_the_joint():
+    x1, x2, y = continuous_pid_samples(mixed_case(), dims=8, num_samples=4000, seed=2)
+    s1, s2, labels = sample_from_joint(mixed_case().joint, 4000, seed=2)
+    assert x1.shape == x2.shape == (4000, 8)
+    np.testing.assert_array_equal(y, labels)
+    assert _nearest_prototype_accuracy(x1, s1) == 1.0 and _nearest_prototype_accuracy(x2, s2) == 1.0
