@@ -2,7 +2,10 @@
 
 `build(name, data_dir=..., cache_dir=..., **config_fields)` gives a `DatasetDict` (train / validation / test)
 with one `Array2D` column per modality, `label`, `subject` and, where modalities can be missing,
-`modality_mask`; `metadata_of(dataset)` gives the `DatasetMetadata` a `MergeConfig` is built from.
+`modality_mask`; `metadata_of(dataset)` gives the `DatasetMetadata` a `MergeConfig` is built from. `label` is
+one class id per window by default; `label_granularity="step"` (PAMAP2, WESAD, Opportunity) gives one class id
+per token-grid step (-100 where unlabelled) and MOSI's `task="regression"` a float score (see
+`DatasetMetadata.features`).
 """
 
 from __future__ import annotations

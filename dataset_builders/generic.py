@@ -5,7 +5,8 @@ Two inputs:
   step at `sampling_rate_hz`, `modality_columns` mapping each modality to its columns, a `label_column`
   and optionally a `subject_column` (else the file name is the subject). Each subject's rows in a file
   form one recording, cut into windows labelled by their majority label. A file without any column of a
-  modality has that modality absent (masked); one with only some of them is an error.
+  modality has that modality absent (masked); one with only some of them is an error. A window (or array
+  example) with every modality absent carries no input: it is skipped and listed in the metadata's `skipped`.
 - arrays (`arrays={modality: (N, T_m, C_m)}`, `labels` (N,), optional `subjects` (N,) and
   `modality_mask` (N, M)): examples that are already windows. A modality with k× more rows than the
   shortest gets patch size k.
@@ -28,6 +29,7 @@ from ._common import (
     Example,
     MergeBuilderConfig,
     MergeTimeSeriesBuilder,
+    decode_text,
     describe_splits,
     fill_nan_linear,
     resolve_subject_splits,
@@ -65,12 +67,18 @@ class Recording(NamedTuple):
 
 
 def _read_table(path: Path):
+    """A CSV (UTF-8, or UTF-16 with a byte-order mark) or parquet file as a DataFrame; an empty one is an error."""
+    import io
+
     import pandas as pd
 
     if path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"generic: {path} is neither .csv nor .parquet")
     try:
-        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if path.suffix == ".parquet":
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(io.StringIO(decode_text(path.read_bytes(), f"generic: {path}")))
     except pd.errors.EmptyDataError:
         table = None
     if table is None or table.empty:

@@ -76,6 +76,39 @@ def test_generic_names_an_empty_csv(csv_dir, tmp_path, content):
               label_column="activity", subject_column="person", window=10, stride=10)
 
 
+def test_generic_reads_a_utf16_csv_and_names_one_in_another_encoding(csv_dir, tmp_path):
+    options = dict(modality_columns=COLUMNS, label_column="activity", subject_column="person", window=10, stride=10,
+                   train_subjects=["ann", "dan"], validation_subjects=["bob"], test_subjects=["cid"])
+    plain = build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "plain"), **options)
+    day2 = csv_dir / "day2.csv"
+    day2.write_bytes(day2.read_text().encode("utf-16"))
+    utf16 = build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "utf16"), **options)
+    np.testing.assert_array_equal(utf16["test"].with_format("numpy")[:]["imu"], plain["test"].with_format("numpy")[:]["imu"])
+    day2.write_bytes(day2.read_text(encoding="utf-16").replace("rest", "r\u00e9st").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"generic: .*day2\.csv: not UTF-8 text \(byte b'\\xe9'"):
+        build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "latin1"), **options)
+
+
+def test_generic_skips_and_lists_examples_with_every_modality_absent(csv_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    mask = np.ones((12, 2), dtype=bool)
+    mask[[3, 7]] = False
+    built = build("generic", cache_dir=str(tmp_path / "arrays"), arrays={"a": rng.normal(size=(12, 4, 1)), "b": rng.normal(size=(12, 4, 2))},
+                  labels=np.arange(12) % 2, label_names=["no", "yes"], subjects=[f"p{index // 2}" for index in range(12)],
+                  modality_mask=mask)
+    assert sum(built[split].num_rows for split in built) == 10
+    assert metadata_of(built).skipped == {"p1-3": "every modality absent (subject p1)", "p3-7": "every modality absent (subject p3)"}
+    # a file with no column of any modality: each of its windows has every modality absent
+    recording("eve", [("rest", 20)], 5)[["activity", "person"]].to_csv(csv_dir / "day4.csv", index=False)
+    files = build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "files"), modality_columns=COLUMNS,
+                  label_column="activity", subject_column="person", window=10, stride=10,
+                  train_subjects=["ann", "eve"], validation_subjects=["bob"], test_subjects=["cid", "dan"])
+    assert "eve" not in files["train"]["subject"]
+    assert {key: reason for key, reason in metadata_of(files).skipped.items() if "eve" in reason} == {
+        "day4/eve-0": "every modality absent (subject eve)", "day4/eve-10": "every modality absent (subject eve)"
+    }
+
+
 def test_generic_rejects_labels_outside_the_given_names(csv_dir, tmp_path):
     with pytest.raises(ValueError, match="label value\\(s\\) \\['run'\\] are not in label_names"):
         build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "cache"), modality_columns=COLUMNS,
