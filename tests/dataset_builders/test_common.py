@@ -102,6 +102,13 @@ def test_per_step_labels_are_window_int64_ids_and_a_regression_target_one_float(
     assert DatasetMetadata.from_json(step.to_json()) == step
 
 
+def test_metadata_saved_before_label_options_existed_reads_as_window_classification():
+    payload = json.loads(small_metadata().to_json())
+    del payload["label_granularity"], payload["problem_type"]
+    metadata = DatasetMetadata.from_json(json.dumps(payload))
+    assert (metadata.label_granularity, metadata.problem_type, metadata.num_labels) == ("window", "single_label_classification", 2)
+
+
 def test_metadata_refuses_unknown_label_options_and_a_regression_without_one_name():
     with pytest.raises(ValueError, match=r"label_granularity must be one of \('window', 'step'\), got 'token'"):
         small_metadata(label_granularity="token")
