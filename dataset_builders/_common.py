@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 # byte-order mark → (codec, name): spreadsheet programs save CSV as UTF-8 with a BOM or as UTF-16
-TEXT_BOMS = {codecs.BOM_UTF8: ("utf-8-sig", "UTF-8"), codecs.BOM_UTF16_LE: ("utf-16", "UTF-16"), codecs.BOM_UTF16_BE: ("utf-16", "UTF-16")}
+TEXT_BOMS = {
+    codecs.BOM_UTF8: ("utf-8-sig", "UTF-8"),
+    codecs.BOM_UTF16_LE: ("utf-16", "UTF-16"),
+    codecs.BOM_UTF16_BE: ("utf-16", "UTF-16"),
+}
 LABEL_GRANULARITIES = ("window", "step")
 PROBLEM_TYPES = ("single_label_classification", "regression")
 IGNORE_INDEX = -100  # a step without a label (per-step labels), as torch's cross-entropy ignores it

@@ -277,7 +277,8 @@ class StepToyBuilder(MergeTimeSeriesBuilder):
     STEP_LABELS = {"1": [0, 1, IGNORE_INDEX], "2": [1, 1, 0], "3": [IGNORE_INDEX, 0, 0]}
 
     def _plan(self) -> BuildPlan:
-        return BuildPlan(metadata=small_metadata(label_granularity="step"), units={"train": ["1"], "validation": ["2"], "test": ["3"]})
+        units = {"train": ["1"], "validation": ["2"], "test": ["3"]}
+        return BuildPlan(metadata=small_metadata(label_granularity="step"), units=units)
 
     def _unit_examples(self, unit):
         modalities = {"fast": np.full((6, 2), float(unit)), "slow": np.full((3, 1), 1.0)}

@@ -93,11 +93,13 @@ def test_generic_skips_and_lists_examples_with_every_modality_absent(csv_dir, tm
     rng = np.random.default_rng(0)
     mask = np.ones((12, 2), dtype=bool)
     mask[[3, 7]] = False
-    built = build("generic", cache_dir=str(tmp_path / "arrays"), arrays={"a": rng.normal(size=(12, 4, 1)), "b": rng.normal(size=(12, 4, 2))},
-                  labels=np.arange(12) % 2, label_names=["no", "yes"], subjects=[f"p{index // 2}" for index in range(12)],
-                  modality_mask=mask)
+    arrays = {"a": rng.normal(size=(12, 4, 1)), "b": rng.normal(size=(12, 4, 2))}
+    built = build("generic", cache_dir=str(tmp_path / "arrays"), arrays=arrays, labels=np.arange(12) % 2,
+                  label_names=["no", "yes"], subjects=[f"p{index // 2}" for index in range(12)], modality_mask=mask)
     assert sum(built[split].num_rows for split in built) == 10
-    assert metadata_of(built).skipped == {"p1-3": "every modality absent (subject p1)", "p3-7": "every modality absent (subject p3)"}
+    assert metadata_of(built).skipped == {
+        "p1-3": "every modality absent (subject p1)", "p3-7": "every modality absent (subject p3)"
+    }
     # a file with no column of any modality: each of its windows has every modality absent
     recording("eve", [("rest", 20)], 5)[["activity", "person"]].to_csv(csv_dir / "day4.csv", index=False)
     files = build("generic", data_dir=str(csv_dir), cache_dir=str(tmp_path / "files"), modality_columns=COLUMNS,

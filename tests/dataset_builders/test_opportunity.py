@@ -57,7 +57,8 @@ def test_opportunity_step_labels_give_each_sample_its_high_level_activity_and_ig
     assert metadata_of(built).label_granularity == "step"
     rows = built["train"].with_format("numpy")[:]
     activities = segment_labels([(0, 25), (101, 60), (102, 45)])  # S1-ADL1, 130 rows: starts 0..110
-    expected = [[-100 if activity == 0 else activity - 101 for activity in activities[start : start + 20]] for start in range(10, 120, 10)]
+    classes = np.where(activities == 0, -100, activities - 101)
+    expected = [classes[start : start + 20].tolist() for start in range(10, 120, 10)]
     assert rows["label"][rows["subject"] == "S1"].tolist() == expected  # the window at 0 is all null: dropped
     test = built["test"].with_format("numpy")[:]  # S4-ADL1: relaxing 0-29, null 30-59; starts 30, 40 all null
     assert test["label"].tolist() == [[0] * 20, [0] * 20, [0] * 10 + [-100] * 10]

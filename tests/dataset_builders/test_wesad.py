@@ -276,7 +276,8 @@ def test_wesad_e4_window_labels_are_the_majority_of_the_step_labels(from_e4, fro
         steps = np.asarray(from_e4_steps[split]["label"])
         majority = [int(np.bincount(window).argmax()) for window in steps]
         assert majority == from_e4[split]["label"], split
-        np.testing.assert_array_equal(from_e4_steps[split].with_format("numpy")[:]["eda"], from_e4[split].with_format("numpy")[:]["eda"])
+        same_windows = from_e4_steps[split].with_format("numpy")[:]["eda"], from_e4[split].with_format("numpy")[:]["eda"]
+        np.testing.assert_array_equal(*same_windows)
 
 
 def test_wesad_e4_step_labels_of_a_task_set_excluded_conditions_to_minus_100(shared_data, tmp_path):
