@@ -10,29 +10,37 @@ and a table compares the test metrics and the planted vs estimated RUS structure
     python examples/train.py --router_type laplace                   # FuseMoE baseline
     python examples/train.py --disable_aux_loss redundancy synergy   # ablation (paper Fig. 7)
     python examples/train.py --rus_ablation noise                    # RUS replaced by noise (paper Fig. 14)
-    python examples/train.py --resume                                # continue a killed run in --output_dir
+    python examples/train.py --resume                                # continue a killed run in its --output_dir
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py   # 2-process DDP (gloo)
 
-Artifacts under ``--output_dir``: ``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere),
-``checkpoints/checkpoint-<step>`` (``accelerator.save_state``, every epoch), ``best_model/`` (``save_pretrained``),
-``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``; ``run.lock`` while the run lasts: one
-run at a time per folder, and per sidecar path while it is estimated (``<sidecar>.lock``).
+``--output_dir`` defaults to ``outputs/<dataset>_<router>`` (plus ``_no_<loss>`` / ``_rus_<ablation>`` for
+ablations), so runs of different datasets, routers or ablations never share a folder. Artifacts there:
+``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere), ``checkpoints/checkpoint-<step>``
+(``accelerator.save_state`` + ``run_state.json`` + ``manifest.json``, every epoch), ``best_model/``
+(``save_pretrained`` + the processor), ``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``;
+``run.lock`` while the run lasts: one run at a time per folder, and per sidecar path while it is estimated
+(``<sidecar>.lock``). Every file is written atomically under the user's umask; a checkpoint whose files do not
+match its manifest is skipped on ``--resume`` (the previous intact one is used, and named).
+
+The glue from data to model is the library's: ``RusSidecar.for_dataset`` (estimate once, cache, check) and
+``modeling_merge.from_dataset.model_from_dataset``; this script adds the training loop around them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, LoggerType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
@@ -41,27 +49,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataset_builders  # noqa: E402
 from dataset_builders.synthetic import planted_structure  # noqa: E402
-from modeling_merge.configuration_merge import MergeConfig  # noqa: E402
-from modeling_merge.hub import write_text_atomic  # noqa: E402
+from modeling_merge.configuration_merge import ROUTER_TYPES  # noqa: E402
+from modeling_merge.files import (  # noqa: E402
+    TEMPORARY_SUFFIX,
+    apply_umask,
+    atomic_directory,
+    atomic_write,
+    exclusive_lock,
+    fsync_tree,
+    remove_leftovers,
+)
+from modeling_merge.from_dataset import AUX_LOSSES, model_from_dataset  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
-from modeling_merge.rus import (  # noqa: E402
-    BatchConfig,
-    RusSidecar,
-    arrays_from_dataset,
-    estimate_temporal_rus,
-    fingerprint_arrays,
-    pool_to_grid,
-)
+from modeling_merge.rus import BatchConfig, RusSidecar  # noqa: E402
+from modeling_merge.rus.sidecar import RUS_ABLATIONS, check_modalities_match  # noqa: E402
+from modeling_merge.rus.temporal import ESTIMATORS  # noqa: E402
 from modeling_merge.training import (  # noqa: E402
     MetricsLog,
     MultimodalCollator,
-    atomic_directory,
     changed_settings,
-    check_modalities_match,
+    checkpoints_by_step,
     drop_checkpoints_from,
     evaluate_model,
-    exclusive_lock,
     interpretation_figures,
     latest_checkpoint,
     prune_checkpoints,
@@ -69,41 +79,51 @@ from modeling_merge.training import (  # noqa: E402
     routing_summary,
 )
 
-AUX_LOSSES = ("redundancy", "uniqueness", "synergy", "load_balance")
+DATASETS = tuple(sorted({*dataset_builders.BUILDERS, *dataset_builders.BUILDER_ALIASES}))
+TRACKERS = ("all", "none", *sorted(tracker.value for tracker in LoggerType if tracker.value != "all"))
 SELECTION_METRICS = ("accuracy", "macro_f1", "roc_auc", "average_precision")  # average_precision: binary tasks
 RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
                      "dataset_cache_dir")  # output_dir: a run folder may be moved
-RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
 CLASS_WEIGHTINGS = ("none", "balanced")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+MANIFEST = "manifest.json"
 
 
 @dataclass
 class TrainArguments:
-    """Command-line options (`--name value`); every one has a default, so no config file is needed."""
+    """Command-line options (`--name value`); every one has a default, so no config file is needed. Options with a
+    fixed set of values list it (``choices``) and are checked before any data is built."""
 
-    dataset: str = field(default="synthetic", metadata={"help": "builder name: synthetic, wesad_e4, physionet2012, pamap2, ..."})
+    dataset: str = field(default="synthetic", metadata={"help": "dataset builder", "choices": DATASETS})
     data_dir: str | None = field(default=None, metadata={"help": "folder with the benchmark's raw files (not for synthetic)"})
     dataset_options: str = field(default="{}", metadata={"help": "JSON of builder config fields, e.g. '{\"window\": 50}'"})
     hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset repo or exported folder (dataset_builders.publish) "
                                                                      "instead of a builder"})
-    output_dir: str = field(default="outputs/main_job", metadata={"help": "where checkpoints, logs and figures go"})
-    dataset_cache_dir: str | None = field(default=None, metadata={"help": "where the built dataset is cached (default "
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where checkpoints, logs and figures go; None: outputs/<dataset>_<router_type>, plus _no_<loss> for "
+                "each --disable_aux_loss and _rus_<ablation> for --rus_ablation"})
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "where the built dataset is cached (None: "
                                                                           "<output_dir>/cache); runs may share one"})
     rus_sidecar: str | None = field(default=None, metadata={"help": "RUS sidecar to load; estimated and cached there if absent "
-                                                                    "(default: <output_dir>/rus.safetensors)"})
-    rus_estimator: str = field(default="multiscale_batch", metadata={"help": "multiscale_batch, stepwise_batch or quantized_exact"})
+                                                                    "(None: <output_dir>/rus.safetensors)"})
+    rus_estimator: str = field(default="multiscale_batch", metadata={"help": "RUS estimator", "choices": ESTIMATORS})
     num_rus_lags: int = field(default=4, metadata={"help": "L, lags of the temporal RUS"})
     rus_ablation: str = field(default="none", metadata={
-        "help": "replace the loaded RUS (paper Fig. 14): none, zeros, noise (uniform, each kind's mean kept) or "
-                "shuffled (each kind's values permuted over modality pairs and lags)"})
-    router_type: str = field(default="rus", metadata={"help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense"})
-    disable_aux_loss: list[str] = field(default_factory=list, metadata={"help": f"auxiliary losses to switch off: {AUX_LOSSES}"})
+        "help": "replace the loaded RUS (paper Fig. 14): zeros, noise (uniform, each kind's mean kept) or "
+                "shuffled (each kind's values permuted over modality pairs and lags)", "choices": RUS_ABLATIONS})
+    router_type: str = field(default="rus", metadata={
+        "help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense", "choices": ROUTER_TYPES})
+    disable_aux_loss: list[str] = field(default_factory=list, metadata={"help": "auxiliary losses to switch off",
+                                                                         "choices": AUX_LOSSES})
     model_options: str = field(default='{"d_model": 32, "num_blocks": 2, "num_moe_blocks": 2, "num_encoder_layers": 1, '
                                         '"ffn_dim": 64, "expert_hidden_dim": 64, "num_attention_heads": 4}',
                                metadata={"help": "JSON of MergeConfig fields (the default is a small model for CPU)"})
     num_epochs: int = field(default=6, metadata={"help": "training epochs"})
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: no limit)"})
-    batch_size: int = field(default=32, metadata={"help": "global batch size (split over processes)"})
+    batch_size: int = field(default=32, metadata={"help": "global batch size of one forward pass (split over processes)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "forward passes per optimizer step (Accelerate's accumulate): the effective batch is "
+                "batch_size × this, at the memory of batch_size"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=1e-5, metadata={"help": "AdamW decoupled weight decay, applied to weight matrices "
                                                                 "only (never to biases or normalisation weights)"})
@@ -112,21 +132,55 @@ class TrainArguments:
                                                                 "then cosine decay"})
     class_weighting: str = field(default="none", metadata={
         "help": "none, or balanced: the cross-entropy weights class c by N / (C * N_c), counted on the training split "
-                "(for imbalanced tasks such as PhysioNet's 14 %% positive)"})
+                "(for imbalanced tasks such as PhysioNet's 14 %% positive)", "choices": CLASS_WEIGHTINGS})
     early_stopping_patience: int = field(default=0, metadata={
         "help": "stop once the selection metric has not improved for this many epochs (0: train all --num_epochs)"})
-    selection_metric: str = field(default="macro_f1", metadata={"help": "validation metric that picks the best checkpoint"})
-    seed: int = 0
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir/checkpoints; "
-                                                          "every other setting must be the run's, except "
-                                                          "output_dir (a moved run), report_to, checkpoint_every_steps, "
-                                                          "keep_checkpoints and dataset_cache_dir"})
-    checkpoint_every_steps: int = field(default=0, metadata={"help": "also save state every N steps (0: only at epoch ends)"})
-    keep_checkpoints: int = 2
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, none on CPU), no, fp16, bf16"})
+    selection_metric: str = field(default="macro_f1", metadata={
+        "help": "validation metric that picks the best checkpoint (average_precision: binary tasks)",
+        "choices": SELECTION_METRICS})
+    seed: int = field(default=0, metadata={"help": "seed of the model initialisation, data order and RUS estimation"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest intact checkpoint in "
+                                                          "output_dir/checkpoints; every other setting must be the "
+                                                          "run's, except output_dir (a moved run), report_to, "
+                                                          "checkpoint_every_steps, keep_checkpoints and dataset_cache_dir"})
+    checkpoint_every_steps: int = field(default=0, metadata={"help": "also save state every N optimizer steps (0: only "
+                                                                     "at epoch ends)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, no on CPU), no, fp16, bf16",
+                                                           "choices": MIXED_PRECISIONS})
     cpu: bool = field(default=False, metadata={"help": "train on CPU even if a GPU is present"})
-    report_to: str = field(default="all", metadata={"help": "Accelerate trackers (all = those installed, none = off)"})
+    report_to: str = field(default="all", metadata={"help": "Accelerate tracker (all: those installed, none: off)",
+                                                    "choices": TRACKERS})
     limit_examples: int = field(default=0, metadata={"help": "use only the first N examples of each split (0: all)"})
+
+
+def default_output_dir(args: TrainArguments) -> str:
+    """``outputs/<dataset>_<router_type>[_no_<loss>…][_rus_<ablation>]``: one folder per dataset, router and ablation."""
+    dataset = Path(args.hub_dataset.rstrip("/")).name if args.hub_dataset else args.dataset
+    name = f"{dataset}_{args.router_type}" + "".join(f"_no_{loss}" for loss in sorted(args.disable_aux_loss))
+    if args.rus_ablation != "none":
+        name += f"_rus_{args.rus_ablation}"
+    return str(Path("outputs") / name)
+
+
+def check_arguments(args: TrainArguments) -> TrainArguments:
+    """Refuse, before any work, an option outside its choices, a non-JSON option or a count out of range, naming
+    the option; fills in the default ``output_dir``. Returns ``args``."""
+    for option in fields(args):
+        choices, value = option.metadata.get("choices"), getattr(args, option.name)
+        for item in value if isinstance(value, list) else [value]:
+            if choices and item not in choices:
+                raise ValueError(f"unknown --{option.name} {item!r}; choose one of {tuple(choices)}")
+    json_option(args, "dataset_options")
+    json_option(args, "model_options")
+    for name, least in (("num_epochs", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1), ("num_rus_lags", 1),
+                        ("keep_checkpoints", 1), ("early_stopping_patience", 0), ("checkpoint_every_steps", 0),
+                        ("limit_examples", 0)):
+        if getattr(args, name) < least:
+            raise ValueError(f"--{name} must be ≥ {least}, got {getattr(args, name)}")
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args)
+    return args
 
 
 @dataclass
@@ -183,80 +237,17 @@ def load_data(args: TrainArguments, accelerator: Accelerator):
     return splits, metadata
 
 
-def grid_arrays(split, metadata) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
-    """A split's modalities pooled onto the common token grid, name → (N, T, C_m), its labels (N,) and its
-    (N, M) presence mask (None when every modality is always present)."""
-    modalities, labels, mask = arrays_from_dataset(split, metadata.modality_names)
-    pooled = {name: pool_to_grid(values, metadata.patch_sizes[name], name) for name, values in modalities.items()}
-    return pooled, labels, mask
-
-
 def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Accelerator) -> RusSidecar:
-    """The training split's RUS sidecar: loaded and checked against the data when the file exists, otherwise
-    estimated on the main process (class-balanced, resumable through a partial-results file) and cached
-    atomically for the next run."""
+    """The training split's RUS sidecar (``RusSidecar.for_dataset``): estimated once by the main process into
+    ``--rus_sidecar`` (resumable, one process at a time), then loaded and checked against the data by every process."""
     path = Path(args.rus_sidecar or Path(args.output_dir) / "rus.safetensors")
-    modalities, labels, mask = grid_arrays(splits["train"], metadata)
+    options = dict(num_lags=args.num_rus_lags, estimator=args.rus_estimator, cache=path, config=BatchConfig(seed=args.seed),
+                   progress=accelerator.is_local_main_process)
     if accelerator.is_main_process and not path.exists():
-        with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
-            if not path.exists():  # another run may have written it while we built the data
-                accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the "
-                                  "training split")
-                estimate_temporal_rus(
-                    modalities, labels, num_lags=args.num_rus_lags, estimator=args.rus_estimator,
-                    config=BatchConfig(seed=args.seed), modality_mask=mask,
-                    lags_seconds=[lag / metadata.token_grid_hz for lag in range(args.num_rus_lags)],
-                    partial_path=str(path.with_name(path.name + ".partial")), output=path)
+        accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the training split")
+        RusSidecar.for_dataset(splits, metadata, **options)
     accelerator.wait_for_everyone()
-    sidecar = RusSidecar.load(path)
-    sidecar.validate(modality_names=metadata.modality_names, num_lags=args.num_rus_lags,
-                     fingerprint=fingerprint_arrays(modalities, labels))
-    return sidecar
-
-
-def ablate_rus(sidecar: RusSidecar, ablation: str, seed: int) -> RusSidecar:
-    """The sidecar with its RUS replaced for an ablation (paper Fig. 14): ``zeros``; ``noise``, uniform on
-    [0, 2·mean] per kind (mean over the off-diagonal entries, so the scale is kept); ``shuffled``, each kind's
-    off-diagonal values permuted over pairs and lags. R and S stay symmetric, the diagonal zero; ``none``
-    returns the sidecar unchanged. Seeded by ``seed``; the metadata records the ablation."""
-    if ablation not in RUS_ABLATIONS:
-        raise ValueError(f"--rus_ablation got {ablation!r}; choose from {RUS_ABLATIONS}")
-    if ablation == "none":
-        return sidecar
-    generator = torch.Generator().manual_seed(seed)
-    num_modalities, num_lags = sidecar.num_modalities, sidecar.num_lags
-    tables = {}
-    for kind in ("redundancy", "uniqueness", "synergy"):
-        symmetric = kind != "uniqueness"
-        rows, cols = (torch.triu_indices(num_modalities, num_modalities, offset=1) if symmetric
-                      else torch.nonzero(~torch.eye(num_modalities, dtype=torch.bool)).T)
-        values = getattr(sidecar, kind)[rows, cols]  # (pairs, L)
-        if ablation == "zeros":
-            values = torch.zeros_like(values)
-        elif ablation == "noise":
-            scale = float(values.mean()) if values.numel() and float(values.mean()) > 0 else 1.0
-            values = 2 * scale * torch.rand(values.shape, generator=generator)
-        else:
-            values = values.reshape(-1)[torch.randperm(values.numel(), generator=generator)].reshape(values.shape)
-        table = torch.zeros(num_modalities, num_modalities, num_lags)
-        table[rows, cols] = values
-        if symmetric:
-            table[cols, rows] = values
-        tables[kind] = table
-    return RusSidecar(**tables, metadata={**sidecar.metadata, "rus_ablation": ablation})
-
-
-def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeForSequenceClassification:
-    unknown = sorted(set(args.disable_aux_loss) - set(AUX_LOSSES))
-    if unknown:
-        raise ValueError(f"--disable_aux_loss got {unknown}; choose from {AUX_LOSSES}")
-    options = json_option(args, "model_options")
-    options.update({f"{name}_loss_weight": 0.0 for name in args.disable_aux_loss})
-    config = MergeConfig(**metadata.merge_config_kwargs(), num_rus_lags=args.num_rus_lags, router_type=args.router_type,
-                         **options)
-    model = MergeForSequenceClassification(config)
-    sidecar.apply_to(model)
-    return model
+    return RusSidecar.for_dataset(splits, metadata, **options)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -301,48 +292,133 @@ def patience_spent(args: TrainArguments, state: RunState) -> bool:
         state.epoch - state.best_epoch >= args.early_stopping_patience
 
 
+def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeForSequenceClassification:
+    """The model the options describe for this data, holding ``sidecar``'s RUS (``model_from_dataset``)."""
+    return model_from_dataset(metadata, sidecar, args.num_rus_lags, args.disable_aux_loss, router_type=args.router_type,
+                              **json_option(args, "model_options"))
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_run_state(accelerator: Accelerator, checkpoints: Path, state: RunState) -> None:
-    """`accelerator.save_state` (every rank writes its RNG state) plus the run state into a partial folder that
-    is renamed to ``checkpoint-<global step>`` only once complete, so a kill mid-write loses nothing. Older
-    checkpoints are pruned only once this one's weights have given a finite loss (or the run has ended)."""
+    """`accelerator.save_state` (every rank writes its RNG state) plus the run state and a manifest (size and
+    SHA-256 of every file) into a hidden partial folder that is fsync'ed and renamed to ``checkpoint-<global
+    step>`` only once complete, so a kill mid-write loses nothing and a later corruption is detected on resume.
+    Older checkpoints are pruned only once this one's weights have given a finite loss (or the run has ended)."""
     target = checkpoints / f"checkpoint-{state.global_step}"
-    partial = checkpoints / f".checkpoint-{state.global_step}.partial"
+    partial = checkpoints / f".checkpoint-{state.global_step}{TEMPORARY_SUFFIX}"  # remove_leftovers knows the name
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_text_atomic(partial / "run_state.json", json.dumps(asdict(state)))
+        atomic_write(partial / "run_state.json", json.dumps(asdict(state)))
+        manifest = {str(path.relative_to(partial)): {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+                    for path in sorted(partial.rglob("*")) if path.is_file()}
+        atomic_write(partial / MANIFEST, json.dumps(manifest, indent=1))
+        apply_umask(partial)
+        fsync_tree(partial)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
+        fsync_tree(checkpoints)
     accelerator.wait_for_everyone()
 
 
+def checkpoint_damage(checkpoint: Path) -> list[str]:
+    """The files of ``checkpoint`` that are missing, truncated or changed against its manifest (empty when intact;
+    a checkpoint written before manifests were kept is checked for ``run_state.json`` only)."""
+    if not (checkpoint / MANIFEST).is_file():
+        return [] if (checkpoint / "run_state.json").is_file() else ["run_state.json (missing)"]
+    try:
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        return [f"{MANIFEST} ({error})"]
+    damage = []
+    for name, expected in manifest.items():
+        path = checkpoint / name
+        if not path.is_file():
+            damage.append(f"{name} (missing)")
+        elif path.stat().st_size != expected["bytes"]:
+            damage.append(f"{name} ({path.stat().st_size} bytes, {expected['bytes']} written)")
+        elif file_digest(path) != expected["sha256"]:
+            damage.append(f"{name} (content changed since it was written)")
+    return damage
+
+
+def intact_checkpoint(checkpoints: Path, accelerator: Accelerator) -> Path | None:
+    """The newest checkpoint whose files match its manifest (None when there is no checkpoint). Each damaged newer
+    one is named, with its damaged files, and skipped; when every checkpoint is damaged the error names them all —
+    a run never resumes from a checkpoint it cannot restore exactly (Accelerate would silently skip unreadable
+    ``random_states_*.pkl`` and diverge)."""
+    found = checkpoints_by_step(checkpoints)
+    damaged = []
+    for _, checkpoint in reversed(found):
+        damage = checkpoint_damage(checkpoint)
+        if not damage:
+            for skipped, what in damaged:
+                accelerator.print(f"--resume: {skipped} is damaged ({'; '.join(what)}); resuming from the previous "
+                                  f"intact checkpoint {checkpoint} instead")
+            return checkpoint
+        damaged.append((checkpoint, damage))
+    if damaged:
+        listing = "; ".join(f"{checkpoint}: {', '.join(what)}" for checkpoint, what in damaged)
+        raise ValueError(f"--resume: no intact checkpoint in {checkpoints} ({listing}). Restore the files, or start a "
+                         "new run in another --output_dir.")
+    return None
+
+
+def earlier_run_error(checkpoints: Path, settings: dict) -> FileExistsError:
+    """The error for a new run in a folder that holds an earlier run's checkpoints, saying what to do: a finished run
+    (``results.json``) is kept, an unfinished one with the same settings is continued with ``--resume``, one with
+    other settings (named) needs another ``--output_dir``."""
+    latest = latest_checkpoint(checkpoints)
+    try:
+        recorded = json.loads((latest / "run_state.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        recorded = None
+    changes = changed_settings(recorded, settings) if recorded is not None else ["(unreadable run_state.json)"]
+    folder = checkpoints.parent
+    if changes:
+        advice = (f"it was started with other settings ({'; '.join(changes)}), so --resume would refuse them: choose "
+                  "another --output_dir for this run")
+    elif (folder / "results.json").is_file():
+        advice = ("that run, with these same settings, has finished (results.json): to train it again choose another "
+                  "--output_dir, or delete the folder")
+    else:
+        advice = "that run, with these same settings, has not finished: pass --resume to continue it"
+    return FileExistsError(f"{folder} holds checkpoints of an earlier run; {advice}.")
+
+
 def train(args: TrainArguments) -> dict:
-    if args.selection_metric not in SELECTION_METRICS:
-        raise ValueError(f"unknown --selection_metric {args.selection_metric!r}; choose one of {SELECTION_METRICS}")
-    if args.class_weighting not in CLASS_WEIGHTINGS:
-        raise ValueError(f"unknown --class_weighting {args.class_weighting!r}; choose one of {CLASS_WEIGHTINGS}")
-    if args.early_stopping_patience < 0:
-        raise ValueError(f"--early_stopping_patience must be ≥ 0 (0: off), got {args.early_stopping_patience}")
+    check_arguments(args)
     output_dir = Path(args.output_dir)
     mixed_precision = args.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and not args.cpu else "no"
     trackers = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output_dir),
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))
     set_seed(args.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = output_dir / "checkpoints"
-    resume_from = latest_checkpoint(checkpoints) if args.resume else None
+    if accelerator.is_main_process:  # this process owns the folder (run.lock): what a killed save left is ours
+        for leftover in remove_leftovers(output_dir) + remove_leftovers(checkpoints):
+            accelerator.print(f"removed {leftover}, left by an interrupted save")
+    accelerator.wait_for_everyone()
+    state = RunState(settings=run_settings(args, accelerator))
+    resume_from = intact_checkpoint(checkpoints, accelerator) if args.resume else None
     if args.resume and resume_from is None:
         accelerator.print(f"--resume: no checkpoint in {checkpoints}; starting from scratch")
     if not args.resume and accelerator.is_main_process and latest_checkpoint(checkpoints) is not None:
-        raise FileExistsError(f"{checkpoints} holds checkpoints of an earlier run; pass --resume to continue it "
-                              "or choose another --output_dir")
-    state = RunState(settings=run_settings(args, accelerator))
+        raise earlier_run_error(checkpoints, state.settings)
     if resume_from is not None:
         recorded = RunState(**json.loads((resume_from / "run_state.json").read_text()))
         changes = changed_settings(recorded.settings, state.settings)
@@ -354,7 +430,7 @@ def train(args: TrainArguments) -> dict:
 
     splits, metadata = load_data(args, accelerator)
     loaded = load_or_estimate_rus(args, splits, metadata, accelerator)
-    sidecar = ablate_rus(loaded, args.rus_ablation, args.seed)
+    sidecar = loaded.ablated(args.rus_ablation, args.seed)
     model = build_model(args, metadata, sidecar)
     collator = MultimodalCollator(metadata.modality_names)
     per_process_batch = max(1, args.batch_size // accelerator.num_processes)
@@ -362,7 +438,8 @@ def train(args: TrainArguments) -> dict:
     val_loader = make_loader(splits["validation"], collator, per_process_batch, shuffle=False, seed=args.seed)
     test_loader = make_loader(splits["test"], collator, per_process_batch, shuffle=False, seed=args.seed)
 
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)  # forward passes per process
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)  # optimizer steps
     total_steps = steps_per_epoch * args.num_epochs if args.max_steps < 0 else min(args.max_steps, steps_per_epoch * args.num_epochs)
     weights = class_weights(args, splits["train"], model.config.num_labels)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
@@ -385,30 +462,37 @@ def train(args: TrainArguments) -> dict:
         train_loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
         progress = tqdm(batches, desc=f"epoch {state.epoch + 1}/{args.num_epochs}", initial=state.step_in_epoch,
-                        total=steps_per_epoch, disable=not accelerator.is_local_main_process)
+                        total=batches_per_epoch, disable=not accelerator.is_local_main_process)
+        accumulated = []  # this optimizer step's forward passes: (loss, aux loss)
         for batch in progress:
-            outputs = model(**batch)
-            loss = training_loss(outputs, batch["labels"], weights)
-            if not torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")):
-                last_good = drop_checkpoints_from(checkpoints, state.global_step, delete=accelerator.is_main_process)
-                raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at epoch {state.epoch + 1}, step {state.global_step + 1} "
-                    f"(computed from the weights after step {state.global_step}); stopped, and removed any checkpoint "
-                    f"of those weights. Last good checkpoint (finite weights and loss): {last_good or 'none'}; best "
-                    f"model: {best_dir if best_dir.exists() else 'none yet'}. Lower --learning_rate in a new "
-                    "--output_dir, or check the inputs.")
-            if accelerator.is_main_process:  # the newest checkpoint's weights just gave a finite loss: prune older
-                prune_checkpoints(checkpoints, args.keep_checkpoints)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            with accelerator.accumulate(model):  # gradients are synchronised and applied every N passes / at epoch end
+                outputs = model(**batch)
+                loss = training_loss(outputs, batch["labels"], weights)
+                if not torch.isfinite(accelerator.reduce(loss.detach(), reduction="mean")):
+                    last_good = drop_checkpoints_from(checkpoints, state.global_step, delete=accelerator.is_main_process)
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss.item()} at epoch {state.epoch + 1}, step {state.global_step + 1} "
+                        f"(computed from the weights after step {state.global_step}); stopped, and removed any checkpoint "
+                        f"of those weights. Last good checkpoint (finite weights and loss): {last_good or 'none'}; best "
+                        f"model: {best_dir if best_dir.exists() else 'none yet'}. Lower --learning_rate in a new "
+                        "--output_dir, or check the inputs.")
+                if accelerator.is_main_process:  # the newest checkpoint's weights just gave a finite loss: prune older
+                    prune_checkpoints(checkpoints, args.keep_checkpoints)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()  # Accelerate's optimizer and scheduler act only when the gradients are synchronised
+                scheduler.step()
+                optimizer.zero_grad()
             state.step_in_epoch += 1
+            accumulated.append((loss.item(), outputs.aux_loss.item() if outputs.aux_loss is not None else 0.0))
+            if not accelerator.sync_gradients:
+                continue
             state.global_step += 1
-            record = {"step": state.global_step, "epoch": state.epoch + 1, "loss": loss.item(),
-                      "aux_loss": outputs.aux_loss.item() if outputs.aux_loss is not None else 0.0,
-                      "lr": scheduler.get_last_lr()[0]}
+            record = {"step": state.global_step, "epoch": state.epoch + 1,
+                      "loss": float(np.mean([pass_loss for pass_loss, _ in accumulated])),
+                      "aux_loss": float(np.mean([aux for _, aux in accumulated])), "lr": scheduler.get_last_lr()[0]}
+            accumulated = []
             progress.set_postfix(loss=f"{record['loss']:.4f}")
             if accelerator.is_main_process:
                 log.write(split="train", **record)
@@ -433,7 +517,7 @@ def train(args: TrainArguments) -> dict:
         if score > state.best_score:
             state.best_score, state.best_epoch, state.best_metrics = score, state.epoch, metrics
             if accelerator.is_main_process:
-                with atomic_directory(best_dir) as temporary:
+                with atomic_directory(best_dir) as temporary:  # fsync'ed, under the user's umask
                     accelerator.unwrap_model(model).save_pretrained(temporary)
                     MergeProcessor.from_dataset_metadata(metadata).save_pretrained(temporary)  # raw data → model input
             accelerator.wait_for_everyone()
@@ -476,7 +560,7 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                                 "rus_sidecar_hash": sidecar_hash,
                                 "metrics_log": str(log.path), "figures": [str(path) for path in figures],
                                 "checkpoints": str(output_dir / "checkpoints")}
-        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2))
+        atomic_write(output_dir / "results.json", json.dumps(results, indent=2))
         print_results(results, metadata)
     # every process leaves together: a gloo process group whose peer has exited hangs in its destructor
     accelerator.wait_for_everyone()
@@ -525,6 +609,7 @@ def print_results(results: dict, metadata) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Parse the arguments and train; the first process owns ``--output_dir`` for the run (``run.lock``)."""
     (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
+    check_arguments(args)
     if os.environ.get("RANK", "0") != "0":  # the other processes of a distributed launch
         return train(args)
     with exclusive_lock(Path(args.output_dir) / "run.lock", f"output directory {args.output_dir}"):

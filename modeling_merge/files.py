@@ -4,8 +4,8 @@
   folder fsync'ed, so a crash leaves the old file or the new one, never a mix.
 * :func:`atomic_directory` — the same for a folder (a checkpoint, ``best_model/``).
 * Outputs get the permissions of the user's umask (``0o666`` / ``0o777`` minus the umask), as ``open`` and
-  ``mkdir`` would give them: the temporary-file functions of ``tempfile`` create ``0600`` / ``0700``, which a
-  colleague with group read on a shared cluster cannot read.
+  ``mkdir`` would give them: the temporary-file functions of ``tempfile`` (and safetensors) create ``0600`` /
+  ``0700``, which a colleague with group read on a shared cluster cannot read (:func:`apply_umask`).
 * Every temporary name starts with ``.`` and ends with :data:`TEMPORARY_SUFFIX`, so :func:`remove_leftovers`
   can delete those an interrupted save left behind, and nothing else.
 * :func:`exclusive_lock` — one process at a time per output (a run folder, a sidecar being estimated).
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TEMPORARY_SUFFIX", "atomic_directory", "atomic_write", "exclusive_lock", "fsync_tree", "remove_leftovers",
-           "temporary_name"]
+__all__ = ["TEMPORARY_SUFFIX", "apply_umask", "atomic_directory", "atomic_write", "exclusive_lock", "fsync_tree",
+           "remove_leftovers", "temporary_name"]
 
 TEMPORARY_SUFFIX = ".merge-tmp"
 
@@ -61,6 +61,16 @@ def fsync_tree(folder: str | os.PathLike) -> None:
         for name in files:
             _fsync(Path(root) / name)
         _fsync(root)
+
+
+def apply_umask(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything under it the umask's permissions (files ``0o666``, folders ``0o777``, minus
+    the umask): some writers (safetensors) create ``0600`` files whatever the umask."""
+    mask = _umask()
+    for root, directories, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
 
 
 def temporary_name(final: str | os.PathLike) -> Path:
@@ -107,9 +117,9 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMPORARY_SUFFIX, dir=final.parent))
-    os.chmod(temporary, 0o777 & ~_umask())
     try:
         yield temporary
+        apply_umask(temporary)
         fsync_tree(temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

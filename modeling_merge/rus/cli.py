@@ -1,14 +1,17 @@
 """``merge-rus``: estimate temporal RUS into a sidecar, draw it, push it next to a dataset on the Hub.
 
-    merge-rus estimate --arrays train.npz --num-lags 4 --output out/            # arrays in, rus.safetensors out
-    merge-rus estimate --dataset synthetic --dataset-config num_sequences=500 --output out/
-    merge-rus plot out/rus.safetensors --output-dir figures/
-    merge-rus push out/rus.safetensors lab/my-dataset
+    merge-rus estimate --arrays train.npz --num_lags 4 --output out/            # arrays in, rus.safetensors out
+    merge-rus estimate --dataset synthetic --dataset_options '{"num_sequences": 500}' --output out/
+    merge-rus plot out/rus.safetensors --output_dir figures/
+    merge-rus push out/rus.safetensors lab/my-dataset                             # creates the dataset repo if needed
 
 ``--arrays``: an ``.npz`` with one (N, T, C) array per modality (on one token grid), ``label`` ((N,) or (N, T))
 and optionally ``modality_mask`` (N, M). ``--dataset``: a ``dataset_builders`` name; its training split is
-used, modalities are pooled to the token grid by the builder's patch sizes. Estimation is resumable: an
-interrupted run leaves ``<output>.partial.pt`` beside the output and the next identical run continues.
+used, modalities pooled to the token grid by the builder's patch sizes (``RusSidecar.for_dataset``, as
+``examples/train.py`` does, so the sidecar is accepted there with the same ``--dataset_options``). Estimation is
+resumable: an interrupted run leaves ``<output>.partial`` beside the output and the next identical run continues;
+one process at a time estimates into an output (``<output>.lock``). Options are snake_case, as in every script
+of this project (the kebab-case spellings are accepted too).
 """
 
 from __future__ import annotations
@@ -25,21 +28,24 @@ __all__ = ["main", "build_parser"]
 _RESERVED = ("label", "modality_mask")
 
 
-def _parse_value(text: str):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring kept as written, and every option's default shown."""
+
+
+def _option(group, name: str, **kwargs) -> None:
+    """``--snake_case`` with its ``--kebab-case`` spelling as an alias (as ``HfArgumentParser`` does)."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*spellings, **kwargs)
+
+
+def _dataset_options(text: str) -> dict:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _key_values(pairs: list[str]) -> dict:
-    config = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise SystemExit(f"--dataset-config expects key=value, got {pair!r}")
-        config[key] = _parse_value(value)
-    return config
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--dataset_options is not JSON ({error}): pass an object such as '{{\"window\": 50}}'") from None
+    if not isinstance(options, dict):
+        raise SystemExit(f"--dataset_options must be a JSON object of builder field: value pairs, got {text!r}")
+    return options
 
 
 def _load_arrays(path: Path, modality_names: list[str] | None):
@@ -54,45 +60,44 @@ def _load_arrays(path: Path, modality_names: list[str] | None):
             raise SystemExit(f"--arrays: {path} lacks the modalities {missing} (it has {archive.files})")
         modalities = {name: archive[name] for name in names}
         mask = archive["modality_mask"] if "modality_mask" in archive.files else None
-        return modalities, archive["label"], mask, None
-
-
-def _load_dataset(name: str, args):
-    from dataset_builders import build, metadata_of
-
-    from .temporal import arrays_from_dataset
-
-    splits = build(name, data_dir=args.data_dir, cache_dir=args.cache_dir, **_key_values(args.dataset_config))
-    metadata = metadata_of(splits)
-    modalities, labels, mask = arrays_from_dataset(splits["train"], list(metadata.modalities), metadata.patch_sizes)
-    lags_seconds = [lag / metadata.token_grid_hz for lag in range(args.num_lags)] if metadata.token_grid_hz else None
-    return modalities, labels, mask, lags_seconds
+        return modalities, archive["label"], mask
 
 
 def _estimate(args) -> Path:
+    from ..files import exclusive_lock
     from .batch import BatchConfig
-    from .sidecar import SIDECAR_FILENAME
+    from .sidecar import SIDECAR_FILENAME, RusSidecar
     from .temporal import estimate_temporal_rus
 
     if (args.arrays is None) == (args.dataset is None):
         raise SystemExit("give exactly one of --arrays FILE.npz or --dataset NAME")
-    names = args.modalities.split(",") if args.modalities else None
-    if args.arrays is not None:
-        modalities, labels, mask, lags_seconds = _load_arrays(Path(args.arrays), names)
-    else:
-        modalities, labels, mask, lags_seconds = _load_dataset(args.dataset, args)
     output = Path(args.output)
     if output.is_dir() or not output.suffix:
         output = output / SIDECAR_FILENAME
     config = BatchConfig(batch_size=args.batch_size, discriminator_steps=args.discriminator_steps,
                          alignment_steps=args.alignment_steps, seed=args.seed, device=args.device)
-    sidecar = estimate_temporal_rus(
-        modalities, labels, num_lags=args.num_lags, estimator=args.estimator, config=config, modality_mask=mask,
-        split="train", lags_seconds=lags_seconds, num_bins=args.num_bins,
-        max_samples_per_lag=args.max_samples_per_lag,
-        partial_path=str(output.with_name(output.name + ".partial.pt")), output=output, progress=not args.no_progress)
-    print(f"wrote {output} ({sidecar.num_modalities} modalities, {sidecar.num_lags} lags, "
-          f"{sidecar.metadata['estimator']}; clipped {sidecar.metadata['clipped_negative_mass_bits']:.4f} bits)")
+    options = dict(num_lags=args.num_lags, estimator=args.estimator, config=config, num_bins=args.num_bins,
+                   max_samples_per_lag=args.max_samples_per_lag, progress=not args.no_progress)
+    existed = output.exists()
+    if args.dataset is not None:
+        from dataset_builders import build, metadata_of
+
+        dataset_options = _dataset_options(args.dataset_options)
+        splits = build(args.dataset, data_dir=args.data_dir, cache_dir=args.dataset_cache_dir, **dataset_options)
+        sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), cache=output, **options)
+    else:
+        if existed:
+            raise SystemExit(f"{output} exists; delete it to estimate again, or choose another --output")
+        names = args.modalities.split(",") if args.modalities else None
+        modalities, labels, mask = _load_arrays(Path(args.arrays), names)
+        with exclusive_lock(output.with_name(output.name + ".lock"), f"RUS sidecar {output} (being estimated)"):
+            sidecar = estimate_temporal_rus(modalities, labels, modality_mask=mask, split="train",
+                                            partial_path=str(output.with_name(output.name + ".partial")),
+                                            output=output, **options)
+    action = "kept the existing" if existed else "wrote"
+    print(f"{action} {output} ({sidecar.num_modalities} modalities, {sidecar.num_lags} lags, "
+          f"{sidecar.metadata['estimator']}; clipped {sidecar.metadata['clipped_negative_mass_bits']:.4f} bits)"
+          + ("; it matches the data (delete it to estimate again)" if existed else ""))
     return output
 
 
@@ -113,52 +118,57 @@ def _push(args) -> str:
     from .sidecar import RusSidecar
 
     commit = RusSidecar.load(args.sidecar).push_to_hub(args.repo_id, filename=args.filename, revision=args.revision,
-                                                         endpoint=args.endpoint)
+                                                         endpoint=args.endpoint, private=args.private)
     print(f"pushed {args.sidecar} to datasets/{args.repo_id} ({args.filename}) in commit {commit}")
     return commit
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dataset_builders import BUILDER_ALIASES, BUILDERS
+
     from .temporal import ESTIMATORS
 
-    parser = argparse.ArgumentParser(prog="merge-rus", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="merge-rus", description=__doc__, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    estimate = commands.add_parser("estimate", help="estimate temporal RUS on a training split → rus.safetensors")
+    estimate = commands.add_parser("estimate", help="estimate temporal RUS on a training split → rus.safetensors",
+                                   formatter_class=_HelpFormatter)
     source = estimate.add_argument_group("input (one of)")
-    source.add_argument("--arrays", help=".npz with one (N, T, C) array per modality, 'label', optional 'modality_mask'")
-    source.add_argument("--dataset", help="a dataset_builders name (its train split is used)")
-    estimate.add_argument("--data-dir", help="raw files of the dataset (builders that read files)")
-    estimate.add_argument("--cache-dir", help="datasets cache folder")
-    estimate.add_argument("--dataset-config", nargs="*", default=[], metavar="KEY=VALUE",
-                          help="builder config fields (values parsed as JSON where possible)")
-    estimate.add_argument("--modalities", help="comma-separated modality names and order (default: all, file order)")
-    estimate.add_argument("--output", required=True, help="sidecar file or folder (→ folder/rus.safetensors)")
-    estimate.add_argument("--num-lags", type=int, default=4)
-    estimate.add_argument("--estimator", choices=ESTIMATORS, default="multiscale_batch")
-    estimate.add_argument("--batch-size", type=int, default=256)
-    estimate.add_argument("--discriminator-steps", type=int, default=600)
-    estimate.add_argument("--alignment-steps", type=int, default=100)
-    estimate.add_argument("--num-bins", type=int, default=4, help="quantized_exact: symbols per modality")
-    estimate.add_argument("--max-samples-per-lag", type=int, default=20000)
-    estimate.add_argument("--seed", type=int, default=0)
-    estimate.add_argument("--device", default="cpu")
-    estimate.add_argument("--no-progress", action="store_true")
+    _option(source, "arrays", help=".npz with one (N, T, C) array per modality, 'label', optional 'modality_mask'")
+    _option(source, "dataset", choices=sorted({*BUILDERS, *BUILDER_ALIASES}),
+            help="a dataset_builders name (its train split is used)")
+    _option(estimate, "data_dir", help="raw files of the dataset (builders that read files)")
+    _option(estimate, "dataset_cache_dir", help="datasets cache folder (None: the datasets library's)")
+    _option(estimate, "dataset_options", default="{}", help="JSON object of builder config fields, as in train.py")
+    _option(estimate, "modalities", help="--arrays: comma-separated modality names and order (None: all, file order)")
+    _option(estimate, "output", required=True, help="sidecar file or folder (→ folder/rus.safetensors)")
+    _option(estimate, "num_lags", type=int, default=4, help="L, lags of the temporal RUS (token-grid steps 0..L-1)")
+    _option(estimate, "estimator", choices=ESTIMATORS, default="multiscale_batch", help="RUS estimator")
+    _option(estimate, "batch_size", type=int, default=256, help="BATCH: samples per training batch")
+    _option(estimate, "discriminator_steps", type=int, default=600, help="BATCH: discriminator training steps")
+    _option(estimate, "alignment_steps", type=int, default=100, help="BATCH: Sinkhorn alignment training steps")
+    _option(estimate, "num_bins", type=int, default=4, help="quantized_exact: symbols per modality")
+    _option(estimate, "max_samples_per_lag", type=int, default=20000, help="class-balanced subsample per lag")
+    _option(estimate, "seed", type=int, default=0, help="seed of the subsampling and the estimator")
+    _option(estimate, "device", default="cpu", help="torch device of the BATCH networks")
+    _option(estimate, "no_progress", action="store_true", help="no progress bar")
     estimate.set_defaults(handler=_estimate)
 
-    plot = commands.add_parser("plot", help="temporal R/U/S curves and a pair × lag heat map (PNG)")
+    plot = commands.add_parser("plot", help="temporal R/U/S curves and a pair × lag heat map (PNG)",
+                               formatter_class=_HelpFormatter)
     plot.add_argument("sidecar", help="rus.safetensors or its folder")
-    plot.add_argument("--output-dir", default=".")
-    plot.add_argument("--top-pairs", type=int, default=6)
+    _option(plot, "output_dir", default=".", help="folder for temporal_rus.png and rus_heatmap.png")
+    _option(plot, "top_pairs", type=int, default=6, help="pairs drawn in temporal_rus.png (the strongest)")
     plot.set_defaults(handler=_plot)
 
-    push = commands.add_parser("push", help="upload a sidecar next to a dataset on the Hub (repo_type dataset)")
-    push.add_argument("sidecar")
-    push.add_argument("repo_id")
-    push.add_argument("--filename", default="rus.safetensors")
-    push.add_argument("--revision")
-    push.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    push = commands.add_parser("push", help="upload a sidecar next to a dataset on the Hub (repo_type dataset)",
+                               formatter_class=_HelpFormatter)
+    push.add_argument("sidecar", help="rus.safetensors or its folder")
+    push.add_argument("repo_id", help="dataset repo, e.g. org/wesad-e4 (created if it does not exist)")
+    _option(push, "filename", default="rus.safetensors", help="path of the sidecar in the repo")
+    _option(push, "revision", help="branch to commit to (None: main)")
+    _option(push, "endpoint", help="Hub endpoint (None: HF_ENDPOINT or huggingface.co)")
+    _option(push, "private", action="store_true", help="create the repo private (when it does not exist yet)")
     push.set_defaults(handler=_push)
     return parser
 

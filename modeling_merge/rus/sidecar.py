@@ -21,7 +21,7 @@ import torch
 
 from ..files import atomic_write, exclusive_lock
 
-__all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RusSidecar", "RusSidecarMismatch",
+__all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RUS_ABLATIONS", "RusSidecar", "RusSidecarMismatch",
            "check_modalities_match", "fingerprint_arrays", "modality_differences"]
 
 FORMAT_VERSION = 1
@@ -30,6 +30,7 @@ CARD_KEY = "merge_rus"
 _REQUIRED_METADATA = ("modality_names", "lags_steps", "units", "estimator", "estimator_settings", "split",
                       "class_balanced", "fingerprint", "format_version")
 _TENSOR_NAMES = ("redundancy", "uniqueness", "synergy")
+RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
 
 
 class RusSidecarMismatch(ValueError):
@@ -139,6 +140,36 @@ class RusSidecar:
     def modality_uniqueness(self) -> torch.Tensor:
         """U_m(τ) [M, L]: per modality the max over the pairs containing it (reference rule)."""
         return self.uniqueness.max(dim=1).values
+
+    def ablated(self, ablation: str, seed: int = 0) -> "RusSidecar":
+        """This sidecar with its RUS replaced for an ablation (paper Fig. 14): ``zeros``; ``noise``, uniform on
+        [0, 2·mean] per kind (mean over the off-diagonal entries, so the scale is kept); ``shuffled``, each kind's
+        off-diagonal values permuted over pairs and lags. R and S stay symmetric, the diagonal zero; ``none``
+        returns the sidecar itself. Seeded by ``seed``; the metadata records the ablation."""
+        if ablation not in RUS_ABLATIONS:
+            raise ValueError(f"rus_ablation got {ablation!r}; choose from {RUS_ABLATIONS}")
+        if ablation == "none":
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        tables = {}
+        for kind in _TENSOR_NAMES:
+            symmetric = kind != "uniqueness"
+            rows, cols = (torch.triu_indices(self.num_modalities, self.num_modalities, offset=1) if symmetric
+                          else torch.nonzero(~torch.eye(self.num_modalities, dtype=torch.bool)).T)
+            values = getattr(self, kind)[rows, cols]  # (pairs, L)
+            if ablation == "zeros":
+                values = torch.zeros_like(values)
+            elif ablation == "noise":
+                scale = float(values.mean()) if values.numel() and float(values.mean()) > 0 else 1.0
+                values = 2 * scale * torch.rand(values.shape, generator=generator)
+            else:
+                values = values.reshape(-1)[torch.randperm(values.numel(), generator=generator)].reshape(values.shape)
+            table = torch.zeros(self.num_modalities, self.num_modalities, self.num_lags)
+            table[rows, cols] = values
+            if symmetric:
+                table[cols, rows] = values
+            tables[kind] = table
+        return RusSidecar(**tables, metadata={**self.metadata, "rus_ablation": ablation})
 
     # --------------------------------------------------------------------------------------------- files
     def save(self, path_or_dir: str | os.PathLike) -> Path:

@@ -15,7 +15,7 @@ def test_a_sidecar_rewritten_by_another_run_is_not_published(reference_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
     rewritten = tmp_path / "rus.safetensors"  # same data, other values: what a second run estimating into it leaves
-    train.ablate_rus(train.RusSidecar.load(root / "rus.safetensors"), "noise", seed=0).save(rewritten)
+    train.RusSidecar.load(root / "rus.safetensors").ablated("noise", seed=0).save(rewritten)
     record = json.loads((run / "results.json").read_text())
     record["artifacts"]["rus_sidecar"] = str(rewritten)
     (run / "results.json").write_text(json.dumps(record))

@@ -51,10 +51,63 @@ def test_the_job_writes_every_artifact_and_a_results_table(reference_run, capsys
     assert torch.count_nonzero(best.merge.rus_synergy) > 0  # the estimated RUS travels inside the checkpoint
 
 
-def test_a_second_run_in_the_same_folder_needs_resume(reference_run):
+def test_a_second_run_in_the_same_folder_is_told_what_to_do(reference_run, tmp_path):
     root, _ = reference_run
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="has finished .*choose another --output_dir, or delete the folder"):
         train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
+    shutil.copytree(root / "run", tmp_path / "run")
+    with pytest.raises(FileExistsError, match=r"other settings \(seed: 0 → 1\), so --resume would refuse them: choose "
+                                              "another --output_dir"):
+        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--seed", "1"))
+    (tmp_path / "run" / "results.json").unlink()  # as if killed before the end
+    with pytest.raises(FileExistsError, match="has not finished: pass --resume to continue it"):
+        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors"))
+
+
+def test_each_dataset_router_and_ablation_gets_its_own_default_output_dir():
+    def folder(*arguments):
+        (args,) = train.HfArgumentParser(train.TrainArguments).parse_args_into_dataclasses(args=list(arguments))
+        return train.check_arguments(args).output_dir
+
+    readme_commands = [(), ("--dataset", "wesad_e4", "--data_dir", "d"), ("--dataset", "physionet2012", "--data_dir", "d"),
+                       ("--router_type", "laplace_per_modality"), ("--disable_aux_loss", "synergy"),
+                       ("--rus_ablation", "noise"), ("--hub_dataset", "org/wesad-e4/")]
+    folders = [folder(*command) for command in readme_commands]
+    assert folders[0] == str(Path("outputs/synthetic_rus"))
+    assert folders[4] == str(Path("outputs/synthetic_rus_no_synergy")) and folders[6] == str(Path("outputs/wesad-e4_rus"))
+    assert len(set(folders)) == len(folders)
+    assert folder("--output_dir", "runs/mine") == "runs/mine"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--router_type", "ruz"), ("--disable_aux_loss", "synergie"), ("--selection_metric", "auroc"),
+     ("--dataset", "wesad-e4"), ("--report_to", "tensorbord"), ("--rus_estimator", "batch"),
+     ("--mixed_precision", "fp8")],
+)
+def test_a_typo_in_an_option_with_choices_stops_before_any_work(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit):
+        train.main(["--output_dir", str(tmp_path / "run"), option, value])
+    error = capsys.readouterr().err
+    assert f"argument {option}" in error and f"invalid choice: '{value}'" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_arguments_built_in_code_are_checked_like_the_command_line():
+    with pytest.raises(ValueError, match=r"unknown --disable_aux_loss 'synergie'; choose one of \('redundancy'"):
+        train.check_arguments(train.TrainArguments(disable_aux_loss=["synergie"]))
+    with pytest.raises(ValueError, match="--gradient_accumulation_steps must be ≥ 1, got 0"):
+        train.check_arguments(train.TrainArguments(gradient_accumulation_steps=0))
+
+
+def test_every_option_has_help_text_and_shows_its_default(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in train.fields(train.TrainArguments):
+        assert option.metadata.get("help"), option.name
+        assert f"--{option.name}" in text
+    assert "(default: 6)" in text and "(default: macro_f1)" in text
 
 
 def test_resume_refuses_changed_settings_by_name(reference_run, tmp_path):
@@ -112,7 +165,6 @@ def test_a_sidecar_being_estimated_by_another_run_is_not_estimated_twice(tmp_pat
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--selection_metric", "f1"], "unknown --selection_metric 'f1'; choose one of"),
         (["--dataset_options", "{window: 5}"], "--dataset_options is not JSON"),
         (["--model_options", "[16]"], "--model_options must be a JSON object"),
     ],
@@ -158,10 +210,10 @@ def test_rus_ablation_reaches_the_trained_model(reference_run, tmp_path):
 def test_rus_ablations_replace_the_values_and_keep_the_sidecar_valid(reference_run):
     root, _ = reference_run
     sidecar = train.RusSidecar.load(root / "rus.safetensors")
-    assert train.ablate_rus(sidecar, "none", seed=0) is sidecar
+    assert sidecar.ablated("none", seed=0) is sidecar
     off_diagonal = ~torch.eye(sidecar.num_modalities, dtype=torch.bool)
     for ablation in ("zeros", "noise", "shuffled"):
-        ablated = train.ablate_rus(sidecar, ablation, seed=0)  # RusSidecar re-checks symmetry, signs, diagonal
+        ablated = sidecar.ablated(ablation, seed=0)  # RusSidecar re-checks symmetry, signs, diagonal
         assert ablated.metadata["rus_ablation"] == ablation
         for kind in ("redundancy", "uniqueness", "synergy"):
             original, new = getattr(sidecar, kind)[off_diagonal], getattr(ablated, kind)[off_diagonal]
@@ -172,9 +224,9 @@ def test_rus_ablations_replace_the_values_and_keep_the_sidecar_valid(reference_r
             if ablation == "shuffled":
                 torch.testing.assert_close(new.flatten().sort().values, original.flatten().sort().values)
         if ablation != "zeros":
-            assert not torch.equal(ablated.synergy, train.ablate_rus(sidecar, ablation, seed=1).synergy)
+            assert not torch.equal(ablated.synergy, sidecar.ablated(ablation, seed=1).synergy)
     with pytest.raises(ValueError, match="rus_ablation"):
-        train.ablate_rus(sidecar, "random", seed=0)
+        sidecar.ablated("random", seed=0)
 
 
 class _NanGradient(torch.autograd.Function):
@@ -302,3 +354,92 @@ def test_the_readme_ddp_command_trains_the_default_model(reference_run, tmp_path
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["num_processes"] == 2 and results["steps"] >= 6
     assert MergeForSequenceClassification.from_pretrained(tmp_path / "ddp" / "best_model").config.num_experts == 8
+
+
+def test_a_runs_outputs_are_readable_by_the_group_under_the_users_umask(reference_run, tmp_path):
+    root, _ = reference_run
+    previous = os.umask(0o027)
+    try:
+        train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--num_epochs", "1"))
+    finally:
+        os.umask(previous)
+    paths = [tmp_path / "run", *(tmp_path / "run").rglob("*")]
+    assert any(path.name == "results.json" for path in paths) and any(path.name == "best_model" for path in paths)
+    for path in paths:
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o040 and not mode & 0o007, (path, oct(mode))  # group reads, others get nothing (umask 027)
+        if path.is_dir():
+            assert mode & 0o010, (path, oct(mode))
+
+
+def test_leftovers_of_an_interrupted_save_are_removed_on_the_next_start(reference_run, tmp_path, capsys):
+    root, _ = reference_run
+    shutil.copytree(root / "run", tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    leftovers = [tmp_path / "run" / f".results.json.x1{train.TEMPORARY_SUFFIX}",
+                 tmp_path / "run" / f".best_model.x2{train.TEMPORARY_SUFFIX}", checkpoints / f".checkpoint-9{train.TEMPORARY_SUFFIX}"]
+    leftovers[0].write_text("{half")
+    for folder in leftovers[1:]:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train.main(tiny_arguments(tmp_path / "run", root / "rus.safetensors", "--resume"))
+    assert not any(path.exists() for path in leftovers)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    out = capsys.readouterr().out
+    assert all(f"removed {path}, left by an interrupted save" in out for path in leftovers)
+
+
+def _unfinished_copy(root: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A copy of the reference run without its results.json; returns the folder and its checkpoints, oldest first."""
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (run / "results.json").unlink()
+    return run, [path for _, path in train.checkpoints_by_step(run / "checkpoints")]
+
+
+def test_resume_from_a_damaged_checkpoint_falls_back_to_the_previous_intact_one(reference_run, tmp_path, capsys):
+    root, reference = reference_run
+    run, (older, newest) = _unfinished_copy(root, tmp_path)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    results = train.main(tiny_arguments(run, root / "rus.safetensors", "--resume"))
+    out = capsys.readouterr().out
+    assert f"--resume: {newest} is damaged (model.safetensors (" in out
+    assert f"resuming from the previous intact checkpoint {older} instead" in out and f"resumed from {older}" in out
+    assert results["steps"] == reference["steps"]
+    assert results["test"] == pytest.approx(reference["test"], abs=1e-6)  # still exact
+
+
+def test_a_corrupt_random_state_file_is_an_error_naming_it_not_a_silent_divergence(reference_run, tmp_path):
+    root, _ = reference_run
+    run, checkpoints = _unfinished_copy(root, tmp_path)
+    for checkpoint in checkpoints:
+        (checkpoint / "random_states_0.pkl").write_bytes(b"\x80\x04garbage")  # Accelerate would skip it silently
+    with pytest.raises(ValueError, match=r"--resume: no intact checkpoint in .*random_states_0\.pkl \(.*Restore the "
+                                         "files, or start a new run in another --output_dir") as error:
+        train.main(tiny_arguments(run, root / "rus.safetensors", "--resume"))
+    assert all(str(checkpoint) in str(error.value) for checkpoint in checkpoints)
+
+
+def test_gradient_accumulation_equals_a_larger_batch(tmp_path):
+    # Dense model, dropout 0, no auxiliary losses: 2 passes of 8 then one step == one pass of 16, step by step.
+    common = ["--router_type", "dense", "--disable_aux_loss", "redundancy", "uniqueness", "synergy", "load_balance",
+              "--limit_examples", "64", "--num_epochs", "1", "--dataset_options",
+              TINY_DATA.replace('"num_sequences": 96', '"num_sequences": 200')]
+    sidecar = tmp_path / "rus.safetensors"
+    large = train.main(tiny_arguments(tmp_path / "large", sidecar, *common))
+    accumulated = train.main(tiny_arguments(tmp_path / "accumulated", sidecar, *common, "--batch_size", "8",
+                                            "--gradient_accumulation_steps", "2"))
+    assert large["steps"] == accumulated["steps"] == 4
+
+    def losses(run):
+        log = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(entry["step"], entry["loss"], entry["lr"]) for entry in log if entry["split"] == "train"]
+
+    for (step, loss, lr), (step_acc, loss_acc, lr_acc) in zip(losses("large"), losses("accumulated"), strict=True):
+        assert (step, lr) == (step_acc, lr_acc)
+        assert loss_acc == pytest.approx(loss, abs=1e-5)
+    models = [MergeForSequenceClassification.from_pretrained(tmp_path / run / "best_model") for run in ("large", "accumulated")]
+    for (name, value), other in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(value, other, atol=1e-5, rtol=1e-4, msg=name)

@@ -39,7 +39,8 @@ def test_files_and_folders_get_the_users_umask(tmp_path, umask, mask):
     written = atomic_write(tmp_path / "figure.png", lambda temporary: temporary.write_bytes(b"png"))
     with atomic_directory(tmp_path / "best_model") as folder:
         (folder / "config.json").write_text("{}")
-    for path in (text, data, written, tmp_path / "best_model" / "config.json"):
+        (folder / "model.safetensors").touch(mode=0o600)  # as safetensors writes, whatever the umask
+    for path in (text, data, written, tmp_path / "best_model" / "config.json", tmp_path / "best_model" / "model.safetensors"):
         assert mode(path) == 0o666 & ~mask, path
     assert mode(tmp_path / "best_model") == 0o777 & ~mask
     if mask == 0o027:  # a colleague in the group can read what a run wrote

@@ -18,8 +18,8 @@ def arrays_file(tmp_path_factory):
 
 def test_estimate_from_an_npz_writes_a_sidecar_for_exactly_those_arrays(arrays_file, tmp_path, capsys):
     path, bench = arrays_file
-    assert main(["estimate", "--arrays", str(path), "--num-lags", "4", "--estimator", "quantized_exact",
-                 "--num-bins", "2", "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert main(["estimate", "--arrays", str(path), "--num_lags", "4", "--estimator", "quantized_exact",
+                 "--num_bins", "2", "--output", str(tmp_path / "out"), "--no_progress"]) == 0
     sidecar = RusSidecar.load(tmp_path / "out")
     assert sidecar.modality_names == list(bench.modalities)
     assert sidecar.metadata["fingerprint"] == fingerprint_arrays(bench.modalities, bench.labels)
@@ -29,9 +29,9 @@ def test_estimate_from_an_npz_writes_a_sidecar_for_exactly_those_arrays(arrays_f
 
 def test_modality_selection_and_order_follow_the_flag(arrays_file, tmp_path):
     path, _ = arrays_file
-    main(["estimate", "--arrays", str(path), "--modalities", "synergy_b,synergy_a", "--num-lags", "1",
-          "--estimator", "quantized_exact", "--num-bins", "2", "--output", str(tmp_path / "s.safetensors"),
-          "--no-progress"])
+    main(["estimate", "--arrays", str(path), "--modalities", "synergy_b,synergy_a", "--num_lags", "1",
+          "--estimator", "quantized_exact", "--num_bins", "2", "--output", str(tmp_path / "s.safetensors"),
+          "--no_progress"])
     sidecar = RusSidecar.load(tmp_path / "s.safetensors")
     assert sidecar.modality_names == ["synergy_b", "synergy_a"]
     assert sidecar.synergy[0, 1, 0] > 0.3
@@ -47,16 +47,72 @@ def test_cli_errors_name_the_problem(arrays_file, tmp_path):
         main(["estimate", "--arrays", str(tmp_path / "none.npz"), "--output", str(tmp_path)])
 
 
-def test_estimate_from_the_synthetic_dataset_builder_then_plot(tmp_path):
+def test_estimate_from_the_synthetic_dataset_builder_then_plot(tmp_path, capsys):
     pytest.importorskip("dataset_builders")
     out = tmp_path / "rus"
-    main(["estimate", "--dataset", "synthetic", "--cache-dir", str(tmp_path / "cache"), "--dataset-config",
-          "num_sequences=300", "seq_len=6", "--num-lags", "4", "--estimator", "quantized_exact", "--num-bins", "2",
-          "--output", str(out), "--no-progress"])
+    arguments = ["estimate", "--dataset", "synthetic", "--dataset_cache_dir", str(tmp_path / "cache"),
+                 "--dataset_options", '{"num_sequences": 300, "seq_len": 6}', "--num_lags", "4",
+                 "--estimator", "quantized_exact", "--num_bins", "2", "--output", str(out), "--no_progress"]
+    main(arguments)
     sidecar = RusSidecar.load(out)
     assert sidecar.num_lags == 4 and len(sidecar.modality_names) >= 6
     assert sidecar.metadata["split"] == "train"
-    main(["plot", str(out), "--output-dir", str(tmp_path / "figures")])
+    main(arguments)  # a second run finds the file, checks it against the data and keeps it
+    assert RusSidecar.load(out).content_hash() == sidecar.content_hash()
+    assert "kept the existing" in capsys.readouterr().out
+    main(["plot", str(out), "--output-dir", str(tmp_path / "figures")])  # the kebab-case spelling still works
     for name in ("temporal_rus.png", "rus_heatmap.png"):
         png = tmp_path / "figures" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_existing_output_is_not_overwritten_from_arrays(arrays_file, tmp_path):
+    path, _ = arrays_file
+    (tmp_path / "rus.safetensors").write_bytes(b"keep")
+    with pytest.raises(SystemExit, match="exists; delete it to estimate again"):
+        main(["estimate", "--arrays", str(path), "--output", str(tmp_path)])
+    assert (tmp_path / "rus.safetensors").read_bytes() == b"keep"
+
+
+def test_a_typo_in_a_dataset_name_or_its_options_stops_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["estimate", "--dataset", "wesad-e4", "--output", str(tmp_path)])
+    assert "invalid choice: 'wesad-e4'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--dataset_options is not JSON"):
+        main(["estimate", "--dataset", "synthetic", "--dataset_options", "num_sequences=3", "--output", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["estimate", "plot", "push"])
+def test_every_option_is_snake_case_with_help_that_shows_its_default(command, capsys):
+    import argparse
+
+    from modeling_merge.rus.cli import build_parser
+
+    subparsers = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    options = [action for action in subparsers.choices[command]._actions if not isinstance(action, argparse._HelpAction)]
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for action in options:
+        assert action.help, action.dest
+        if action.option_strings:
+            assert action.option_strings[0] == "--" + action.dest, action.option_strings  # --snake_case first
+        if action.default not in (None, False):
+            assert f"(default: {action.default})" in text, action.dest
+
+
+def test_push_to_a_dataset_repo_that_does_not_exist_creates_it(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from hub_server import LocalHubServer
+    from test_sidecar import make_sidecar
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_local")
+    path = make_sidecar().save(tmp_path / "rus.safetensors")
+    with LocalHubServer(lifetime_s=120) as server:
+        main(["push", str(path), "lab/brand-new", "--endpoint", server.url])
+        assert "rus.safetensors" in server.hub.get("dataset", "lab/brand-new").commits[-1].files
+    assert "pushed" in capsys.readouterr().out
