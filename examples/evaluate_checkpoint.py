@@ -1,6 +1,6 @@
 """Evaluate a MERGE checkpoint and draw what it learned; compare ablation runs.
 
-    python examples/evaluate_checkpoint.py --checkpoint outputs/main_job/best_model    # the run's dataset, test split
+    python examples/evaluate_checkpoint.py --checkpoint outputs/synthetic_rus/best_model    # the run's dataset, test split
     python examples/evaluate_checkpoint.py --checkpoint org/merge-wesad --dataset wesad_e4 --data_dir ../shared/data/wesad_e4
     python examples/evaluate_checkpoint.py --ablation_runs runs/full runs/no_redundancy runs/no_synergy --output_dir runs/ablation
 
@@ -23,29 +23,27 @@ from transformers import HfArgumentParser
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataset_builders  # noqa: E402
-from modeling_merge.hub import write_text_atomic  # noqa: E402
+from modeling_merge.files import atomic_write  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
 from modeling_merge.plotting import plot_ablation  # noqa: E402
-from modeling_merge.training import (  # noqa: E402
-    MultimodalCollator,
-    check_modalities_match,
-    evaluate_model,
-    interpretation_figures,
-)
+from modeling_merge.rus.sidecar import check_modalities_match  # noqa: E402
+from modeling_merge.training import MultimodalCollator, evaluate_model, interpretation_figures  # noqa: E402
 
 
 @dataclass
 class EvaluateArguments:
     checkpoint: str | None = field(default=None, metadata={"help": "folder or Hub repo id of a MERGE checkpoint"})
     dataset: str | None = field(default=None, metadata={
-        "help": "builder name, as in train.py (default: the run's, from results.json beside a local checkpoint; "
-                "else synthetic)"})
-    data_dir: str | None = field(default=None, metadata={"help": "default: the run's"})
-    dataset_options: str | None = field(default=None, metadata={"help": "JSON builder options; default: the run's"})
-    split: str = "test"
-    batch_size: int = 64
-    output_dir: str = "outputs/evaluation"
-    ablation_runs: list[str] = field(default_factory=list, metadata={"help": "train.py output folders to compare"})
+        "help": "builder name, as in train.py (None: the run's, from results.json beside a local checkpoint; "
+                "else synthetic)", "choices": tuple(sorted({*dataset_builders.BUILDERS, *dataset_builders.BUILDER_ALIASES}))})
+    data_dir: str | None = field(default=None, metadata={"help": "raw files of the dataset (None: the run's)"})
+    dataset_options: str | None = field(default=None, metadata={"help": "JSON builder options (None: the run's)"})
+    split: str = field(default="test", metadata={"help": "split to score", "choices": ("train", "validation", "test")})
+    batch_size: int = field(default=64, metadata={"help": "examples per forward pass"})
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "where evaluation.json and the figures go"})
+    ablation_runs: list[str] = field(default_factory=list, metadata={
+        "help": "train.py output folders to compare in ablation.png (labelled by router, disabled losses and RUS "
+                "ablation; runs that would share a label get their folder name added)"})
 
 
 def training_run_defaults(checkpoint: str) -> dict:
@@ -78,23 +76,36 @@ def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     figures = interpretation_figures(model, loader, output_dir, lags_seconds)
     report = {"checkpoint": args.checkpoint, "dataset": metadata.name, "split": args.split, "metrics": metrics,
               "figures": [str(path) for path in figures]}
-    write_text_atomic(output_dir / "evaluation.json", json.dumps(report, indent=2))
+    atomic_write(output_dir / "evaluation.json", json.dumps(report, indent=2))
     print(f"{metadata.name} {args.split}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     print("figures: " + ", ".join(report["figures"]))
     return report
 
 
+def ablation_label(results: dict) -> str:
+    """A run's label in the ablation figure: router, disabled auxiliary losses and RUS ablation."""
+    disabled = results["disabled_aux_losses"]
+    label = f"{results['router_type']}" + (f" − {'/'.join(disabled)}" if disabled else " (all losses)")
+    ablation = results.get("rus_ablation", "none")
+    return label + (f", RUS {ablation}" if ablation != "none" else "")
+
+
 def compare_ablations(run_dirs: list[str], output_dir: Path) -> Path:
-    """Bar chart of the test metrics of several train.py runs, labelled by the auxiliary losses they disabled."""
-    runs = {}
+    """Bar chart of the test metrics of several train.py runs, one bar group per run (:func:`ablation_label`;
+    runs that would share a label, e.g. two seeds, get their folder added). A folder given twice is refused."""
+    folders = [Path(run_dir).resolve() for run_dir in run_dirs]
+    repeated = sorted({str(folder) for folder in folders if folders.count(folder) > 1})
+    if repeated:
+        raise ValueError(f"--ablation_runs names the same run more than once: {repeated}")
+    labelled = []
     for run_dir in run_dirs:
         results_path = Path(run_dir) / "results.json"
         if not results_path.exists():
             raise FileNotFoundError(f"{results_path} is missing: {run_dir} is not a finished examples/train.py run")
         results = json.loads(results_path.read_text())
-        disabled = results["disabled_aux_losses"]
-        label = f"{results['router_type']}" + (f" − {'/'.join(disabled)}" if disabled else " (all losses)")
-        runs[label] = results["test"]
+        labelled.append((ablation_label(results), run_dir, results["test"]))
+    labels = [label for label, _, _ in labelled]
+    runs = {(f"{label} [{run_dir}]" if labels.count(label) > 1 else label): test for label, run_dir, test in labelled}
     path = plot_ablation(runs, output_dir / "ablation.png")
     print(f"ablation figure: {path}")
     return path

@@ -30,3 +30,20 @@ def test_data_on_another_token_grid_is_refused_naming_both_lengths(reference_run
         evaluate_checkpoint.main(["--checkpoint", str(root / "run" / "best_model"), "--dataset_options", longer,
                                   "--output_dir", str(tmp_path)])
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_ablation_runs_that_would_share_a_label_are_told_apart_and_a_repeated_run_is_refused(reference_run, tmp_path,
+                                                                                              monkeypatch):
+    import shutil
+
+    root, _ = reference_run
+    for seed in ("seed0", "seed1"):  # two runs of the same variant: the same label
+        shutil.copytree(root / "run", tmp_path / seed, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    plotted = {}
+    monkeypatch.setattr(evaluate_checkpoint, "plot_ablation", lambda runs, path: plotted.update(runs) or path)
+    evaluate_checkpoint.main(["--ablation_runs", str(tmp_path / "seed0"), str(tmp_path / "seed1"),
+                              "--output_dir", str(tmp_path / "figures")])
+    assert sorted(plotted) == [f"rus (all losses) [{tmp_path / 'seed0'}]", f"rus (all losses) [{tmp_path / 'seed1'}]"]
+    with pytest.raises(ValueError, match="names the same run more than once"):
+        evaluate_checkpoint.main(["--ablation_runs", str(tmp_path / "seed0"), str(tmp_path / "seed0") + "/",
+                                  "--output_dir", str(tmp_path / "figures")])

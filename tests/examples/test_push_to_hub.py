@@ -21,3 +21,21 @@ def test_a_sidecar_rewritten_by_another_run_is_not_published(reference_run, tmp_
     (run / "results.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=rf"{rewritten} is not the RUS sidecar the run in {run} trained with"):
         push_to_hub.main(["--run_dir", str(run), "--repo_id", "org/merge-tiny"])
+
+
+def test_export_dir_writes_what_would_be_uploaded_without_the_network(reference_run, tmp_path, capsys):
+    root, _ = reference_run
+    folder = Path(push_to_hub.main(["--run_dir", str(root / "run"), "--repo_id", "org/merge-tiny",
+                                    "--export_dir", str(tmp_path / "export")]))
+    assert folder == tmp_path / "export" / "model"
+    files = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "rus.safetensors", "preprocessor_config.json",
+            "modeling_merge.py", "configuration_merge.py"} <= files
+    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForSequenceClassification"]
+    assert "not uploaded" in capsys.readouterr().out
+
+
+def test_pushing_without_the_network_says_so_and_names_the_dry_run(reference_run):
+    root, _ = reference_run  # the tests run with HF_HUB_OFFLINE=1
+    with pytest.raises(SystemExit, match="could not reach the Hub .*--export_dir DIR"):
+        push_to_hub.main(["--run_dir", str(root / "run"), "--repo_id", "org/merge-tiny"])
