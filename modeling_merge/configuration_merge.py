@@ -17,12 +17,14 @@ ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
 EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
 THRESHOLD_MODES = ("percentile", "absolute")
+PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 
 
 AUTO_MAP = {
     "AutoConfig": "configuration_merge.MergeConfig",
     "AutoModel": "modeling_merge.MergeModel",
     "AutoModelForSequenceClassification": "modeling_merge.MergeForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_merge.MergeForTokenClassification",
 }
 
 
@@ -66,6 +68,14 @@ class RusRoutingConfig:
             value = getattr(self, field)
             _check(_is_number(value) and 0 <= value <= upper, field,
                    f"must be in [0, {upper}] for threshold_mode={self.threshold_mode!r}", value, owner)
+
+# Arguments that transformers' `PreTrainedConfig` takes besides its fields (and that `config.json` files, the Auto
+# classes, pipelines and PEFT pass); MergeConfig refuses every other argument that is not one of its fields.
+TRANSFORMERS_KWARGS = frozenset({
+    "num_labels", "torch_dtype", "name_or_path", "output_attentions", "attn_implementation", "experts_implementation",
+    "per_layer_config", "auto_map", "model_type", "custom_pipelines", "tie_word_embeddings", "use_cache",
+    "pad_token_id", "bos_token_id", "eos_token_id", "task_specific_params", "finetuning_task", "base_model_tp_plan",
+})
 
 
 def _pamap2_modalities() -> dict[str, int]:
@@ -186,6 +196,10 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
                "give each modality a distinct name", [list(pair) for pair in pairs])
         self.modalities = {name: channels for name, (_, channels) in zip(names, pairs)}
         self.patch_sizes = {str(name): size for name, size in dict(self.patch_sizes or {}).items()}
+        unknown = sorted(name for name in kwargs if name not in TRANSFORMERS_KWARGS and not name.startswith("_"))
+        if unknown:
+            raise ValueError(f"MergeConfig got unknown argument(s) {unknown}: not MergeConfig fields and not "
+                             "transformers config arguments (check the spelling against the MergeConfig docstring).")
         kwargs.setdefault("num_labels", 12 if self.id2label is None else len(self.id2label))
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__post_init__(**kwargs)
@@ -262,6 +276,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
                    "num_experts_per_token", f"must be in [1, num_experts={self.num_experts}]",
                    self.num_experts_per_token)
         _check(self.num_labels is not None and self.num_labels >= 1, "num_labels", "must be >= 1", self.num_labels)
+        _check(self.problem_type in PROBLEM_TYPES, "problem_type", f"must be one of {PROBLEM_TYPES}", self.problem_type)
+        _check(isinstance(self.use_encoder_conv, bool), "use_encoder_conv", "must be a bool", self.use_encoder_conv)
         if self.token_grid_length is not None:
             _check(_is_int(self.token_grid_length) and self.token_grid_length > 0, "token_grid_length",
                    "must be None or an int > 0", self.token_grid_length)

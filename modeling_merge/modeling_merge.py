@@ -9,6 +9,7 @@ relative imports.
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_merge import MergeConfig
 from .rus_routing import (
@@ -40,29 +45,40 @@ class MergeModelOutput(ModelOutput):
     Args:
         last_hidden_state (`(B, M, T, D)`): token states after the last block (absent modalities included).
         pooler_output (`(B, D)`): LayerNorm, then mean over time and over present modalities.
+        token_pooler_output (`(B, T, D)`): LayerNorm, then mean over present modalities at each token step.
         aux_loss (`()`): weighted sum of the auxiliary losses, averaged over MoE layers.
         aux_losses (`dict[str, Tensor]`): unweighted terms `redundancy`, `uniqueness` (already negative: it
             pushes apart), `synergy`, `load_balance`, each averaged over MoE layers;
             `aux_loss = Σ weight_name · aux_losses[name]`.
-        router_probs (`tuple[(B, M, T, E)]`): router probabilities per MoE layer (on request).
-        selected_experts (`tuple[(B, M, T, k)]`): chosen expert ids per MoE layer (on request).
+        router_probs (`tuple[(B, M, T, E)]`): router probabilities per MoE layer (`output_router_probs=True`).
+        selected_experts (`tuple[(B, M, T, k)]`): chosen expert ids per MoE layer (`output_router_probs=True`).
+        hidden_states (`tuple[(B, M, T, D)]`): the encoders' output, then the output of every block
+            (`output_hidden_states=True`; num_blocks + 1 entries).
+        attentions (`tuple[(B, M, H, T, T)]`): self-attention weights of every block (`output_attentions=True`,
+            eager attention only).
+        router_logits (`tuple[(B, M, T, E)]`): router logits per MoE layer, float32 (`output_router_logits=True`).
     """
 
     last_hidden_state: Tensor | None = None
     pooler_output: Tensor | None = None
+    token_pooler_output: Tensor | None = None
     aux_loss: Tensor | None = None
     aux_losses: dict[str, Tensor] | None = None
     router_probs: tuple[Tensor, ...] | None = None
     selected_experts: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    router_logits: tuple[Tensor, ...] | None = None
 
 
 @dataclass
 class MergeSequenceClassifierOutput(ModelOutput):
     """
     Args:
-        loss (`()`): cross-entropy + `aux_loss` (when `labels` are given).
-        logits (`(B, num_labels)`).
-        aux_loss, aux_losses, router_probs, selected_experts: as in [`MergeModelOutput`].
+        loss (`()`): the head's loss for `config.problem_type` + `aux_loss` (when `labels` are given).
+        logits (`(B, num_labels)`): class logits, or regression outputs for `problem_type="regression"`.
+        aux_loss, aux_losses, router_probs, selected_experts, hidden_states, attentions, router_logits: as in
+            [`MergeModelOutput`].
     """
 
     loss: Tensor | None = None
@@ -71,6 +87,19 @@ class MergeSequenceClassifierOutput(ModelOutput):
     aux_losses: dict[str, Tensor] | None = None
     router_probs: tuple[Tensor, ...] | None = None
     selected_experts: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    router_logits: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class MergeTokenClassifierOutput(MergeSequenceClassifierOutput):
+    """
+    Args:
+        loss (`()`): cross-entropy over the labelled steps (−100 ignored) + `aux_loss` (when `labels` are given).
+        logits (`(B, T, num_labels)`): class logits of every step of the token grid.
+        Others: as in [`MergeSequenceClassifierOutput`].
+    """
 
 
 @dataclass
@@ -104,10 +133,14 @@ def sinusoidal_positions(num_tokens: int, dim: int, device: torch.device, dtype:
 
 class MergeAttention(nn.Module):
     """Multi-head attention of `query_states (N, Tq, D)` over `key_value_states (N, Tk, D)`; `attention_mask`
-    `(N, Tq, Tk)` bool, True = may attend."""
+    `(N, Tq, Tk)` bool, True = may attend. `config._attn_implementation` chooses the kernel at each call through
+    transformers' attention interface: `"sdpa"` (the default; no weights returned) or `"eager"`
+    (`eager_attention_forward`, which also returns the attention weights `(N, H, Tq, Tk)`)."""
 
     def __init__(self, config: MergeConfig):
         super().__init__()
+        self.config = config
+        self.is_causal = False
         self.num_heads = config.num_attention_heads
         self.head_dim = config.d_model // config.num_attention_heads
         self.dropout = config.dropout
@@ -119,19 +152,33 @@ class MergeAttention(nn.Module):
     def _heads(self, states: Tensor) -> Tensor:
         return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, query_states: Tensor, key_value_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(self, query_states: Tensor, key_value_states: Tensor, attention_mask: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """→ (outputs `(N, Tq, D)`, attention weights `(N, H, Tq, Tk)` with `"eager"`, else None)."""
         return self.attend(query_states, self.k_proj(key_value_states), self.v_proj(key_value_states), attention_mask)
 
-    def attend(self, query_states: Tensor, keys: Tensor, values: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def attend(self, query_states: Tensor, keys: Tensor, values: Tensor, attention_mask: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
         """As `forward`, with keys and values already projected (`k_proj`, `v_proj`), `(N, Tk, D)` each; the mask
         may broadcast over queries (`(N, 1, Tk)`)."""
-        query = self._heads(self.q_proj(query_states))
+        query, key, value = self._heads(self.q_proj(query_states)), self._heads(keys), self._heads(values)
         mask = None if attention_mask is None else attention_mask[:, None]
-        attended = F.scaled_dot_product_attention(
-            query, self._heads(keys), self._heads(values), attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.o_proj(attended.transpose(1, 2).reshape(query_states.shape))
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation or "sdpa",
+                                                                    eager_attention_forward)
+        attended, weights = attention_interface(self, query, key, value, mask, dropout=self.dropout if self.training
+                                                else 0.0, scaling=None, is_causal=False)
+        return self.o_proj(attended.reshape(query_states.shape)), weights
+
+
+def eager_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                            dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ · scaling) V in plain torch, `(N, H, T, d)` heads, bool mask True = may attend; scaling defaults to
+    1/√d like SDPA → (outputs `(N, Tq, H, d)`, weights `(N, H, Tq, Tk)`)."""
+    scores = query @ key.transpose(-1, -2) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = F.dropout(scores.softmax(-1), p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2), weights
 
 
 class MergeFeedForward(nn.Module):
@@ -148,7 +195,8 @@ class MergeFeedForward(nn.Module):
 
 
 class MergeSelfAttentionSublayer(nn.Module):
-    """Post-LN self-attention sublayer over the time axis of `(N, T, D)`: LN(x + Dropout(Attn(x)))."""
+    """Post-LN self-attention sublayer over the time axis of `(N, T, D)`: LN(x + Dropout(Attn(x))); returns the
+    attention weights too (`(N, H, T, T)` with eager attention, else None)."""
 
     def __init__(self, config: MergeConfig):
         super().__init__()
@@ -156,12 +204,13 @@ class MergeSelfAttentionSublayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        return self.norm(hidden_states + self.dropout(self.attention(hidden_states, hidden_states)))
+    def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attention(hidden_states, hidden_states)
+        return self.norm(hidden_states + self.dropout(attended)), weights
 
 
-class MergeEncoderLayer(nn.Module):
-    """Post-LN Transformer encoder layer on `(N, T, D)`."""
+class MergeEncoderLayer(GradientCheckpointingLayer):
+    """Post-LN Transformer encoder layer on `(N, T, D)` (checkpointed under gradient checkpointing)."""
 
     def __init__(self, config: MergeConfig):
         super().__init__()
@@ -171,7 +220,7 @@ class MergeEncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        hidden_states = self.self_attention(hidden_states)
+        hidden_states, _ = self.self_attention(hidden_states)
         return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states)))
 
 
@@ -385,9 +434,10 @@ class MergeSynergyExpert(nn.Module):
         has_partner = key_allowed.any(-1, keepdim=True)
         keys = self.cross_attention.k_proj(hidden_states)[sample[:, None], key_modality]
         values = self.cross_attention.v_proj(hidden_states)[sample[:, None], key_modality]
-        attended = self.cross_attention.attend(
+        attended, _ = self.cross_attention.attend(
             queries, keys.flatten(1, 2), values.flatten(1, 2), key_allowed | ~has_partner
-        ) * has_partner
+        )
+        attended = attended * has_partner
         states = self.attention_norm(queries + self.dropout(attended))
         states = self.output_norm(states + self.dropout(self.feed_forward(states)))
         return states[group, position]
@@ -398,9 +448,11 @@ class MergeMoeLayer(nn.Module):
 
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
-    the bias moves by ±`router_bias_update_rate` × the logits' spread toward equal slot shares (auxiliary-loss-free
-    balancing), as long as the router's own weights are trained: with a frozen router (a PEFT adapter, a trained
-    head only) the routing and so the bias stay as loaded, and an adapter checkpoint describes the whole change.
+    `MergeModel` moves the bias (`update_selection_bias`; the forward takes a snapshot of it, so that a
+    gradient-checkpointing replay during backward routes exactly as the first pass did) by ±`router_bias_update_rate` × the logits' spread toward equal slot shares
+    (auxiliary-loss-free balancing), as long as the router's own weights are trained: with a frozen router (a PEFT
+    adapter, a trained head only) the routing and so the bias stay as loaded, and an adapter checkpoint describes
+    the whole change.
     """
 
     def __init__(self, config: MergeConfig):
@@ -420,21 +472,21 @@ class MergeMoeLayer(nn.Module):
         self.feedforward_experts = MergeFeedForwardExperts(config)
 
     def forward(
-        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor,
+        selection_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """partner_index `(M, P)`: the modalities each modality's synergy-expert tokens attend to → (outputs
-        `(B, M, T, D)`, zero for absent modalities; probs `(B, M, T, E)` float32; top-k ids `(B, M, T, k)`)."""
+        """partner_index `(M, P)`: the modalities each modality's synergy-expert tokens attend to; selection_bias
+        `(E,)`: the bias to choose experts with (default `expert_selection_bias`) → (outputs `(B, M, T, D)`, zero for
+        absent modalities; router logits `(B, M, T, E)` float32; top-k ids `(B, M, T, k)`)."""
         batch, num_modalities, num_tokens, dim = hidden_states.shape
         logits = self.router(hidden_states, rus).float()
-        probs = logits.softmax(-1)
         present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, num_tokens).reshape(-1)).squeeze(1)
-        top_experts = torch.topk(logits + self.expert_selection_bias, self.top_k, dim=-1).indices
+        selection_bias = self.expert_selection_bias if selection_bias is None else selection_bias
+        top_experts = torch.topk(logits + selection_bias, self.top_k, dim=-1).indices
         top_weights = logits.gather(-1, top_experts).softmax(-1).to(hidden_states.dtype)
         slot_token = present_tokens.repeat_interleave(self.top_k)
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
         slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
-        if self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad:
-            self._update_selection_bias(slot_expert, logits.reshape(-1, logits.shape[-1])[present_tokens])
         flat_states = hidden_states.reshape(-1, dim)
         slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)
         idle_experts = []
@@ -463,13 +515,20 @@ class MergeMoeLayer(nn.Module):
             # experts that got no token still take part in backward (with zero gradient), so DDP's gradient
             # reduction sees every parameter in every step
             outputs = outputs + sum(p.sum() for expert in idle_experts for p in expert.parameters()) * 0.0
-        return outputs.reshape(batch, num_modalities, num_tokens, dim), probs, top_experts
+        return outputs.reshape(batch, num_modalities, num_tokens, dim), logits, top_experts
 
     @torch.no_grad()
-    def _update_selection_bias(self, slot_expert: Tensor, present_logits: Tensor) -> None:
-        """Move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
-        tokens of the std over experts of `present_logits` `(n, E)`): down if above the mean share, up if below.
-        Loads and spread are summed over processes under torch.distributed."""
+    def update_selection_bias(self, logits: Tensor, top_experts: Tensor, presence: Tensor) -> None:
+        """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`):
+        move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
+        present tokens of the std over experts of the logits): down if above the mean share, up if below. Loads and
+        spread are summed over processes under torch.distributed. A no-op outside training, at rate 0, or while the
+        router's weights are frozen."""
+        if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
+            return
+        present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)).squeeze(1)
+        slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
+        present_logits = logits.reshape(-1, logits.shape[-1])[present_tokens]
         num_experts = self.expert_selection_bias.shape[0]
         totals = torch.cat([torch.bincount(slot_expert, minlength=num_experts).float(),
                             present_logits.float().std(-1).sum()[None], present_logits.new_tensor([present_logits.shape[0]])])
@@ -479,9 +538,14 @@ class MergeMoeLayer(nn.Module):
         self.expert_selection_bias.add_(self.bias_update_rate * spread * torch.sign(load.mean() - load))
 
 
-class MergeBlock(nn.Module):
+class MergeBlock(GradientCheckpointingLayer):
     """Self-attention within each modality, then a feed-forward layer (dense) or an MoE layer over all
-    tokens, each followed by residual + LayerNorm. `(B, M, T, D)` → `(B, M, T, D)`."""
+    tokens, each followed by residual + LayerNorm; checkpointed under gradient checkpointing.
+
+    `(B, M, T, D)` → (hidden states `(B, M, T, D)`, router logits `(B, M, T, E)` float32 and top-k expert ids
+    `(B, M, T, k)` of an MoE block (None in a dense block), self-attention weights `(B, M, H, T, T)` with eager
+    attention (else None)).
+    """
 
     def __init__(self, config: MergeConfig, is_moe: bool):
         super().__init__()
@@ -492,15 +556,18 @@ class MergeBlock(nn.Module):
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(
-        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        self, hidden_states: Tensor, presence: Tensor, rus: MergeRusContext | None, partner_index: Tensor,
+        selection_bias: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         batch, num_modalities, num_tokens, dim = hidden_states.shape
-        hidden_states = self.self_attention(hidden_states.reshape(-1, num_tokens, dim))
+        hidden_states, weights = self.self_attention(hidden_states.reshape(-1, num_tokens, dim))
         hidden_states = hidden_states.reshape(batch, num_modalities, num_tokens, dim)
+        if weights is not None:
+            weights = weights.reshape(batch, num_modalities, *weights.shape[1:])
         if not self.is_moe:
-            return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states))), None, None
-        update, probs, experts = self.feed_forward(hidden_states, presence, rus, partner_index)
-        return self.norm(hidden_states + self.dropout(update)), probs, experts
+            return self.norm(hidden_states + self.dropout(self.feed_forward(hidden_states))), None, None, weights
+        update, logits, experts = self.feed_forward(hidden_states, presence, rus, partner_index, selection_bias)
+        return self.norm(hidden_states + self.dropout(update)), logits, experts, weights
 
 
 def merge_auxiliary_losses(
@@ -567,7 +634,14 @@ class MergePreTrainedModel(PreTrainedModel):
     base_model_prefix = "merge"
     main_input_name = "modality_mask"
     accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = ["MergeBlock", "MergeModalityEncoder"]
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(MergeBlock, index=0, num_hidden_layers_key="num_blocks"),
+        "attentions": OutputRecorder(MergeBlock, index=3),
+        "router_logits": OutputRecorder(MergeBlock, index=1),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -678,16 +752,14 @@ class MergeModel(MergePreTrainedModel):
         )
 
     def _validated_inputs(
-        self, modalities: dict[str, Tensor] | None, modality_inputs: dict[str, Tensor], modality_mask: Tensor | None
+        self, modalities: dict[str, Tensor] | None, modality_mask: Tensor | None
     ) -> tuple[list[Tensor], Tensor]:
         """Check names, shapes, token grids and finiteness → (inputs in config order, presence `(B, M)` bool)."""
         config = self.config
-        if modalities is not None and modality_inputs:
-            raise ValueError(
-                f"Pass the modalities either as `modalities={{...}}` or as keyword tensors, not both "
-                f"(got both, keywords {sorted(modality_inputs)})."
-            )
-        given = dict(modalities if modalities is not None else modality_inputs)
+        if not isinstance(modalities, Mapping):
+            raise ValueError(f"Pass the inputs as `modalities={{name: (batch, time, channels) tensor}}` for "
+                             f"{config.modality_names}, got {type(modalities).__name__}.")
+        given = dict(modalities)
         unknown = sorted(set(given) - set(config.modalities))
         if unknown:
             raise ValueError(f"Unknown modality name(s) {unknown}; the model's modalities are {config.modality_names}.")
@@ -750,26 +822,36 @@ class MergeModel(MergePreTrainedModel):
                   for index, tensor in enumerate(values)]
         return values, presence
 
+    @capture_outputs
     def forward(
         self,
         modalities: dict[str, Tensor] | None = None,
         modality_mask: Tensor | None = None,
         output_router_probs: bool | None = None,
-        return_dict: bool | None = None,
-        **modality_inputs: Tensor,
-    ) -> MergeModelOutput | tuple:
-        """modalities: name → `(B, time_m, channels_m)` float (or the same as keyword tensors); modality_mask
-        `(B, M)` bool, False = absent."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        values, presence = self._validated_inputs(modalities, modality_inputs, modality_mask)
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
+    ) -> MergeModelOutput:
+        """modalities: name → `(B, time_m, channels_m)` float, every configured modality; modality_mask `(B, M)`
+        bool, False = absent. `output_hidden_states` / `output_attentions` / `output_router_logits` are recorded
+        by transformers' output capturing (`_can_record_outputs`); `return_dict=False` gives a tuple."""
+        if output_attentions and (self.config._attn_implementation or "sdpa") != "eager":
+            raise ValueError(
+                "output_attentions=True needs eager attention (SDPA does not return weights): load the model with "
+                "attn_implementation='eager' or call model.set_attn_implementation('eager')."
+            )
+        values, presence = self._validated_inputs(modalities, modality_mask)
         hidden_states = torch.stack(
             [encoder(tensor) for encoder, tensor in zip(self.encoders.values(), values)], dim=1
         )
         rus = self.rus_context(hidden_states.shape[2], presence) if self.config.router_type == "rus" else None
         layer_losses, all_probs, all_experts = [], [], []
         for block in self.blocks:
-            hidden_states, probs, experts = block(hidden_states, presence, rus, self.rus_partner_index)
-            if probs is not None:
+            bias = block.feed_forward.expert_selection_bias.clone() if block.is_moe else None
+            hidden_states, logits, experts, _ = block(hidden_states, presence, rus, self.rus_partner_index, bias)
+            if logits is not None:
+                block.feed_forward.update_selection_bias(logits, experts, presence)
+                probs = logits.softmax(-1)
                 layer_losses.append(merge_auxiliary_losses(probs, experts, presence, rus, self.config))
                 all_probs.append(probs)
                 all_experts.append(experts)
@@ -779,18 +861,19 @@ class MergeModel(MergePreTrainedModel):
             (getattr(self.config, f"{name}_loss_weight") * value for name, value in aux_losses.items()),
             hidden_states.new_zeros((), dtype=torch.float32),
         )
-        normed = self.final_norm(hidden_states).mean(2)
+        normed = self.final_norm(hidden_states)
         weights = presence.to(normed.dtype)[:, :, None]
-        pooled = (normed * weights).sum(1) / weights.sum(1)
-        output = MergeModelOutput(
+        pooled = (normed.mean(2) * weights).sum(1) / weights.sum(1)
+        per_step = (normed * weights[..., None]).sum(1) / weights.sum(1)[..., None]
+        return MergeModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled,
+            token_pooler_output=per_step,
             aux_loss=aux_loss,
             aux_losses=aux_losses,
             router_probs=tuple(all_probs) if output_router_probs else None,
             selected_experts=tuple(all_experts) if output_router_probs else None,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _as_tensor(value, argument: str) -> Tensor:
@@ -804,8 +887,27 @@ def _as_tensor(value, argument: str) -> Tensor:
                          f"that torch cannot convert: {error}") from error
 
 
-class MergeForSequenceClassification(MergePreTrainedModel):
-    """MERGE with a linear classification head on the pooled output."""
+def _refuse_text_inputs(input_ids, attention_mask, inputs_embeds) -> None:
+    """The text-model arguments that PEFT's task wrappers always pass (as None) are accepted but must stay None."""
+    given = [name for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                                      ("inputs_embeds", inputs_embeds)) if value is not None]
+    if given:
+        raise ValueError(f"MERGE takes `modalities={{name: tensor}}` and `modality_mask`, not {given}.")
+
+
+def _routing_fields(outputs: MergeModelOutput) -> dict:
+    """The fields a head output copies from the base model's output."""
+    names = ("aux_loss", "aux_losses", "router_probs", "selected_experts", "hidden_states", "attentions",
+             "router_logits")
+    return {name: getattr(outputs, name) for name in names}
+
+
+class MergeHeadModel(MergePreTrainedModel):
+    """A task head: `MergeModel` (`self.merge`) and a linear `classifier` on its `pooled_output_name` output.
+    Subclasses set the pooled output, the output class and `_loss(logits, labels)`."""
+
+    pooled_output_name = "pooler_output"
+    output_class = MergeSequenceClassifierOutput
 
     def __init__(self, config: MergeConfig):
         super().__init__(config)
@@ -817,47 +919,113 @@ class MergeForSequenceClassification(MergePreTrainedModel):
         """See [`MergeModel.set_rus`]."""
         self.merge.set_rus(redundancy, uniqueness, synergy)
 
+    @can_return_tuple
     def forward(
         self,
         modalities: dict[str, Tensor] | None = None,
         modality_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_router_probs: bool | None = None,
-        return_dict: bool | None = None,
-        **modality_inputs: Tensor,
-    ) -> MergeSequenceClassifierOutput | tuple:
-        """As [`MergeModel.forward`]; labels `(B,)` int64 in [0, num_labels) → loss = CE + aux_loss."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.merge(
-            modalities, modality_mask, output_router_probs=output_router_probs, return_dict=True, **modality_inputs
-        )
-        logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            labels = _as_tensor(labels, "labels")
-            if labels.shape != logits.shape[:1] or labels.dtype.is_floating_point:
-                raise ValueError(f"labels must be an integer tensor of shape ({logits.shape[0]},), got "
-                                 f"{labels.dtype} {tuple(labels.shape)}.")
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_labels):
-                raise ValueError(f"labels must lie in [0, {self.config.num_labels}), got values in "
-                                 f"[{labels.min().item()}, {labels.max().item()}].")
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) + outputs.aux_loss
-        output = MergeSequenceClassifierOutput(
-            loss=loss,
-            logits=logits,
-            aux_loss=outputs.aux_loss,
-            aux_losses=outputs.aux_losses,
-            router_probs=outputs.router_probs,
-            selected_experts=outputs.selected_experts,
-        )
-        return output if return_dict else output.to_tuple()
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
+        input_ids: None = None,
+        attention_mask: None = None,
+        inputs_embeds: None = None,
+    ) -> MergeSequenceClassifierOutput:
+        """As [`MergeModel.forward`], plus `labels` (see the head's class) → loss = the head's loss + `aux_loss`.
+        `input_ids` / `attention_mask` / `inputs_embeds` exist for PEFT's task wrappers and must be None."""
+        _refuse_text_inputs(input_ids, attention_mask, inputs_embeds)
+        outputs = self.merge(modalities, modality_mask, output_router_probs=output_router_probs,
+                             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                             output_router_logits=output_router_logits, return_dict=True)
+        logits = self.classifier(getattr(outputs, self.pooled_output_name))
+        loss = None if labels is None else self._loss(logits, _as_tensor(labels, "labels")) + outputs.aux_loss
+        return self.output_class(loss=loss, logits=logits, **_routing_fields(outputs))
+
+
+class MergeForSequenceClassification(MergeHeadModel):
+    """MERGE with a linear head on the pooled output: classification (single- or multi-label) or regression, as
+    `config.problem_type` says (inferred from the labels on the first call when unset, like transformers).
+
+    Labels: `single_label_classification` int64 `(B,)` in [0, num_labels) → cross-entropy;
+    `multi_label_classification` float `(B, num_labels)` in [0, 1] → binary cross-entropy with logits;
+    `regression` float `(B, num_labels)` (or `(B,)` with one output) → mean squared error.
+    """
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        config = self.config
+        batch, num_labels = logits.shape
+        if config.problem_type is None:
+            if num_labels == 1:
+                config.problem_type = "regression"
+            elif labels.dtype.is_floating_point and labels.shape == logits.shape:
+                config.problem_type = "multi_label_classification"
+            else:
+                config.problem_type = "single_label_classification"
+        labels = labels.to(logits.device)
+        if config.problem_type == "single_label_classification":
+            _check_class_ids(labels, (batch,), num_labels, "labels")
+            return F.cross_entropy(logits.float(), labels)
+        if config.problem_type == "multi_label_classification":
+            if labels.shape != logits.shape or labels.dtype == torch.bool or not (
+                    ((labels >= 0) & (labels <= 1)).all()):
+                raise ValueError(f"labels for multi_label_classification must be (batch, num_labels) = "
+                                 f"{tuple(logits.shape)} numbers in [0, 1], got {labels.dtype} {tuple(labels.shape)}.")
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        expected = (batch,) if num_labels == 1 else (batch, num_labels)
+        if tuple(labels.shape) not in {expected, (batch, num_labels)} or not torch.isfinite(labels.float()).all():
+            raise ValueError(f"labels for regression must be finite numbers of shape {expected}, got {labels.dtype} "
+                             f"{tuple(labels.shape)}.")
+        return F.mse_loss(logits.float(), labels.float().reshape(logits.shape))
+
+
+class MergeForTokenClassification(MergeHeadModel):
+    """MERGE with a linear head on every step of the token grid (`token_pooler_output`): per-step classification.
+
+    Labels `(B, L)` int64, one class id per step of the dataset's common grid (the grid the modality inputs are on
+    before patching), −100 = unlabelled. L must be a multiple of the token-grid length T (L = T with no patching,
+    L = T·patch with a common patch size): step s takes the logits of token ⌊s·T/L⌋, the token whose patch holds it.
+    The loss is the mean cross-entropy over the labelled steps.
+    """
+
+    pooled_output_name = "token_pooler_output"
+    output_class = MergeTokenClassifierOutput
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.config.problem_type not in (None, "single_label_classification"):
+            raise ValueError(f"MergeForTokenClassification classifies each step (single_label_classification), "
+                             f"config.problem_type is {self.config.problem_type!r}.")
+        batch, num_tokens, num_labels = logits.shape
+        if labels.dim() != 2 or labels.shape[0] != batch or labels.shape[1] % num_tokens:
+            raise ValueError(f"labels must be (batch, steps) = ({batch}, a multiple of the token grid {num_tokens}), "
+                             f"got {tuple(labels.shape)}.")
+        labels = labels.to(logits.device)
+        labelled = labels != -100
+        _check_class_ids(labels[labelled], (int(labelled.sum()),), num_labels, "labels (other than -100)")
+        per_step = logits.float().repeat_interleave(labels.shape[1] // num_tokens, dim=1)
+        total = F.cross_entropy(per_step.reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100,
+                                reduction="sum")
+        return total / labelled.sum().clamp(min=1)
+
+
+def _check_class_ids(labels: Tensor, shape: tuple, num_labels: int, name: str) -> None:
+    """Raise a `ValueError` unless `labels` are integers of `shape` in [0, num_labels)."""
+    if tuple(labels.shape) != tuple(shape) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of shape {tuple(shape)}, got {labels.dtype} "
+                         f"{tuple(labels.shape)}.")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(f"{name} must lie in [0, {num_labels}), got values in [{labels.min().item()}, "
+                         f"{labels.max().item()}].")
 
 
 __all__ = [
     "MergeForSequenceClassification",
+    "MergeForTokenClassification",
     "MergeModel",
     "MergeModelOutput",
     "MergePreTrainedModel",
     "MergeRusContextAttention",
     "MergeSequenceClassifierOutput",
+    "MergeTokenClassifierOutput",
 ]

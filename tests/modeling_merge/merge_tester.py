@@ -72,6 +72,19 @@ class MergeModelTester:
         return torch.randint(0, config.num_labels, (batch,), generator=generator)
 
 
+def train_steps(model, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
+    """`steps` AdamW steps of `model(**batch).loss` on the trainable parameters; returns the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 TESTER = MergeModelTester()
 tiny_config = TESTER.config
 tiny_model = TESTER.model

@@ -40,7 +40,8 @@ def test_num_labels_without_label_names_round_trips(tmp_path, num_labels):
 
 
 def test_auto_map_names_all_three_auto_classes():
-    assert set(MergeConfig().auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
+    assert set(MergeConfig().auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
+                                           "AutoModelForTokenClassification"}
 
 
 @pytest.mark.parametrize(
@@ -71,6 +72,10 @@ def test_auto_map_names_all_three_auto_classes():
         ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
         ({"layer_norm_eps": -1e-5}, "layer_norm_eps"),
         ({"initializer_range": -0.02}, "initializer_range"),
+        ({"problem_type": "ordinal"}, "problem_type"),
+        ({"use_encoder_conv": "yes"}, "use_encoder_conv"),
+        ({"d_model": "128"}, "d_model"),
+        ({"num_blocks": True}, "num_blocks"),
     ],
 )
 def test_invalid_values_raise_an_error_naming_the_field(overrides, field):
@@ -80,3 +85,12 @@ def test_invalid_values_raise_an_error_naming_the_field(overrides, field):
 
 def test_absolute_thresholds_may_exceed_one_hundred_bits():
     assert MergeConfig(threshold_mode="absolute", synergy_threshold=120.0).synergy_threshold == 120.0
+
+
+def test_unknown_arguments_are_errors_but_transformers_own_arguments_still_work():
+    with pytest.raises(ValueError, match=r"MergeConfig got unknown argument\(s\) \['d_modle'\]"):
+        MergeConfig(d_modle=64)
+    config = MergeConfig(num_labels=1, problem_type="regression", torch_dtype="float32", attn_implementation="eager",
+                         output_hidden_states=True, return_dict=False, name_or_path="somewhere")
+    assert config.num_labels == 1 and config.problem_type == "regression" and config._attn_implementation == "eager"
+    assert config.output_hidden_states and not config.return_dict

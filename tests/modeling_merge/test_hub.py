@@ -42,20 +42,11 @@ def test_pushing_again_makes_a_new_commit_and_unknown_repos_fail_clearly(hub, tm
 
 
 def _tiny_model():
-    import torch
+    from merge_tester import MergeModelTester
 
-    from modeling_merge.configuration_merge import MergeConfig
-    from modeling_merge.modeling_merge import MergeForSequenceClassification
-
-    config = MergeConfig(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, d_model=16, num_blocks=2,
-                         num_moe_blocks=1, num_encoder_layers=1, ffn_dim=32, expert_hidden_dim=32, num_attention_heads=2,
-                         num_feedforward_experts=2, num_synergy_experts=1, num_rus_lags=2,
-                         id2label={0: "calm", 1: "stress"}, label2id={"calm": 0, "stress": 1})
-    model = MergeForSequenceClassification(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    rus = torch.rand(2, 2, 2, generator=generator)
-    model.set_rus(rus + rus.transpose(0, 1), torch.rand(2, 2, 2, generator=generator), rus + rus.transpose(0, 1))
-    return model
+    tester = MergeModelTester(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, num_rus_lags=2)
+    return tester.model(num_feedforward_experts=2, num_synergy_experts=1, id2label={0: "calm", 1: "stress"},
+                        label2id={"calm": 0, "stress": 1}).eval()
 
 
 def _card(repo_id="org/merge-tiny"):

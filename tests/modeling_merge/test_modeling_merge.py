@@ -20,7 +20,7 @@ from modeling_merge.modeling_merge import (
     merge_auxiliary_losses,
 )
 
-from merge_tester import make_inputs, random_rus, tiny_config, tiny_model
+from merge_tester import make_inputs, random_rus, tiny_config, tiny_model, train_steps
 
 ROUTER_TYPES = ["rus", "softmax", "laplace", "laplace_per_modality", "dense"]
 
@@ -58,10 +58,15 @@ def test_rus_router_reports_every_auxiliary_loss_and_their_weighted_sum():
     assert output.aux_losses["uniqueness"] <= 0
 
 
-def test_keyword_tensors_and_the_modalities_dict_give_the_same_logits():
+def test_modalities_come_as_one_dict_and_stray_keywords_are_errors():
     model = tiny_model().eval()
     inputs = make_inputs(model.config, 2, 4)
-    assert torch.equal(model(modalities=inputs).logits, model(**inputs).logits)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'acc'"):
+        model(**inputs)
+    with pytest.raises(ValueError, match=r"Pass the inputs as `modalities=\{name: \(batch, time, channels\) tensor\}`"):
+        model()
+    with pytest.raises(ValueError, match=r"MERGE takes `modalities=\{name: tensor\}` and `modality_mask`, not \['input_ids'\]"):
+        model(modalities=inputs, input_ids=torch.zeros(2, 4, dtype=torch.long))
 
 
 def test_aux_loss_backward_reaches_every_part_of_the_rus_router():
@@ -164,14 +169,7 @@ def test_each_router_type_learns_a_tiny_synthetic_task(router_type):
     inputs = make_inputs(model.config, batch=24, tokens=4, seed=1)
     labels = torch.randint(0, 3, (24,), generator=generator)
     inputs["eda"] = inputs["eda"] + 2.0 * (labels.float() - 1.0)[:, None, None]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(12):
-        loss = model(modalities=inputs, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, dict(modalities=inputs, labels=labels), steps=12)
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
@@ -244,7 +242,7 @@ def test_synergy_expert_matches_a_token_by_token_reference_over_its_present_part
         query = hidden[sample, modality, step][None, None]
         partners = [j for j in partner_index[modality].tolist() if presence[sample, j]]
         if partners:
-            attended = expert.cross_attention(query, hidden[sample, partners].reshape(1, -1, config.d_model))
+            attended, _ = expert.cross_attention(query, hidden[sample, partners].reshape(1, -1, config.d_model))
         else:
             attended = torch.zeros_like(query)
         states = expert.attention_norm(query + attended)
@@ -338,10 +336,10 @@ def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_a
     hidden = torch.randn(2, 3, 5, 16)
     with torch.no_grad():
         layer.expert_selection_bias.copy_(torch.tensor([0.0, 0.0, 50.0, 50.0]))
-        _, probs, experts = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None, _all_other_modalities(3))
+        _, routed_logits, experts = layer(hidden, torch.ones(2, 3, dtype=torch.bool), None, _all_other_modalities(3))
         logits = layer.router(hidden)
     assert torch.equal(experts.sort(-1).values, torch.tensor([2, 3]).expand_as(experts))
-    torch.testing.assert_close(probs, logits.softmax(-1))  # the bias never reaches the probabilities (or losses)
+    torch.testing.assert_close(routed_logits, logits)  # the bias never reaches the logits (or probabilities, losses)
 
 
 def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
@@ -352,16 +350,21 @@ def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
         layer.router.weight.weight.zero_()
         layer.router.weight.weight[0] = 1.0  # every token prefers expert 0 (inputs are positive)
     hidden, presence = torch.rand(2, 3, 5, 16) + 0.1, torch.ones(2, 3, dtype=torch.bool)
+
+    def forward_and_update():
+        _, logits, experts = layer(hidden, presence, None, _all_other_modalities(3))
+        layer.update_selection_bias(logits, experts, presence)
+
     layer.eval()
-    layer(hidden, presence, None, _all_other_modalities(3))
+    forward_and_update()
     assert torch.equal(layer.expert_selection_bias, torch.zeros(4))
     layer.train()
-    layer(hidden, presence, None, _all_other_modalities(3))
+    forward_and_update()
     spread = layer.router(hidden).std(-1).mean()  # the step scales with the logits' spread over experts
     expected = 0.01 * spread * torch.tensor([-1.0, 1.0, 1.0, 1.0])
     torch.testing.assert_close(layer.expert_selection_bias, expected)
     layer.router.requires_grad_(False)  # a frozen router (e.g. under a PEFT adapter) keeps its routing as loaded
-    layer(hidden, presence, None, _all_other_modalities(3))
+    forward_and_update()
     torch.testing.assert_close(layer.expert_selection_bias, expected)
 
 
@@ -377,14 +380,6 @@ def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_eve
     for expert in moe.synergy_experts:
         for name, parameter in expert.named_parameters():
             assert parameter.grad is not None and not parameter.grad.any(), name
-
-
-def _train_steps(model, inputs, labels, steps: int) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        model(modalities=inputs, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
 
 
 def _slot_shares(model, inputs) -> torch.Tensor:
@@ -404,7 +399,7 @@ def test_the_paper_routing_collapses_onto_the_synergy_experts_and_the_balanced_d
     for name, overrides in (("paper", paper), ("default", {})):
         torch.manual_seed(0)
         model = tiny_model(num_moe_blocks=2, **overrides)
-        _train_steps(model, inputs, labels, steps=40)
+        train_steps(model, dict(modalities=inputs, labels=labels), steps=40, lr=1e-3)
         shares[name] = _slot_shares(model, inputs)
     synergy = model.config.num_synergy_experts
     assert (shares["paper"][:, :synergy].sum(-1) > 0.95).all(), shares["paper"]  # the failure this default fixes
@@ -424,7 +419,6 @@ def bad_input_cases():
         ("grids disagree", dict(modalities=dict(good, bvp=torch.randn(2, 10, 1))), "token-grid"),
         ("not 3-d", dict(modalities=dict(good, eda=torch.randn(2, 4))), "'eda'"),
         ("NaN in a present modality", dict(modalities=with_nan), "'eda'.*NaN.*\\[1\\]"),
-        ("both dict and keywords", dict(modalities=good, acc=good["acc"]), "not both"),
         ("mask shape", dict(modalities=good, modality_mask=torch.ones(2, 2, dtype=torch.bool)), "modality_mask"),
         ("all absent", dict(modalities=good, modality_mask=torch.zeros(2, 3, dtype=torch.bool)), "every modality"),
         ("label out of range", dict(modalities=good, labels=torch.tensor([0, 3])), "labels"),

@@ -7,9 +7,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from test_llm import mixed_batch, sensor_rus, tiny_lm
 
-from modeling_merge.configuration_merge import MergeConfig
 from modeling_merge.llm import install_rus_router
-from modeling_merge.modeling_merge import MergeForSequenceClassification
+from modeling_merge.modeling_merge import MergeForSequenceClassification, MergeForTokenClassification
+
+from merge_tester import TESTER, MergeModelTester, train_steps
 
 LLM_LORA = dict(
     r=4,
@@ -17,19 +18,6 @@ LLM_LORA = dict(
     target_modules=r".*(rus_path\.(hidden|mixer|output|context\.(query|key|value))|self_attn\.(q_proj|v_proj))",
 )
 EXPERT_PARAMETERS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-
-
-def train_steps(model, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    """A few AdamW steps on the trainable parameters; returns the losses."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 def split_state(peft_model) -> tuple[dict, dict]:
@@ -101,13 +89,8 @@ MERGE_LORA = dict(
 
 def tiny_pretrained_merge() -> MergeForSequenceClassification:
     """A tiny MERGE classifier (acc 3 ch, ecg 1 ch, 2 classes) with RUS set, standing in for a pretrained one."""
-    config = MergeConfig(
-        modalities={"acc": 3, "ecg": 1}, num_labels=2, d_model=16, num_attention_heads=2, ffn_dim=32,
-        num_encoder_layers=1, num_blocks=2, num_moe_blocks=1, num_feedforward_experts=2, num_synergy_experts=1,
-        expert_hidden_dim=16, router_hidden_dim=8, router_gru_dim=8, router_attention_dim=8, num_rus_lags=2,
-        dropout=0.0,
-    )
-    model = MergeForSequenceClassification(config)
+    tester = MergeModelTester(modalities={"acc": 3, "ecg": 1}, patch_sizes={}, num_labels=2, num_rus_lags=2)
+    model = MergeForSequenceClassification(tester.config(num_feedforward_experts=2, num_synergy_experts=1))
     rus = sensor_rus()
     model.set_rus(rus.redundancy[:, :, :2], rus.uniqueness[:, :, :2], rus.synergy[:, :, :2])
     return model.eval()
@@ -143,3 +126,25 @@ def test_lora_fine_tunes_a_pretrained_merge_classifier_on_a_new_subject(tmp_path
         assert torch.allclose(reloaded(**batch).logits, expected, atol=1e-6)
         assert torch.allclose(merged(**batch).logits, expected, atol=1e-5)
     assert isinstance(merged, MergeForSequenceClassification)
+
+
+@pytest.mark.parametrize(("task_type", "model_class", "per_step"), [
+    ("SEQ_CLS", MergeForSequenceClassification, False),
+    ("TOKEN_CLS", MergeForTokenClassification, True),
+])
+def test_lora_with_the_standard_task_type_wraps_and_trains_a_merge_head(task_type, model_class, per_step, tmp_path):
+    model = TESTER.model(model_class).eval()
+    base_copy = copy.deepcopy(model)
+    peft_model = get_peft_model(model, LoraConfig(task_type=task_type, **MERGE_LORA))
+    batch = dict(modalities=TESTER.inputs(model.config, batch=6), labels=TESTER.labels(model.config, batch=6,
+                                                                                        per_step=per_step))
+    assert any(name.endswith("classifier.modules_to_save.default.weight") for name, _ in peft_model.named_parameters())
+    losses = train_steps(peft_model.train(), batch, steps=6)
+    assert losses[-1] < losses[0], losses
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    peft_model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(base_copy, tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected)
