@@ -135,9 +135,22 @@ def machine_facts(workers: int) -> dict:
             "load_average_at_start": list(os.getloadavg())}
 
 
+def _die_with_parent() -> None:
+    """Worker initializer (Linux): the worker gets SIGTERM when the script that launched it dies, so a killed
+    campaign leaves no orphan training into a run folder that the next campaign resumes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _execute(run: Run) -> dict:
-    """Worker: one training run, its console output in ``<output_dir>/train.log``; returns its results.json."""
+    """Worker: one training run, its console output in ``<output_dir>/train.log``; returns its results.json. The run
+    holds its folder's ``run.lock`` as ``train.py`` does, so two campaigns never train into one folder."""
     import torch
+
+    from modeling_merge.files import exclusive_lock
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -145,7 +158,8 @@ def _execute(run: Run) -> dict:
 
     run.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(run.output_dir / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with exclusive_lock(run.output_dir / "run.lock", f"benchmark run folder {run.output_dir}"), \
+            open(run.output_dir / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         train.train(train.TrainArguments(**run.arguments()))
     results = json.loads((run.output_dir / "results.json").read_text())
     results["wall_s"] = time.perf_counter() - started
@@ -210,7 +224,7 @@ def execute(runs: Sequence[Run], workers: int, deadline_s: float | None = None,
     for run in runs:
         first_of_group.setdefault(run.group, run)
     preparation, failures, skipped = {}, [], 0
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent) as pool:
         for group, run in first_of_group.items():
             facts = pool.submit(_prepare, run).result()
             preparation[f"{run.dataset}_L{run.num_rus_lags}"] = facts
