@@ -114,16 +114,20 @@ TINY_MODEL = dict(
 
 
 def forward_through_merge(built, rows: int = 4):
-    """Feed the first train rows of any built DatasetDict, as stored, to a tiny `MergeForSequenceClassification`
-    built from `metadata_of(built).merge_config_kwargs()`; checks the logits' shape and a finite loss."""
+    """Feed the first train rows of any built DatasetDict, as stored, to a tiny MERGE head built from
+    `metadata_of(built).merge_config_kwargs()`: `MergeForTokenClassification` for per-step labels, else
+    `MergeForSequenceClassification` (a regression head for a regression target); checks the logits' shape (one
+    row of scores per example, or per example and step) and a finite loss."""
     import torch
 
     from dataset_builders import metadata_of
     from modeling_merge.configuration_merge import MergeConfig
-    from modeling_merge.modeling_merge import MergeForSequenceClassification
+    from modeling_merge.modeling_merge import MergeForSequenceClassification, MergeForTokenClassification
 
     metadata = metadata_of(built)
-    model = MergeForSequenceClassification(MergeConfig(**metadata.merge_config_kwargs(), **TINY_MODEL)).eval()
+    per_step = metadata.label_granularity == "step"
+    head = MergeForTokenClassification if per_step else MergeForSequenceClassification
+    model = head(MergeConfig(**metadata.merge_config_kwargs(), **TINY_MODEL)).eval()
     batch = built["train"].with_format("torch")[:rows]
     with torch.no_grad():
         output = model(
@@ -131,6 +135,7 @@ def forward_through_merge(built, rows: int = 4):
             modality_mask=batch.get("modality_mask"),
             labels=batch["label"],
         )
-    assert output.logits.shape == (min(rows, built["train"].num_rows), len(metadata.label_names))
+    count = min(rows, built["train"].num_rows)
+    assert output.logits.shape == ((count, metadata.window) if per_step else (count,)) + (metadata.num_labels,)
     assert torch.isfinite(output.loss)
     return output

@@ -78,6 +78,7 @@ def test_mosi_regression_keeps_every_segment_with_its_sentiment_score_as_a_float
     )
     config = MergeConfig(**metadata.merge_config_kwargs())
     assert (config.problem_type, config.num_labels) == ("regression", 1)
+    forward_through_merge(built)  # one score per segment, mean squared error against the float targets
     with pytest.raises(ValueError, match="task must be 'binary' or 'regression', got 'ordinal'"):
         build("mosi", data_dir=str(mosi_dir), cache_dir=str(tmp_path / "c2"), allow_pickle=True, task="ordinal")
 
