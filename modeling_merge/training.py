@@ -2,10 +2,14 @@
 
 * :class:`MultimodalCollator` turns dataset rows (one array per modality, ``label``, optional
   ``modality_mask``) into the model's batch: ``{"modalities": {name: (B, T_m, C_m) float32},
-  "modality_mask": (B, M) bool, "labels": (B,) int64}``.
-* :func:`classification_metrics` / :func:`compute_metrics`: accuracy, macro-F1 and AUROC (binary, or
-  one-vs-rest averaged over classes) through the local ``evaluate`` modules in ``modeling_merge/metrics``,
-  which load offline; binary tasks also get the average precision (AUPRC, sklearn).
+  "modality_mask": (B, M) bool, "labels": (B,) int64}`` (or (B, T) per-step class ids, or float targets for
+  multi-label and regression models).
+* :func:`task_metrics` / :func:`compute_metrics`: the metrics of each problem type. Classification
+  (:func:`classification_metrics`): accuracy, macro-F1 and AUROC (binary, or one-vs-rest averaged over classes)
+  through the local ``evaluate`` modules in ``modeling_merge/metrics``, which load offline; binary tasks also get
+  the average precision (AUPRC, sklearn). Per-step classification (:func:`per_step_metrics`): the same over the
+  labelled steps. Multi-label (:func:`multi_label_metrics`): macro-F1 and macro AUROC. Regression
+  (:func:`regression_metrics`): MAE, RMSE, R².
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
   :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
@@ -42,6 +46,8 @@ from .modeling_merge import routing_alignment_counts
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 METRIC_NAMES = ("accuracy", "macro_f1", "roc_auc")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+IGNORE_INDEX = -100
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -50,17 +56,28 @@ class MultimodalCollator:
     """Stack rows of a multimodal dataset into one model batch.
 
     ``modality_names``: the model's modalities in config order. Every row must hold each of them as an
-    array (T_m, C_m) of the same shape across the batch, and an integer ``label_column``. A row's optional
-    ``modality_mask`` (M booleans, config order) marks absent modalities; without that column every modality
-    is present (the batch always carries ``modality_mask``, the model's ``main_input_name``). Non-finite values in a
-    present modality are refused with an error naming the modality and the row, so they never reach the loss as silent
-    NaN; an absent one may hold anything (the model zeroes it). A label that is not a whole number is refused, never
-    truncated.
+    array (T_m, C_m) of the same shape across the batch. A row's optional ``modality_mask`` (M booleans, config
+    order) marks absent modalities; without that column every modality is present (the batch always carries
+    ``modality_mask``, the model's ``main_input_name``). Non-finite values in a present modality are refused with an
+    error naming the modality and the row, so they never reach the loss as silent NaN; an absent one may hold
+    anything (the model zeroes it).
+
+    ``label_column`` holds, per ``problem_type`` (the model config's): ``single_label_classification`` one class id
+    per row → ``labels`` (B,) int64, or one class id per token-grid step (a (T,) list, -100 = unlabelled) → (B, T)
+    int64 for ``MergeForTokenClassification``; ``multi_label_classification`` one 0/1 value per class → (B, C)
+    float32; ``regression`` one number (or one per output) per row → (B,) or (B, C) float32. A class id that is not
+    a whole number is refused, never truncated.
     """
 
     modality_names: Sequence[str]
     label_column: str = "label"
     mask_column: str = "modality_mask"
+    problem_type: str | None = "single_label_classification"
+
+    def __post_init__(self) -> None:
+        self.problem_type = self.problem_type or "single_label_classification"
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"MultimodalCollator.problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
 
     def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
@@ -85,18 +102,26 @@ class MultimodalCollator:
         return batch
 
     def _labels(self, rows: list[Mapping[str, Any]]) -> torch.Tensor:
-        labels = np.asarray([row[self.label_column] for row in rows])
-        if labels.shape != (len(rows),) or labels.dtype.kind not in "biuf":
+        try:
+            labels = np.asarray([row[self.label_column] for row in rows])
+        except ValueError as error:  # ragged per-step or multi-label rows
+            raise ValueError(f"column '{self.label_column}' holds rows of different lengths: {error}") from error
+        if labels.ndim > 2 or labels.dtype.kind not in "biuf":
             raise ValueError(
-                f"column '{self.label_column}' must hold one integer class id per row, got {labels.dtype} values of "
-                f"shape {labels.shape}; map the labels to ids 0..num_labels-1 first"
+                f"column '{self.label_column}' must hold numbers (one per row, or one list per row), got "
+                f"{labels.dtype} values of shape {labels.shape}; map the labels to ids 0..num_labels-1 first"
             )
+        if self.problem_type != "single_label_classification":
+            if not np.isfinite(labels.astype(np.float64)).all():
+                raise ValueError(f"column '{self.label_column}' holds NaN or infinite {self.problem_type} targets")
+            return torch.as_tensor(labels.astype(np.float32))
         if labels.dtype.kind == "f":
             fractional = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
             if fractional.size:
+                rows_with = sorted({int(index) // max(labels[0].size, 1) for index in fractional})
                 raise ValueError(
-                    f"column '{self.label_column}' holds {labels[fractional][:5].tolist()} in batch row(s) "
-                    f"{fractional[:5].tolist()}: class ids must be whole numbers (they are not truncated); map the "
+                    f"column '{self.label_column}' holds {labels.reshape(-1)[fractional][:5].tolist()} in batch row(s) "
+                    f"{rows_with[:5]}: class ids must be whole numbers (they are not truncated); map the "
                     "labels to ids 0..num_labels-1 first"
                 )
         return torch.as_tensor(labels.astype(np.int64))
@@ -171,26 +196,90 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     return results
 
 
-def compute_metrics(eval_prediction) -> dict[str, float]:
-    """``Trainer``'s ``compute_metrics``: the logits are the first prediction array (the model may return more)."""
+def per_step_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """:func:`classification_metrics` over the labelled steps of (N, T, C) per-step logits against (N, L) class ids
+    (L a multiple of T, -100 = unlabelled; step s is scored with token ⌊s·T/L⌋, as the model's loss does)."""
+    logits, labels = np.asarray(logits), np.asarray(labels).astype(np.int64)
+    if logits.ndim != 3 or labels.ndim != 2 or labels.shape[0] != logits.shape[0] or labels.shape[1] % logits.shape[1]:
+        raise ValueError(f"expected logits (N, T, C) and labels (N, L) with L a multiple of T, got {logits.shape} "
+                         f"and {labels.shape}")
+    per_step = np.repeat(logits, labels.shape[1] // logits.shape[1], axis=1)
+    labelled = labels != IGNORE_INDEX
+    return classification_metrics(per_step[labelled], labels[labelled])
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Mean absolute error, root mean squared error and R² (sklearn, averaged over outputs) of (N,) or (N, C)
+    predictions against targets of the same size."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+    predictions = predictions.reshape(targets.shape) if predictions.size == targets.size else predictions
+    if predictions.shape != targets.shape or not np.isfinite(predictions).all():
+        raise ValueError(f"expected finite predictions shaped like the targets {targets.shape}, got {predictions.shape}")
+    results = {"mae": float(mean_absolute_error(targets, predictions)),
+               "rmse": float(np.sqrt(mean_squared_error(targets, predictions)))}
+    if len(targets) >= 2:
+        results["r2"] = float(r2_score(targets, predictions))
+    return results
+
+
+def multi_label_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Macro-F1 (a label is predicted where its sigmoid is ≥ 0.5) and macro AUROC (over the labels that hold both
+    values; left out when none does) of (N, C) logits against (N, C) 0/1 targets (sklearn)."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels).astype(np.int64)
+    if logits.shape != labels.shape or logits.ndim != 2:
+        raise ValueError(f"expected logits and labels of the same (N, C) shape, got {logits.shape} and {labels.shape}")
+    results = {"macro_f1": float(f1_score(labels, logits >= 0.0, average="macro", zero_division=0))}
+    both = [column for column in range(labels.shape[1]) if np.unique(labels[:, column]).size == 2]
+    if both:
+        results["macro_auroc"] = float(roc_auc_score(labels[:, both], logits[:, both], average="macro"))
+    return results
+
+
+def task_metrics(logits: np.ndarray, labels: np.ndarray, problem_type: str | None = None) -> dict[str, float]:
+    """The metrics of a head's outputs for its ``problem_type`` (None = single-label): per-step classification for
+    (N, T, C) logits, else :func:`classification_metrics`, :func:`multi_label_metrics` or
+    :func:`regression_metrics`."""
+    if np.ndim(logits) == 3:
+        return per_step_metrics(logits, labels)
+    if problem_type == "regression":
+        return regression_metrics(logits, labels)
+    if problem_type == "multi_label_classification":
+        return multi_label_metrics(logits, labels)
+    return classification_metrics(logits, labels)
+
+
+def compute_metrics(eval_prediction, problem_type: str | None = None) -> dict[str, float]:
+    """``Trainer``'s ``compute_metrics``: :func:`task_metrics` of the logits, the first prediction array (the model
+    may return more). For regression or multi-label models pass
+    ``functools.partial(compute_metrics, problem_type=model.config.problem_type)``."""
     predictions = eval_prediction.predictions
     logits = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
-    return classification_metrics(logits, eval_prediction.label_ids)
+    return task_metrics(logits, eval_prediction.label_ids, problem_type)
 
 
-def merge_training_arguments(output_dir: str | Path, **overrides):
+BEST_METRIC = {"single_label_classification": ("macro_f1", True), "multi_label_classification": ("macro_f1", True),
+               "regression": ("rmse", False)}
+
+
+def merge_training_arguments(output_dir: str | Path, problem_type: str | None = None, **overrides):
     """``TrainingArguments`` for MERGE: keeps the modality columns (``remove_unused_columns=False``), names the
-    label (``label_names=["labels"]``), selects the best checkpoint on validation macro-F1 and reports to no
-    tracker unless told; ``overrides`` replace any of these."""
+    label (``label_names=["labels"]``), selects the best checkpoint on validation macro-F1 (RMSE, lower is better,
+    for ``problem_type="regression"``) and reports to no tracker unless told; ``overrides`` replace any of these."""
     from transformers import TrainingArguments
 
+    best_metric, greater_is_better = BEST_METRIC[problem_type or "single_label_classification"]
     settings = {
         "remove_unused_columns": False,
         "label_names": ["labels"],
         "eval_strategy": "epoch",
         "save_strategy": "epoch",
         "load_best_model_at_end": True,
-        "metric_for_best_model": "macro_f1",
+        "metric_for_best_model": best_metric,
+        "greater_is_better": greater_is_better,
         "learning_rate": 1e-3,
         "weight_decay": 1e-5,
         "max_grad_norm": 1.0,
@@ -447,7 +536,7 @@ def routing_balance_warning(metrics: Mapping[str, float]) -> str | None:
 
 @torch.no_grad()
 def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
-    """Classification metrics of ``model`` over ``loader``, with the :class:`RoutingAlignment` metrics for a MoE
+    """The metrics of ``model``'s head and problem type (:func:`task_metrics`) over ``loader``, with the :class:`RoutingAlignment` metrics for a MoE
     model that holds RUS; with an ``accelerator`` the logits are gathered from every process
     (``gather_for_metrics``). With ``keep_routing`` also returns the experts chosen per MoE layer, a list of
     (N, M, T, k) arrays, and the (N, M) presence masks (for :func:`modeling_merge.plotting.routing_shares`);
@@ -467,7 +556,7 @@ def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
         if keep_routing and outputs.selected_experts:
             routing_parts.append([layer.cpu().numpy() for layer in outputs.selected_experts])
             mask_parts.append(batch["modality_mask"].cpu().numpy())
-    metrics = classification_metrics(np.concatenate(logits_parts), np.concatenate(label_parts))
+    metrics = task_metrics(np.concatenate(logits_parts), np.concatenate(label_parts), unwrapped.config.problem_type)
     metrics.update(alignment.compute(accelerator))
     if not routing_parts:
         return metrics, None, None

@@ -71,8 +71,43 @@ def test_collator_refuses_labels_that_are_not_whole_numbers_instead_of_truncatin
 
 def test_collator_accepts_whole_float_labels_and_names_the_column_of_non_numeric_ones():
     assert MultimodalCollator(["acc", "bvp"])([dict(_row(), label=1.0), dict(_row(), label=0.0)])["labels"].tolist() == [1, 0]
-    with pytest.raises(ValueError, match="column 'label' must hold one integer class id per row"):
+    with pytest.raises(ValueError, match=r"column 'label' must hold numbers \(one per row, or one list per row\)"):
         MultimodalCollator(["acc", "bvp"])([dict(_row(), label="walk")])
+
+
+def test_collator_stacks_per_step_class_ids_and_float_targets_for_the_other_problem_types():
+    steps = [dict(_row(), label=[0, 2, -100, 1]), dict(_row(), label=[1, 1, 0, 0])]
+    per_step = MultimodalCollator(["acc", "bvp"])(steps)["labels"]
+    assert per_step.dtype == torch.int64 and per_step.tolist() == [[0, 2, -100, 1], [1, 1, 0, 0]]
+    regression = MultimodalCollator(["acc", "bvp"], problem_type="regression")([dict(_row(), label=0.25), dict(_row(), label=-1.5)])
+    assert regression["labels"].dtype == torch.float32 and regression["labels"].tolist() == [0.25, -1.5]
+    multi = MultimodalCollator(["acc", "bvp"], problem_type="multi_label_classification")(
+        [dict(_row(), label=[1, 0, 1]), dict(_row(), label=[0, 0, 1])])["labels"]
+    assert multi.dtype == torch.float32 and multi.tolist() == [[1, 0, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="rows of different lengths"):
+        MultimodalCollator(["acc", "bvp"])([dict(_row(), label=[0, 1]), dict(_row(), label=[0, 1, 1])])
+    with pytest.raises(ValueError, match="NaN or infinite regression targets"):
+        MultimodalCollator(["acc", "bvp"], problem_type="regression")([dict(_row(), label=float("nan"))])
+    with pytest.raises(ValueError, match="problem_type must be one of"):
+        MultimodalCollator(["acc", "bvp"], problem_type="ordinal")
+
+
+def test_task_metrics_follow_the_problem_type():
+    from modeling_merge.training import task_metrics
+
+    per_step_logits = np.zeros((2, 2, 3))
+    per_step_logits[:, :, 1] = 1.0  # always class 1
+    labels = np.array([[1, 1, -100, 2], [1, -100, 1, 1]])  # token t covers steps 2t and 2t+1
+    per_step = task_metrics(per_step_logits, labels)
+    assert per_step["accuracy"] == pytest.approx(5 / 6)  # 6 labelled steps, the one of class 2 missed
+    predictions, targets = np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 3.0])
+    regression = task_metrics(predictions[:, None], targets, "regression")
+    assert regression["mae"] == pytest.approx(2 / 3) and regression["rmse"] == pytest.approx(np.sqrt(2 / 3))
+    assert regression["r2"] == pytest.approx(1 - 2 / (8 / 3))
+    multi = task_metrics(np.array([[2.0, -1.0], [-2.0, 1.0], [1.0, 3.0]]), np.array([[1, 0], [0, 1], [1, 0]]),
+                         "multi_label_classification")
+    assert multi["macro_auroc"] == pytest.approx(0.75)  # label 0 ranked perfectly (1.0), label 1 at 0.5
+    assert multi["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
 
 
 def test_check_modalities_match_explains_what_differs():
@@ -161,3 +196,22 @@ def test_trainer_trains_and_evaluates_with_the_collator_and_compute_metrics(tmp_
     metrics = trainer.evaluate()
     assert {"eval_accuracy", "eval_macro_f1", "eval_roc_auc", "eval_loss"} <= set(metrics)
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
+
+
+@pytest.mark.parametrize(("head", "problem_type", "per_step", "expected"), [
+    ("MergeForSequenceClassification", "regression", False, {"mae", "rmse", "r2"}),
+    ("MergeForSequenceClassification", "multi_label_classification", False, {"macro_f1", "macro_auroc"}),
+    ("MergeForTokenClassification", None, True, {"accuracy", "macro_f1"}),
+])
+def test_evaluate_model_reports_the_metrics_of_the_heads_problem_type(head, problem_type, per_step, expected):
+    import modeling_merge
+    from modeling_merge.training import evaluate_model
+
+    from merge_tester import TESTER
+
+    model = TESTER.model(getattr(modeling_merge, head), problem_type=problem_type)
+    batches = [dict(modalities=TESTER.inputs(model.config, batch=4, seed=seed), modality_mask=torch.ones(4, 3, dtype=bool),
+                    labels=TESTER.labels(model.config, batch=4, per_step=per_step, seed=seed)) for seed in (0, 1)]
+    metrics, _, _ = evaluate_model(model, batches)
+    assert expected <= set(metrics) and all(np.isfinite(metrics[name]) for name in expected)
+    assert "routing_expert_share_min" in metrics
