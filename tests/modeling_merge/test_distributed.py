@@ -8,15 +8,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modeling_merge import MergeConfig, MergeForSequenceClassification
 
+from merge_tester import MergeModelTester
+
 MODALITIES = {"acc": 3, "eda": 1}
 
 
 def _config(**overrides) -> MergeConfig:
     """The default expert layout (6 feed-forward + 2 synergy experts, top-2) at a small width."""
-    return MergeConfig(modalities=MODALITIES, num_labels=2, d_model=16, num_attention_heads=2, ffn_dim=32,
-                       num_encoder_layers=1, num_blocks=2, num_moe_blocks=2, expert_hidden_dim=16,
-                       router_hidden_dim=8, router_gru_dim=8, router_attention_dim=8, num_rus_lags=2, dropout=0.0,
-                       **overrides)
+    tester = MergeModelTester(modalities=MODALITIES, patch_sizes={}, num_labels=2, num_rus_lags=2)
+    return tester.config(num_moe_blocks=2, num_feedforward_experts=6, num_synergy_experts=2, **overrides)
 
 
 def _train(rank: int, init_file: str, overrides: dict, force_experts: list[int] | None, results) -> None:

@@ -15,6 +15,10 @@ from modeling_merge.training import (
     prune_checkpoints,
 )
 
+from merge_tester import MergeModelTester
+
+ACC_BVP = MergeModelTester(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, num_rus_lags=2)
+
 
 def _row(label=0, acc_steps=8, bvp_steps=16, **overrides):
     row = {"acc": np.ones((acc_steps, 3), np.float32) * label, "bvp": np.zeros((bvp_steps, 1), np.float32),
@@ -55,11 +59,9 @@ def test_collator_accepts_nan_in_a_modality_the_mask_marks_absent_as_the_model_d
     assert batch["modality_mask"].tolist() == [[False, True], [True, True]]
     with pytest.raises(ValueError, match="modality 'acc' in batch row 0 holds 24 NaN.*modality_mask"):
         MultimodalCollator(["acc", "bvp"])([_row(0, acc=nan_acc, modality_mask=[True, True])])
-    from modeling_merge import MergeConfig, MergeForSequenceClassification
+    from modeling_merge import MergeForSequenceClassification
 
-    config = MergeConfig(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, d_model=8,
-                         num_attention_heads=2, ffn_dim=8, num_blocks=1, num_moe_blocks=0, router_type="dense",
-                         dropout=0.0)
+    config = ACC_BVP.config(num_blocks=1, num_moe_blocks=0, router_type="dense")
     assert torch.isfinite(MergeForSequenceClassification(config)(**batch).loss)
 
 
@@ -152,16 +154,7 @@ def test_metrics_log_appends_one_json_object_per_line(tmp_path):
 
 
 def _tiny_model():
-    from modeling_merge.configuration_merge import MergeConfig
-    from modeling_merge.modeling_merge import MergeForSequenceClassification
-
-    config = MergeConfig(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=2, d_model=16, num_blocks=2,
-                         num_moe_blocks=1, num_encoder_layers=1, ffn_dim=32, expert_hidden_dim=32, num_attention_heads=2,
-                         num_feedforward_experts=2, num_synergy_experts=1, num_rus_lags=2)
-    model = MergeForSequenceClassification(config)
-    rus = torch.rand(2, 2, 2)
-    model.set_rus(rus + rus.transpose(0, 1), torch.rand(2, 2, 2), rus + rus.transpose(0, 1))
-    return model
+    return ACC_BVP.model(num_feedforward_experts=2, num_synergy_experts=1)
 
 
 def _separable_dataset(num_rows: int, seed: int):
