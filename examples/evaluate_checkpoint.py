@@ -103,7 +103,8 @@ def compare_ablations(run_dirs: list[str], output_dir: Path) -> Path:
         if not results_path.exists():
             raise FileNotFoundError(f"{results_path} is missing: {run_dir} is not a finished examples/train.py run")
         results = json.loads(results_path.read_text())
-        labelled.append((ablation_label(results), run_dir, results["test"]))
+        scores = {name: value for name, value in results["test"].items() if not name.startswith("routing_")}
+        labelled.append((ablation_label(results), run_dir, scores))  # routing metrics are not scores: left out
     labels = [label for label, _, _ in labelled]
     runs = {(f"{label} [{run_dir}]" if labels.count(label) > 1 else label): test for label, run_dir, test in labelled}
     path = plot_ablation(runs, output_dir / "ablation.png")

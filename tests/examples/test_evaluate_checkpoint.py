@@ -44,6 +44,8 @@ def test_ablation_runs_that_would_share_a_label_are_told_apart_and_a_repeated_ru
     evaluate_checkpoint.main(["--ablation_runs", str(tmp_path / "seed0"), str(tmp_path / "seed1"),
                               "--output_dir", str(tmp_path / "figures")])
     assert sorted(plotted) == [f"rus (all losses) [{tmp_path / 'seed0'}]", f"rus (all losses) [{tmp_path / 'seed1'}]"]
+    assert all(not name.startswith("routing_") and "macro_f1" in scores for scores in plotted.values()
+               for name in scores)
     with pytest.raises(ValueError, match="names the same run more than once"):
         evaluate_checkpoint.main(["--ablation_runs", str(tmp_path / "seed0"), str(tmp_path / "seed0") + "/",
                                   "--output_dir", str(tmp_path / "figures")])
