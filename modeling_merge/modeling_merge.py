@@ -983,10 +983,11 @@ class MergeForSequenceClassification(MergeHeadModel):
 class MergeForTokenClassification(MergeHeadModel):
     """MERGE with a linear head on every step of the token grid (`token_pooler_output`): per-step classification.
 
-    Labels `(B, L)` int64, one class id per step of the dataset's common grid (the grid the modality inputs are on
-    before patching), −100 = unlabelled. L must be a multiple of the token-grid length T (L = T with no patching,
-    L = T·patch with a common patch size): step s takes the logits of token ⌊s·T/L⌋, the token whose patch holds it.
-    The loss is the mean cross-entropy over the labelled steps.
+    Labels `(B, L)` int64, one class id per step of the dataset's common grid, −100 = unlabelled. The dataset
+    builders' per-step labels (`label_granularity="step"`) have one label per token-grid step, the grid every
+    modality is on before patching (patches only bring faster modalities down to it): L = T. A finer label grid
+    works when L is a multiple of T: step s takes the logits of token ⌊s·T/L⌋, the token whose patch holds it.
+    The loss is the mean cross-entropy over the labelled steps; `logits` stay on the token grid `(B, T, C)`.
     """
 
     pooled_output_name = "token_pooler_output"

@@ -10,7 +10,8 @@
   the average precision (AUPRC, sklearn). Per-step classification (:func:`per_step_metrics`): the same over the
   labelled steps. Multi-label (:func:`multi_label_metrics`): macro-F1 and macro AUROC. Regression
   (:func:`regression_metrics`): MAE, RMSE, R².
-* :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs.
+* :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs;
+  :func:`parameter_groups`: AdamW groups with weight decay on weight matrices only.
 * Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
   :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
   :func:`check_modalities_match`.
@@ -259,6 +260,21 @@ def compute_metrics(eval_prediction, problem_type: str | None = None) -> dict[st
     predictions = eval_prediction.predictions
     logits = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
     return task_metrics(logits, eval_prediction.label_ids, problem_type)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on the weight matrices (linear, convolution, GRU, experts' stacked
+    weights, router gates), none on biases (``bias``, ``b_in`` / ``b_out`` of the feed-forward experts, GRU
+    biases) or normalisation parameters (LayerNorm, BatchNorm). Frozen parameters are left out."""
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm1d)
+    no_decay = {f"{module_name}.{name}".lstrip(".") for module_name, module in model.named_modules()
+                for name, _ in module.named_parameters(recurse=False)
+                if isinstance(module, norms) or "bias" in name or name in ("b_in", "b_out")}
+    trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    return [
+        {"params": [parameter for name, parameter in trainable if name not in no_decay], "weight_decay": weight_decay},
+        {"params": [parameter for name, parameter in trainable if name in no_decay], "weight_decay": 0.0},
+    ]
 
 
 BEST_METRIC = {"single_label_classification": ("macro_f1", True), "multi_label_classification": ("macro_f1", True),

@@ -208,3 +208,22 @@ def test_evaluate_model_reports_the_metrics_of_the_heads_problem_type(head, prob
     metrics, _, _ = evaluate_model(model, batches)
     assert expected <= set(metrics) and all(np.isfinite(metrics[name]) for name in expected)
     assert "routing_expert_share_min" in metrics
+
+
+def test_parameter_groups_decay_weight_matrices_only_and_cover_every_trainable_parameter():
+    from modeling_merge.training import parameter_groups
+
+    model = ACC_BVP.model(use_encoder_conv=True)
+    model.merge.encoders["acc"].requires_grad_(False)
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert decayed | kept == trainable and not decayed & kept and not any("encoders.acc" in n for n in trainable)
+    assert "classifier.weight" in decayed and "classifier.bias" in kept
+    moe = "merge.blocks.1.feed_forward"
+    assert {f"{moe}.feedforward_experts.w_in", f"{moe}.router.gru.weight_ih_l0"} <= decayed
+    assert {f"{moe}.feedforward_experts.b_in", f"{moe}.router.gru.bias_hh_l0", "merge.final_norm.weight",
+            "merge.encoders.bvp.conv.layers.1.weight"} <= kept
