@@ -112,14 +112,18 @@ def plot_usage(before: Tensor, after: Tensor, names: list[str], path: str) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rus", help="RUS sidecar (rus.safetensors or its folder) over acc, ecg")
+    class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The docstring as written, every option's default shown."""
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--rus", help="RUS sidecar (rus.safetensors or its folder) over acc, ecg (None: the built-in tables, acc and ecg redundant)")
     parser.add_argument("--steps", type=int, default=40, help="LoRA training steps")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--sensor-steps", type=int, default=8, help="tokens per sensor stream")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--redundancy-weight", type=float, default=1.0, help="λ_R (0 = ablate the RUS loss)")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="sequences per step")
+    parser.add_argument("--sensor_steps", "--sensor-steps", type=int, default=8, help="tokens per sensor stream")
+    parser.add_argument("--learning_rate", "--lr", type=float, default=3e-3, help="AdamW learning rate of the adapters")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model, data and training")
+    parser.add_argument("--redundancy_weight", "--redundancy-weight", type=float, default=1.0,
+                        help="λ_R (0 = ablate the RUS loss)")
     parser.add_argument("--plot", help="write a PNG of expert usage per modality before/after")
     args = parser.parse_args()
 
@@ -143,7 +147,7 @@ def main() -> None:
     before = routing_report(peft_model.eval(), routing, evaluation, "before")
 
     trainable = [p for p in peft_model.parameters() if p.requires_grad] + list(projections.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr)
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate)
     peft_model.train()
     progress = tqdm(range(args.steps), desc="LoRA steps")
     for _ in progress:

@@ -28,7 +28,7 @@ def run_demo(*arguments: str) -> subprocess.CompletedProcess:
 
 def test_demo_reads_rus_from_a_sidecar_trains_and_reports_routing_before_and_after(tmp_path):
     sidecar = write_sidecar(tmp_path / "rus.safetensors", ["acc", "ecg"])
-    result = run_demo("--rus", str(sidecar), "--steps", "3", "--batch-size", "4", "--plot", str(tmp_path / "usage.png"))
+    result = run_demo("--rus", str(sidecar), "--steps", "3", "--batch_size", "4", "--plot", str(tmp_path / "usage.png"))
     assert result.returncode == 0, result.stderr[-3000:]
     for title in ("before", "after"):
         assert f"== {title}: loss" in result.stdout
