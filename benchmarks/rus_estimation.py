@@ -21,19 +21,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
-from _timing import RESULTS_DIR, environment, format_table, write_json
+from _timing import RESULTS_DIR, environment, format_table, loglog_slope, write_json
 
-from modeling_merge.rus.batch import (
-    BatchConfig,
-    _PairBatchEstimator,
-    multiscale_batch,
-    stepwise_batch,
-)
+from modeling_merge.rus.batch import BatchConfig, multiscale_batch, stepwise_batch
 from modeling_merge.rus.pid import exact_pid, quantized_pid
 from modeling_merge.rus.sinkhorn import sinkhorn_couplings
 from modeling_merge.rus.synthetic import (
@@ -266,27 +263,33 @@ def sinkhorn_iterations(device: str) -> list[dict]:
     return rows
 
 
-def pair_scaling(config: BatchConfig, sizes: list[int], repeats: int) -> list[dict]:
-    """Section 4: all-pairs step costs at M modalities (3 channels, 2 classes, 4 lags)."""
+def pair_scaling(config: BatchConfig, sizes: list[int], num_sequences: int, num_lags: int) -> list[dict]:
+    """Section 4: a whole multi-scale estimate of all M(M−1)/2 pairs × ``num_lags`` lags on the known-RUS benchmark
+    with M − 6 noise modalities (3 channels each, ``num_sequences`` samples per lag): wall / CPU seconds, the
+    process's peak RSS (sizes run in ascending order, so the peak is the largest size's so far), the pairs that
+    needed alignment, planted-structure recovery and the largest error against the exact temporal RUS."""
     rows = []
     for num_modalities in sizes:
-        rng = np.random.default_rng(0)
-        labels = rng.integers(0, 2, 2000)
-        features = (rng.standard_normal((2000, num_modalities, 3)) + labels[:, None, None]).astype(np.float32)
-        estimator = _PairBatchEstimator([features] * 4, [labels] * 4, 2, config, range(4))
-        timings = []
-        for phase, steps_field in ((estimator.train_discriminators, "discriminator_steps"),
-                                   (estimator.train_alignment, "alignment_steps")):
-            setattr(estimator.config, steps_field, repeats)
-            timings.append(_timed(phase)[1] / repeats)
-        estimator.config.readout_batches = 1
-        readout_s = _timed(lambda estimator=estimator: estimator.read_out(0))[1]
-        defaults = BatchConfig()
-        projected = (timings[0] * defaults.discriminator_steps + timings[1] * defaults.alignment_steps
-                     + readout_s * defaults.readout_batches * 4)
-        rows.append({"M": num_modalities, "pairs": num_modalities * (num_modalities - 1) // 2,
-                     "discriminator_step_s": timings[0], "alignment_step_s": timings[1], "readout_batch_s": readout_s,
-                     "projected_default_run_s": projected})
+        bench = make_temporal_rus_benchmark(num_sequences=num_sequences, seq_len=max(8, num_lags), num_lags=num_lags,
+                                            num_noise_modalities=num_modalities - 6)
+        samples = lagged_samples(bench.modalities, bench.labels, num_lags)
+        estimate, seconds, cpu_seconds = _timed(lambda samples=samples: multiscale_batch(
+            samples.features, samples.labels, samples.num_classes, config, progress=False))
+        errors = _error_vs_planted(estimate, bench)
+        rows.append({"M": num_modalities, "pairs": num_modalities * (num_modalities - 1) // 2, "lags": num_lags,
+                     "samples_per_lag": num_sequences, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                     "aligned_pairs": estimate.diagnostics["aligned_pairs"],
+                     "planted_recovered": _planted_recovered(estimate, bench),
+                     "max_error_bits": max(errors[f"max_{term}_bits"] for term in ("redundancy", "uniqueness", "synergy")),
+                     "load_average_1min": os.getloadavg()[0]})
+        print(f"    M={num_modalities}: {seconds:.0f} s (CPU {cpu_seconds:.0f} s), peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB, "
+              f"aligned {rows[-1]['aligned_pairs']} of {rows[-1]['pairs']} pairs, planted recovered "
+              f"{rows[-1]['planted_recovered']}, load {rows[-1]['load_average_1min']:.1f}", flush=True)
+    if len(rows) > 1:
+        slope = loglog_slope([row["M"] for row in rows], [row["cpu_seconds"] for row in rows])
+        for row in rows:
+            row["cpu_seconds_growth_exponent"] = slope
     return rows
 
 
@@ -297,6 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sections", default="exact,multiscale,sinkhorn,pairs", help="comma-separated subset")
     parser.add_argument("--output", default=RESULTS_DIR / "rus_estimation.json", help="JSON file ('-' = none)")
+    parser.add_argument("--sizes", default="8,16,32,64", help="section 4: numbers of modalities M (>= 6)")
+    parser.add_argument("--samples", type=int, default=20000, help="section 4: samples per lag")
+    parser.add_argument("--lags", type=int, default=5, help="section 4: lags")
+    parser.add_argument("--scale_steps", type=int, default=600, help="section 4: discriminator steps (alignment: 1/6)")
+    parser.add_argument("--pair_head", default="factorized", choices=("full", "factorized"), help="section 4")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick, sections = args.quick, set(args.sections.split(","))
@@ -349,14 +357,13 @@ def main(argv: list[str] | None = None) -> dict:
                                   ("iterations", "iterations", "d"), ("marginal_error", "error", ".1e"),
                                   ("ms", "ms", ".0f")]), flush=True)
     if "pairs" in sections:
-        rows = payload["all_pairs"] = pair_scaling(BatchConfig(batch_size=128, device=args.device),
-                                                   [4, 16] if quick else [4, 16, 64], repeats=2 if quick else 3)
-        print("\n[4] all-pairs cost vs number of modalities (batch 128, 3 channels, 4 lags)")
-        print(format_table(rows, [("M", "M", "d"), ("pairs", "pairs", "d"),
-                                  ("discriminator_step_s", "disc s/step", ".3f"),
-                                  ("alignment_step_s", "align s/step", ".3f"),
-                                  ("readout_batch_s", "readout s/batch", ".3f"),
-                                  ("projected_default_run_s", "projected run s", ".0f")]), flush=True)
+        sizes = [int(size) for size in args.sizes.split(",")]
+        scale_config = BatchConfig(batch_size=128, discriminator_steps=args.scale_steps,
+                                   alignment_steps=args.scale_steps // 6, pair_head=args.pair_head, device=args.device)
+        print(f"\n[4] all pairs x {args.lags} lags vs M (multi-scale, {args.pair_head} pair head, batch 128, "
+              f"{args.scale_steps} + {args.scale_steps // 6} steps, {args.samples} samples per lag)", flush=True)
+        payload["all_pairs"] = {"batch_config": scale_config.to_dict(), "rows": pair_scaling(
+            scale_config, sizes, args.samples, args.lags)}
     write_json(args.output, payload)
     return payload
 

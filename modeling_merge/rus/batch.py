@@ -13,11 +13,18 @@ alignment embeddings so that the Sinkhorn coupling q of a batch minimises I_q(Y;
 I(X_m;Y), I(Y;X_i,X_j) and I_q* on held-out class-balanced batches of the same split and decompose.
 Multi-scale: a learned lag embedding e(τ) is concatenated to every encoder output and each step samples
 τ uniformly. Units: bits.
+
+Pairs whose I_q* the discriminators already pin (see ``BatchConfig.pin_tolerance_bits``) skip (2), which is
+most of the cost when many modalities are uninformative at a lag. Pairs are estimated in blocks; under an
+initialised ``torch.distributed`` process group (``accelerate launch``) the blocks (and, step-wise, the lags)
+are shared round-robin among the processes and the results all-reduced, so every process returns the
+single-process result for the same seed (exactly, for the same device and thread count).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -30,14 +37,24 @@ from .pid import PairwiseRus
 from .progress import PartialResults
 from .sinkhorn import coupling_information, sinkhorn_couplings
 
-__all__ = ["BatchConfig", "multiscale_batch", "stepwise_batch", "balanced_batch_indices"]
+__all__ = ["BatchConfig", "multiscale_batch", "stepwise_batch", "balanced_batch_indices", "process_group"]
 
 _LOG2 = math.log(2.0)
 
 
 @dataclass
 class BatchConfig:
-    """Settings of (multi-scale) BATCH. Steps count minibatches over all lags together."""
+    """Settings of (multi-scale) BATCH. Steps count minibatches over all lags together.
+
+    ``pin_tolerance_bits``: a pair whose I_q* is pinned by its bounds max(I_i, I_j) ≤ I_q* ≤ min(I_ij, I_i + I_j)
+    to an interval at most this wide at every lag gets the interval's midpoint and no alignment / Sinkhorn (a
+    pair with an uninformative side, e.g.); None aligns every pair. ``pair_block_size``: pairs are estimated in
+    independent blocks of this many (triu order; block b seeded ``seed + b``), the units that processes share
+    under ``torch.distributed``; None is one block. ``pair_head``: "full" gives each pair its own MLP on
+    [e_i, e_j, e(τ)] (P·2h·h weights: the cost at many modalities); "factorized" shares the first layer's
+    per-side projections among the pairs of a modality (relu(A_i e_i + B_j e_j + L e(τ) + b_p), then a per-pair
+    output layer), O(M·h² + P·h) per sample.
+    """
 
     hidden_dim: int = 32
     embed_dim: int = 10
@@ -53,6 +70,9 @@ class BatchConfig:
     sinkhorn_backprop_iterations: int = 5
     max_exponent: float = 10.0
     pair_chunk_elements: int = 1 << 22
+    pin_tolerance_bits: float | None = 0.02
+    pair_head: str = "full"
+    pair_block_size: int | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -87,8 +107,11 @@ class GroupedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(groups, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(groups, out_features).uniform_(-bound, bound))
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bgi,gio->bgo", inputs, self.weight) + self.bias
+    def forward(self, inputs: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """``groups`` (G',) applies only those maps to inputs (B, G', in)."""
+        if groups is None:
+            return torch.einsum("bgi,gio->bgo", inputs, self.weight) + self.bias
+        return torch.einsum("bgi,gio->bgo", inputs, self.weight[groups]) + self.bias[groups]
 
 
 class GroupedMLP(nn.Sequential):
@@ -104,24 +127,34 @@ class GroupedMLP(nn.Sequential):
 
 
 class PairNetworks(nn.Module):
-    """Discriminators and alignment embeddings for all pairs of M modalities, conditioned on the lag."""
+    """Discriminators and alignment embeddings for the pairs ``pairs`` (2, P) of M modalities, lag-conditioned."""
 
-    def __init__(self, num_modalities: int, channels: int, num_classes: int, num_lags: int, config: BatchConfig):
+    def __init__(self, num_modalities: int, channels: int, num_classes: int, num_lags: int, config: BatchConfig,
+                 pairs: torch.Tensor):
         super().__init__()
         hidden, lag_dim = config.hidden_dim, config.lag_embed_dim
         self.num_classes, self.embed_dim = num_classes, config.embed_dim
-        self.register_buffer("pairs", torch.triu_indices(num_modalities, num_modalities, 1), persistent=False)
+        self.register_buffer("pairs", pairs, persistent=False)
         num_pairs = self.pairs.shape[1]
         self.lag_embedding = nn.Embedding(num_lags, lag_dim)
         self.encoder = GroupedMLP(num_modalities, [channels, hidden, hidden])
         self.unimodal_head = GroupedMLP(num_modalities, [hidden + lag_dim, hidden, num_classes])
-        self.pair_head = GroupedMLP(num_pairs, [2 * hidden + lag_dim, hidden, num_classes])
+        if config.pair_head == "factorized":
+            self.pair_projection = GroupedLinear(num_modalities, hidden, 2 * hidden)
+            self.pair_lag = nn.Linear(lag_dim, hidden, bias=False)
+            self.pair_head = GroupedLinear(num_pairs, hidden, num_classes)
+            self.pair_bias = nn.Parameter(torch.zeros(num_pairs, hidden))
+        elif config.pair_head == "full":
+            self.pair_head = GroupedMLP(num_pairs, [2 * hidden + lag_dim, hidden, num_classes])
+        else:
+            raise ValueError(f"pair_head must be 'full' or 'factorized', got {config.pair_head!r}")
+        self.factorized = config.pair_head == "factorized"
         self.align_encoder = GroupedMLP(num_modalities, [channels, hidden, hidden])
         self.align_head = GroupedLinear(2 * num_pairs, hidden + lag_dim, num_classes * config.embed_dim)
 
     def discriminator_parameters(self):
-        return [*self.lag_embedding.parameters(), *self.encoder.parameters(),
-                *self.unimodal_head.parameters(), *self.pair_head.parameters()]
+        aligning = {id(parameter) for parameter in self.alignment_parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in aligning]
 
     def alignment_parameters(self):
         return [*self.align_encoder.parameters(), *self.align_head.parameters()]
@@ -135,15 +168,20 @@ class PairNetworks(nn.Module):
         lag_vector = self.lag_embedding.weight[lag]
         encoded = self.encoder(x)
         first, second = self.pairs
+        unimodal = self.unimodal_head(self._with_lag(encoded, lag_vector))
+        if self.factorized:  # hidden_p = relu(A_i e_i + B_j e_j + L e(τ) + b_p): no per-pair (2h × h) product
+            as_first, as_second = self.pair_projection(encoded).chunk(2, dim=-1)
+            hidden = torch.relu(as_first[:, first] + as_second[:, second] + self.pair_lag(lag_vector) + self.pair_bias)
+            return unimodal, self.pair_head(hidden)
         pair_input = torch.cat([encoded[:, first], encoded[:, second]], dim=-1)
-        return (self.unimodal_head(self._with_lag(encoded, lag_vector)),
-                self.pair_head(self._with_lag(pair_input, lag_vector)))
+        return unimodal, self.pair_head(self._with_lag(pair_input, lag_vector))
 
-    def align(self, x: torch.Tensor, lag: int) -> torch.Tensor:
-        """x (B, M, C) → per-pair, per-side, per-class embeddings (2, P, K, B, d_e), standardised over d_e."""
+    def align(self, x: torch.Tensor, lag: int, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, M, C) → embeddings (2, A, K, B, d_e) of the pairs at ``positions`` (A,), standardised over d_e."""
         encoded = self.align_encoder(x)
-        sides = self.pairs.T.reshape(-1)  # [i_0, j_0, i_1, j_1, ...]
-        embedded = self.align_head(self._with_lag(encoded[:, sides], self.lag_embedding.weight[lag].detach()))
+        sides = self.pairs[:, positions].T.reshape(-1)  # [i_0, j_0, i_1, j_1, ...]
+        groups = torch.stack([2 * positions, 2 * positions + 1], 1).reshape(-1)
+        embedded = self.align_head(self._with_lag(encoded[:, sides], self.lag_embedding.weight[lag].detach()), groups)
         batch = x.shape[0]
         embedded = embedded.view(batch, -1, 2, self.num_classes, self.embed_dim).permute(2, 1, 3, 0, 4)
         centred = embedded - embedded.mean(-1, keepdim=True)
@@ -182,17 +220,23 @@ class _LaggedSampler:
 
 
 class _PairBatchEstimator:
-    """Trains one PairNetworks on a set of lags and reads out the information terms per lag."""
+    """Trains one PairNetworks for the pairs ``pairs`` (2, P) on a set of lags and reads out, per lag,
+    I(X_i;Y), I(X_j;Y), I(Y;X_i,X_j) and I_q*(Y;X_i,X_j) of every pair (bits)."""
 
-    def __init__(self, features, labels, num_classes: int, config: BatchConfig, lags: Sequence[int]):
+    def __init__(self, features, labels, num_classes: int, config: BatchConfig, lags: Sequence[int],
+                 pairs: torch.Tensor | None = None, seed: int | None = None):
         self.config, self.lags = config, list(lags)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
+        seed = config.seed if seed is None else seed
+        self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
         self.sampler = _LaggedSampler(features, labels, num_classes, config, self.generator)
         num_modalities, channels = self.sampler.fit[0][0].shape[1:]
-        self.nets = PairNetworks(num_modalities, channels, num_classes, len(self.lags), config).to(config.device)
+        pairs = torch.triu_indices(num_modalities, num_modalities, 1) if pairs is None else pairs
+        self.nets = PairNetworks(num_modalities, channels, num_classes, len(self.lags), config,
+                                 pairs.to(config.device)).to(config.device)
         self.sinkhorn_iterations: list[int] = []
         self.sinkhorn_errors: list[float] = []
+        self.readout_batches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def _random_lag(self) -> int:
         return int(torch.randint(len(self.lags), (1,), generator=self.generator))
@@ -213,17 +257,16 @@ class _PairBatchEstimator:
             if progress is not None:
                 progress.update(1)
 
-    def _pair_chunks(self, batch: int):
-        num_pairs = self.nets.pairs.shape[1]
+    def _pair_chunks(self, num_pairs: int, batch: int):
         per_pair = self.nets.num_classes * batch * batch
         size = max(1, self.config.pair_chunk_elements // per_pair)
         return [slice(start, min(start + size, num_pairs)) for start in range(0, num_pairs, size)]
 
-    def _coupling_information(self, embeddings: torch.Tensor, unimodal_probs: torch.Tensor, chunk: slice,
-                              differentiable: bool) -> torch.Tensor:
-        """I_q*(Y; X_i, X_j) in bits for the pairs in ``chunk`` of one batch → (P_chunk,)."""
+    def _coupling_information(self, embeddings: torch.Tensor, unimodal_probs: torch.Tensor, pairs: torch.Tensor,
+                              chunk: slice, differentiable: bool) -> torch.Tensor:
+        """I_q*(Y; X_i, X_j) in bits for ``pairs[:, chunk]`` (embeddings aligned with ``pairs``) → (P_chunk,)."""
         config, batch = self.config, unimodal_probs.shape[0]
-        first, second = self.nets.pairs[:, chunk]
+        first, second = pairs[:, chunk]
         log_kernel = torch.einsum("pkad,pkbd->pkab", embeddings[0, chunk], embeddings[1, chunk])
         log_kernel = log_kernel / math.sqrt(self.nets.embed_dim)
         row_target = unimodal_probs[:, first].permute(1, 2, 0).contiguous() / batch
@@ -240,47 +283,94 @@ class _PairBatchEstimator:
                                         init_col_scaling=result.col_scaling)
         return coupling_information(result.coupling, result.log_coupling)
 
-    def train_alignment(self, progress: tqdm | None = None) -> None:
+    @torch.no_grad()
+    def read_out_discriminators(self, lag_position: int) -> torch.Tensor:
+        """Draw this lag's held-out read-out batches and return their mean (3, P): I(X_i;Y), I(X_j;Y), I(Y;X_i,X_j)."""
+        batches = [self.sampler.batch(lag_position, holdout=True) for _ in range(self.config.readout_batches)]
+        self.readout_batches.append(batches)
+        total = 0
+        first, second = self.nets.pairs
+        for x, y in batches:
+            unimodal, pair = self.nets.discriminate(x, lag_position)
+            prior = torch.bincount(y, minlength=unimodal.shape[-1]).float() / len(y)
+            unimodal_bits = _mutual_information_bits(unimodal.softmax(-1), prior)
+            total = total + torch.stack([unimodal_bits[first], unimodal_bits[second],
+                                         _mutual_information_bits(pair.softmax(-1), prior)])
+        return total / len(batches)
+
+    def train_alignment(self, positions: torch.Tensor, progress: tqdm | None = None) -> None:
+        """Train the alignment embeddings of the pairs at ``positions`` (A,) only."""
         self.nets.requires_grad_(False)
         self.nets.align_encoder.requires_grad_(True)
         self.nets.align_head.requires_grad_(True)
         optimizer = torch.optim.Adam(self.nets.alignment_parameters(), lr=self.config.learning_rate)
-        num_pairs = self.nets.pairs.shape[1]
+        pairs = self.nets.pairs[:, positions]
         for _ in range(self.config.alignment_steps):
             lag = self._random_lag()
             x, _ = self.sampler.batch(lag)
             with torch.no_grad():
                 unimodal_probs = self.nets.discriminate(x, lag)[0].softmax(-1)
             optimizer.zero_grad(set_to_none=True)
-            embeddings = self.nets.align(x, lag)
-            chunks = self._pair_chunks(x.shape[0])
+            embeddings = self.nets.align(x, lag, positions)
+            chunks = self._pair_chunks(len(positions), x.shape[0])
             for index, chunk in enumerate(chunks):
-                information = self._coupling_information(embeddings, unimodal_probs, chunk, differentiable=True)
-                (information.sum() / num_pairs).backward(retain_graph=index < len(chunks) - 1)
+                information = self._coupling_information(embeddings, unimodal_probs, pairs, chunk, True)
+                (information.sum() / len(positions)).backward(retain_graph=index < len(chunks) - 1)
             optimizer.step()
             if progress is not None:
                 progress.update(1)
         self.nets.requires_grad_(True)
 
     @torch.no_grad()
-    def read_out(self, lag_position: int) -> dict[str, np.ndarray]:
-        """Mean over held-out balanced batches of I(X_m;Y) (M,), I(Y;X_i,X_j) (P,) and I_q* (P,) in bits."""
-        totals: dict[str, torch.Tensor] = {}
-        for _ in range(self.config.readout_batches):
-            x, y = self.sampler.batch(lag_position, holdout=True)
-            unimodal, pair = self.nets.discriminate(x, lag_position)
-            prior = torch.bincount(y, minlength=unimodal.shape[-1]).float() / len(y)
-            unimodal_probs = unimodal.softmax(-1)
-            embeddings = self.nets.align(x, lag_position)
-            terms = {
-                "unimodal": _mutual_information_bits(unimodal_probs, prior),
-                "joint": _mutual_information_bits(pair.softmax(-1), prior),
-                "coupling": torch.cat([self._coupling_information(embeddings, unimodal_probs, chunk, False)
-                                       for chunk in self._pair_chunks(x.shape[0])]),
-            }
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0) + value / self.config.readout_batches
-        return {name: value.cpu().numpy().astype(np.float64) for name, value in totals.items()}
+    def read_out_coupling(self, lag_position: int, positions: torch.Tensor) -> torch.Tensor:
+        """Mean I_q* (A,) in bits of the pairs at ``positions`` over this lag's read-out batches."""
+        pairs, total = self.nets.pairs[:, positions], 0
+        for x, _ in self.readout_batches[lag_position]:
+            unimodal_probs = self.nets.discriminate(x, lag_position)[0].softmax(-1)
+            embeddings = self.nets.align(x, lag_position, positions)
+            total = total + torch.cat([self._coupling_information(embeddings, unimodal_probs, pairs, chunk, False)
+                                       for chunk in self._pair_chunks(len(positions), x.shape[0])])
+        return total / len(self.readout_batches[lag_position])
+
+    def estimate(self, progress: bool = False, desc: str = "BATCH") -> tuple[torch.Tensor, torch.Tensor]:
+        """Train and read out → informations (4, L, P) float64 (I_i, I_j, I_ij, I_q*) and diagnostics (4,):
+        mean and max Sinkhorn iterations, max marginal error, number of aligned (unpinned) pairs."""
+        config = self.config
+        with tqdm(total=config.discriminator_steps + config.alignment_steps, desc=desc, disable=not progress,
+                  leave=False) as bar:
+            self.train_discriminators(bar)
+            informations = torch.stack([self.read_out_discriminators(lag) for lag in range(len(self.lags))], 1)
+            lower = informations[:2].max(0).values
+            upper = torch.minimum(informations[2], informations[0] + informations[1]).clamp_min(lower)
+            pinned = ((upper - lower <= config.pin_tolerance_bits) if config.pin_tolerance_bits is not None
+                      else torch.zeros_like(lower, dtype=torch.bool))
+            coupling = (lower + upper) / 2
+            positions = torch.nonzero(~pinned.all(0)).flatten()
+            if len(positions):
+                self.train_alignment(positions, bar)
+                for lag in range(len(self.lags)):
+                    aligned = coupling[lag].clone()
+                    aligned[positions] = self.read_out_coupling(lag, positions)
+                    coupling[lag] = torch.where(pinned[lag], coupling[lag], aligned)
+        iterations = self.sinkhorn_iterations or [0]
+        diagnostics = torch.tensor([float(np.mean(iterations)), float(max(iterations)),
+                                    float(max(self.sinkhorn_errors, default=0.0)), float(len(positions))])
+        return torch.cat([informations, coupling[None]]).double().cpu(), diagnostics.double()
+
+
+def process_group(device: str = "cpu") -> tuple[int, int]:
+    """(rank, world size) of the ``torch.distributed`` process group, (0, 1) without one. Under
+    ``accelerate launch`` (WORLD_SIZE > 1 in the environment) an uninitialised group is started through
+    Accelerate's ``PartialState`` (gloo on CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=device == "cpu")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _check_inputs(features, labels, num_classes: int) -> None:
@@ -299,58 +389,64 @@ def _check_inputs(features, labels, num_classes: int) -> None:
         raise ValueError(f"RUS needs at least two modalities, got {num_modalities}")
 
 
-def _pairwise_from_readouts(readouts: list[dict[str, np.ndarray]], pairs: np.ndarray,
-                            diagnostics: dict) -> PairwiseRus:
-    unimodal = np.stack([r["unimodal"] for r in readouts])
-    return PairwiseRus.from_informations(
-        pairs, unimodal[:, pairs[0]], unimodal[:, pairs[1]],
-        np.stack([r["joint"] for r in readouts]), np.stack([r["coupling"] for r in readouts]), diagnostics)
+def _run(features, labels, num_classes: int, config: BatchConfig, store: PartialResults | None, progress: bool,
+         stepwise: bool) -> PairwiseRus:
+    """Estimate every (lag set, pair block) unit this process owns (or load it from ``store``), all-reduce the
+    units over the process group and read out the decomposition."""
+    _check_inputs(features, labels, num_classes)
+    if config.pair_block_size is not None and config.pair_block_size < 1:
+        raise ValueError(f"pair_block_size must be >= 1 or None, got {config.pair_block_size}")
+    store = store or PartialResults(None, "")
+    num_modalities, num_lags = features[0].shape[1], len(features)
+    pairs = torch.triu_indices(num_modalities, num_modalities, 1)
+    block = config.pair_block_size or pairs.shape[1]
+    blocks = [slice(start, min(start + block, pairs.shape[1])) for start in range(0, pairs.shape[1], block)]
+    lag_sets = [[lag] for lag in range(num_lags)] if stepwise else [list(range(num_lags))]
+    units = [(lags, index) for lags in lag_sets for index in range(len(blocks))]
+    rank, world = process_group(config.device)
+    informations = torch.zeros(4, num_lags, pairs.shape[1], dtype=torch.float64)
+    diagnostics = torch.zeros(len(units), 4, dtype=torch.float64)
+    mine = range(rank, len(units), world)
+    for position in tqdm(mine, desc="BATCH units (lags, pair block)", disable=not progress or len(units) == 1):
+        lags, index = units[position]
+        key = f"{'lag' + str(lags[0]) if stepwise else 'multiscale'}/block{index}"
+        if f"{key}/informations" not in store:
+            estimator = _PairBatchEstimator([features[lag] for lag in lags], [labels[lag] for lag in lags],
+                                            num_classes, config, range(len(lags)), pairs[:, blocks[index]],
+                                            seed=config.seed + index)
+            unit_informations, unit_diagnostics = estimator.estimate(progress, f"BATCH {key}")
+            store.put(f"{key}/informations", unit_informations)
+            store.put(f"{key}/diagnostics", unit_diagnostics)
+        informations[:, lags, blocks[index]] = store[f"{key}/informations"]
+        diagnostics[position] = store[f"{key}/diagnostics"]
+    if world > 1:
+        import torch.distributed as dist
 
-
-def _estimate(features, labels, num_classes: int, config: BatchConfig, store: PartialResults, unit: str,
-              progress: bool) -> list[dict[str, np.ndarray]]:
-    """Train one network set on all given lags (or load it from ``store``) and read every lag out."""
-    if f"{unit}/readout" in store:
-        return [{k: v.numpy() for k, v in r.items()} for r in store[f"{unit}/readout"]]
-    estimator = _PairBatchEstimator(features, labels, num_classes, config, range(len(features)))
-    total = config.discriminator_steps + config.alignment_steps
-    with tqdm(total=total, desc=f"BATCH {unit}", disable=not progress, leave=False) as bar:
-        estimator.train_discriminators(bar)
-        estimator.train_alignment(bar)
-    readouts = [estimator.read_out(position) for position in range(len(features))]
-    iterations = estimator.sinkhorn_iterations
-    store.put(f"{unit}/readout", [{k: torch.from_numpy(v) for k, v in r.items()} for r in readouts])
-    store.put(f"{unit}/sinkhorn", torch.tensor([float(np.mean(iterations)), float(np.max(iterations)),
-                                                float(np.max(estimator.sinkhorn_errors))]))
-    return readouts
-
-
-def _sinkhorn_diagnostics(store: PartialResults, units: list[str]) -> dict:
-    stats = torch.stack([store[f"{unit}/sinkhorn"] for unit in units])
-    return {"sinkhorn_mean_iterations": float(stats[:, 0].mean()), "sinkhorn_max_iterations": int(stats[:, 1].max()),
-            "sinkhorn_max_marginal_error": float(stats[:, 2].max())}
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        for tensor in (informations, diagnostics):
+            gathered = tensor.to(device)
+            dist.all_reduce(gathered)
+            tensor.copy_(gathered.cpu())
+    aligned = diagnostics[:, 3] > 0
+    summary = {
+        "sinkhorn_mean_iterations": float(diagnostics[aligned, 0].mean()) if aligned.any() else 0.0,
+        "sinkhorn_max_iterations": int(diagnostics[:, 1].max()),
+        "sinkhorn_max_marginal_error": float(diagnostics[:, 2].max()),
+        "aligned_pairs": int(diagnostics[:, 3].sum()),
+        "pair_blocks": len(blocks),
+        "processes": world,
+    }
+    return PairwiseRus.from_informations(pairs.numpy(), *informations.numpy(), diagnostics=summary)
 
 
 def multiscale_batch(features: Sequence, labels: Sequence, num_classes: int, config: BatchConfig | None = None,
                      store: PartialResults | None = None, progress: bool = True) -> PairwiseRus:
-    """Multi-scale BATCH: one lag-conditioned network set for all lags; arrays (L, P)."""
-    config = config or BatchConfig()
-    _check_inputs(features, labels, num_classes)
-    store = store or PartialResults(None, "")
-    readouts = _estimate(features, labels, num_classes, config, store, "multiscale", progress)
-    pairs = torch.triu_indices(features[0].shape[1], features[0].shape[1], 1).numpy()
-    return _pairwise_from_readouts(readouts, pairs, _sinkhorn_diagnostics(store, ["multiscale"]))
+    """Multi-scale BATCH: one lag-conditioned network set (per pair block) for all lags; arrays (L, P)."""
+    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, stepwise=False)
 
 
 def stepwise_batch(features: Sequence, labels: Sequence, num_classes: int, config: BatchConfig | None = None,
                    store: PartialResults | None = None, progress: bool = True) -> PairwiseRus:
-    """Step-wise BATCH: an independent network set per lag (each with the full step budget); arrays (L, P)."""
-    config = config or BatchConfig()
-    _check_inputs(features, labels, num_classes)
-    store = store or PartialResults(None, "")
-    units = [f"lag{lag}" for lag in range(len(features))]
-    readouts = []
-    for lag in tqdm(range(len(features)), desc="step-wise BATCH lags", disable=not progress):
-        readouts += _estimate([features[lag]], [labels[lag]], num_classes, config, store, units[lag], progress)
-    pairs = torch.triu_indices(features[0].shape[1], features[0].shape[1], 1).numpy()
-    return _pairwise_from_readouts(readouts, pairs, _sinkhorn_diagnostics(store, units))
+    """Step-wise BATCH: an independent network set per lag (and pair block), each with the full step budget;
+    arrays (L, P)."""
+    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, stepwise=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batch import BatchConfig, multiscale_batch, stepwise_batch
+from .batch import BatchConfig, multiscale_batch, process_group, stepwise_batch
 from .pid import PairwiseRus, quantized_pid
 from .progress import PartialResults
 from .sidecar import FORMAT_VERSION, RusSidecar, fingerprint_arrays
@@ -211,6 +211,11 @@ def estimate_temporal_rus(
     ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units); it is removed only once
     the sidecar is written to ``output`` (atomically), so a kill in between loses no work — without ``output``
     the caller saves the sidecar and removes it.
+    Under a ``torch.distributed`` process group (``accelerate launch``) the BATCH estimators share the units
+    (pair blocks, ``BatchConfig.pair_block_size``; step-wise also lags) among the processes, every process
+    returns the same sidecar (that of one process for the same seed), process 0 writes ``output``, and each
+    process resumes from its own ``{partial_path}.rank{r}-of-{world}`` (resume with the same number of
+    processes). The quantised estimator runs whole in every process.
     Batches / subsamples are class-balanced; a single-class or empty input is an error, and so is an estimate
     whose terms sum to more than H(Y) at some pair and lag (the error names them).
     """
@@ -229,6 +234,9 @@ def estimate_temporal_rus(
     settings["max_samples_per_lag"] = max_samples_per_lag
     signature = json.dumps({"fingerprint": fingerprint, "estimator": estimator, "settings": settings,
                             "num_lags": num_lags}, sort_keys=True)
+    rank, world = process_group(config.device)
+    if partial_path is not None and world > 1:
+        partial_path = f"{partial_path}.rank{rank}-of-{world}"  # one resumable file per process
     store = PartialResults(partial_path, signature)
     if estimator == "quantized_exact":
         pairwise = _quantized_exact(samples, num_bins, store, config.seed, progress)
@@ -259,7 +267,12 @@ def estimate_temporal_rus(
     sidecar = RusSidecar(torch.from_numpy(redundancy), torch.from_numpy(uniqueness), torch.from_numpy(synergy),
                          metadata)
     if output is not None:
-        sidecar.save(output)
+        if rank == 0:
+            sidecar.save(output)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # the sidecar is on disk before any process drops its partial results
         store.remove_file()
     return sidecar
 

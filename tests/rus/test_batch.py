@@ -1,5 +1,7 @@
 """BATCH on low-dimensional cases against the exact solver, and its class-balanced sampling."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -31,9 +33,11 @@ def test_batch_is_within_tolerance_of_the_exact_pid_on_low_dimensional_cases(cas
     assert estimate.diagnostics["sinkhorn_max_marginal_error"] < 1e-5
 
 
-def test_batch_measures_two_bits_of_synergy_between_eight_dimensional_sources():
+@pytest.mark.parametrize("pair_head", ["full", "factorized"])
+def test_batch_measures_two_bits_of_synergy_between_eight_dimensional_sources(pair_head):
     x1, x2, y = continuous_pid_samples(parity_case(2), dims=8, num_samples=4000)
-    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=4, config=FAST, progress=False)
+    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=4, config=replace(FAST, pair_head=pair_head),
+                                progress=False)
     got = [float(v[0, 0]) for v in (estimate.redundancy, estimate.unique_i, estimate.unique_j, estimate.synergy)]
     assert got == pytest.approx([0.0, 0.0, 0.0, 2.0], abs=TOLERANCE_BITS)
 
@@ -67,3 +71,36 @@ def test_all_pairs_are_estimated_and_step_wise_runs_one_network_set_per_lag():
     first_is_informative = estimate.pairs[0] == 0
     assert (estimate.unique_i[0, first_is_informative] > 0.4).all()
     assert (estimate.unique_i[1] < 0.15).all() and (estimate.unique_i[0, ~first_is_informative] < 0.15).all()
+
+
+def test_only_pairs_whose_coupling_information_is_not_pinned_by_its_bounds_are_aligned():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    sign = (2.0 * labels - 1)[:, None]
+    features = np.concatenate([sign + rng.standard_normal((2000, 2)),  # 0, 1: two weak independent views of y
+                               sign + 0.1 * rng.standard_normal((2000, 1)),  # 2: y itself
+                               rng.standard_normal((2000, 1))], 1)[:, :, None].astype(np.float32)  # 3: noise
+    estimate = multiscale_batch([features], [labels], 2, FAST, progress=False)
+    # I_q* is pinned unless both sides inform and neither side holds all of the pair's information: only (0, 1)
+    assert estimate.diagnostics["aligned_pairs"] == 1
+    pair = {tuple(p): index for index, p in enumerate(estimate.pairs.T.tolist())}
+    assert estimate.unique_i[0, pair[2, 3]] == pytest.approx(1.0, abs=TOLERANCE_BITS)
+    assert estimate.redundancy[0, pair[0, 2]] == pytest.approx(estimate.unique_i[0, pair[0, 3]], abs=0.05)
+    aligned_all = multiscale_batch([features], [labels], 2, replace(FAST, pin_tolerance_bits=None), progress=False)
+    assert aligned_all.diagnostics["aligned_pairs"] == 6
+
+
+def test_pair_blocks_estimate_every_pair_as_one_block_does():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 1000)
+    features = np.concatenate([(2.0 * labels - 1)[:, None] + 0.1 * rng.standard_normal((1000, 1)),
+                               rng.standard_normal((1000, 4))], 1)[:, :, None].astype(np.float32)
+    blocked = stepwise_batch([features, features], [labels, labels], 2, replace(FAST, pair_block_size=3),
+                             progress=False)
+    assert blocked.diagnostics["pair_blocks"] == 4 and blocked.redundancy.shape == (2, 10)
+    informative = blocked.pairs[0] == 0
+    assert (blocked.unique_i[:, informative] > 0.9).all() and (blocked.unique_i[:, ~informative] < 0.1).all()
+    with pytest.raises(ValueError, match="pair_block_size must be >= 1"):
+        multiscale_batch([features], [labels], 2, replace(FAST, pair_block_size=0), progress=False)
+    with pytest.raises(ValueError, match="pair_head must be 'full' or 'factorized', got 'wide'"):
+        multiscale_batch([features], [labels], 2, replace(FAST, pair_head="wide"), progress=False)

@@ -245,3 +245,56 @@ def test_an_estimate_above_the_label_entropy_is_an_error_naming_pair_and_lag(mon
     modalities = {name: np.random.default_rng(0).normal(size=(8, 4, 1)) for name in "abc"}
     with pytest.raises(ValueError, match=r"out of bounds for the pair \('b', 'c'\) at lag 1: .*H\(Y\) = 1\.000"):
         estimate_temporal_rus(modalities, np.array([3, 5] * 4), num_lags=2, progress=False)
+
+
+SHARDED = BatchConfig(batch_size=32, discriminator_steps=20, alignment_steps=3, readout_batches=1, pair_block_size=4,
+                      pin_tolerance_bits=None)
+
+
+def _estimate_in_process(rank: int, init_file: str, folder: str, forbid_training: bool, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from modeling_merge.rus import batch
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if forbid_training:  # a resumed run must take every unit from its partial results file
+            def refuse(*args, **kwargs):
+                raise AssertionError("a finished unit was estimated again")
+            batch._PairBatchEstimator.estimate = refuse
+        bench = make_temporal_rus_benchmark(num_sequences=200, seq_len=8, seed=0)
+        sidecar = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, config=SHARDED, progress=False,
+                                        partial_path=f"{folder}/rus.partial.pt",
+                                        output=f"{folder}/rus.safetensors" if forbid_training else None)
+        results[rank] = {"tensors": [sidecar.redundancy, sidecar.uniqueness, sidecar.synergy],
+                         "diagnostics": sidecar.metadata["diagnostics"]}
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_processes(tmp_path, run: int, forbid_training: bool) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_estimate_in_process, args=(str(tmp_path / f"init{run}"), str(tmp_path), forbid_training, results),
+             nprocs=2, join=True)
+    return [results[0], results[1]]
+
+
+def test_two_gloo_processes_share_the_pair_blocks_and_both_return_the_single_process_sidecar(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    bench = make_temporal_rus_benchmark(num_sequences=200, seq_len=8, seed=0)
+    single = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, config=SHARDED, progress=False)
+    first_run = _two_processes(tmp_path, 0, forbid_training=False)
+    assert sorted(path.name for path in tmp_path.glob("rus.partial.pt*")) == [
+        "rus.partial.pt.rank0-of-2", "rus.partial.pt.rank1-of-2"]  # one resumable file per process
+    resumed = _two_processes(tmp_path, 1, forbid_training=True)  # every unit comes from the partial files
+    for result in [*first_run, *resumed]:
+        for got, expected in zip(result["tensors"], [single.redundancy, single.uniqueness, single.synergy]):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert result["diagnostics"]["processes"] == 2 and result["diagnostics"]["pair_blocks"] == 6
+    assert (tmp_path / "rus.safetensors").exists() and not list(tmp_path.glob("rus.partial.pt*"))
