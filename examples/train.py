@@ -374,6 +374,13 @@ def intact_checkpoint(checkpoints: Path, accelerator: Accelerator) -> Path | Non
     return None
 
 
+def available_trackers() -> list:
+    """The experiment trackers Accelerate finds installed (``pip install -e ".[tracking]"`` adds TensorBoard)."""
+    from accelerate.tracking import _available_trackers
+
+    return list(_available_trackers)
+
+
 def earlier_run_error(checkpoints: Path, settings: dict) -> FileExistsError:
     """The error for a new run in a folder that holds an earlier run's checkpoints, saying what to do: a finished run
     (``results.json``) is kept, an unfinished one with the same settings is continued with ``--resume``, one with
@@ -403,6 +410,8 @@ def train(args: TrainArguments) -> dict:
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and not args.cpu else "no"
     trackers = None if args.report_to == "none" else args.report_to
+    if trackers == "all" and not available_trackers():  # nothing to log to: no warning on every run
+        trackers = None
     accelerator = Accelerator(cpu=args.cpu, mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output_dir),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed))

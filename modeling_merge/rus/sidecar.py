@@ -251,7 +251,11 @@ class RusSidecar:
             with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
                 if not path.exists():  # another process may have written it while this one built the data
                     estimate(path, path.with_name(path.name + ".partial"))
-        return cls.load(path).validate(names, num_lags, fingerprint)
+        try:
+            return cls.load(path).validate(names, num_lags, fingerprint)
+        except RusSidecarMismatch as error:
+            raise RusSidecarMismatch(f"{path}: {error}. It was estimated for other data or settings: use the sidecar "
+                                     "of this data, or delete the file to estimate it again.") from None
 
     # ---------------------------------------------------------------------------------------- validation
     def validate(self, modality_names: Sequence[str] | None = None, num_lags: int | None = None,

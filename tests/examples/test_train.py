@@ -100,6 +100,27 @@ def test_arguments_built_in_code_are_checked_like_the_command_line():
         train.check_arguments(train.TrainArguments(gradient_accumulation_steps=0))
 
 
+def test_report_to_all_with_no_tracker_installed_logs_nowhere_without_a_warning(monkeypatch, tmp_path):
+    class Stop(Exception):
+        pass
+
+    created = {}
+
+    def accelerator(**kwargs):  # record the arguments and stop before any work
+        created.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train, "available_trackers", lambda: [])
+    monkeypatch.setattr(train, "Accelerator", accelerator)
+    with pytest.raises(Stop):
+        train.train(train.TrainArguments(output_dir=str(tmp_path / "run"), report_to="all"))
+    assert created["log_with"] is None
+    monkeypatch.setattr(train, "available_trackers", lambda: ["tensorboard"])
+    with pytest.raises(Stop):
+        train.train(train.TrainArguments(output_dir=str(tmp_path / "run"), report_to="all"))
+    assert created["log_with"] == "all"
+
+
 def test_every_option_has_help_text_and_shows_its_default(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])

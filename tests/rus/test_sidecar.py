@@ -239,8 +239,9 @@ def test_for_dataset_estimates_once_into_the_cache_then_loads_and_checks_it(synt
     with pytest.raises(RusSidecarMismatch, match="lag count differs: sidecar has 2, expected 3"):
         RusSidecar.for_dataset(splits, metadata, cache=tmp_path, **{**options, "num_lags": 3})
     other = type(splits)({**splits, "train": splits["train"].select(range(100))})
-    with pytest.raises(RusSidecarMismatch, match="data fingerprint differs"):
+    with pytest.raises(RusSidecarMismatch, match="data fingerprint differs.*delete the file to estimate it again") as error:
         RusSidecar.for_dataset(other, metadata, cache=tmp_path, **options)
+    assert str(tmp_path / "rus.safetensors") in str(error.value)
 
 
 def test_for_dataset_refuses_a_cache_another_process_is_estimating(synthetic_splits, tmp_path):
