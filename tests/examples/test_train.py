@@ -146,7 +146,7 @@ def test_resume_refuses_changed_settings_by_name(reference_run, tmp_path):
 
 def hold_lock(path: Path) -> subprocess.Popen:
     """Another process that holds the lock file ``path`` until it is killed."""
-    script = ("import sys, time\nfrom modeling_merge.training import exclusive_lock\n"
+    script = ("import sys, time\nfrom modeling_merge.files import exclusive_lock\n"
               "with exclusive_lock(sys.argv[1], 'a test'):\n    print('held', flush=True)\n    time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", script, str(path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
