@@ -134,16 +134,18 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     _fsync(final.parent)
 
 
-def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+def remove_leftovers(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete the temporary files and folders an interrupted :func:`atomic_write` / :func:`atomic_directory` left
-    directly in ``folder`` (hidden names ending in :data:`TEMPORARY_SUFFIX`; nothing else is touched). Returns
-    what was removed. Call it only where no other process is writing (e.g. under :func:`exclusive_lock`)."""
+    directly in ``folder`` (hidden names ending in :data:`TEMPORARY_SUFFIX`; with ``name``, only those of that
+    target and of files named after it, ``.<name>.…``); nothing else is touched. Returns what was removed. Call it
+    only where no other process writes those names (e.g. under :func:`exclusive_lock`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    prefix = f".{name}." if name is not None else "."
     removed = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX):
+        if path.name.startswith(prefix) and path.name.endswith(TEMPORARY_SUFFIX):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..files import atomic_write, exclusive_lock
+from ..files import atomic_write, exclusive_lock, remove_leftovers
 
 __all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RUS_ABLATIONS", "RusSidecar", "RusSidecarMismatch",
            "check_modalities_match", "fingerprint_arrays", "modality_differences"]
@@ -226,7 +226,8 @@ class RusSidecar:
 
         With ``cache`` (a file, or a folder → ``<folder>/rus.safetensors``): loaded from there when the file
         exists, otherwise estimated (class-balanced, resumable through ``<cache>.partial``) and written there
-        atomically, by one process at a time (``<cache>.lock``; a second one is an error naming the first). A
+        atomically, by one process at a time (``<cache>.lock``; a second one is an error naming the first; the
+        temporary files of a killed save of this file are removed first). A
         cached file of other modalities, lags or data is a :class:`RusSidecarMismatch` saying what differs.
         ``config``: a ``BatchConfig``; ``estimator_options`` go to ``estimate_temporal_rus`` (``num_bins``,
         ``max_samples_per_lag``)."""
@@ -250,6 +251,7 @@ class RusSidecar:
         if not path.exists():
             with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
                 if not path.exists():  # another process may have written it while this one built the data
+                    remove_leftovers(path.parent, path.name)  # of a save of this file that was killed
                     estimate(path, path.with_name(path.name + ".partial"))
         try:
             return cls.load(path).validate(names, num_lags, fingerprint)

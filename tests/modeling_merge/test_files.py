@@ -106,6 +106,8 @@ def test_leftovers_of_an_interrupted_save_are_removed_and_nothing_else(tmp_path)
               tmp_path / "rus.safetensors.partial"]
     for path in others:
         path.write_text("keep")
+    assert remove_leftovers(tmp_path, "results.json") == [ours[0]]  # only that target's
+    ours[0].write_text("half")
     assert sorted(remove_leftovers(tmp_path)) == sorted(ours)
     assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in others)
     assert remove_leftovers(tmp_path / "missing") == []

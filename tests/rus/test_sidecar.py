@@ -231,7 +231,10 @@ def test_for_dataset_estimates_once_into_the_cache_then_loads_and_checks_it(synt
 
     splits, metadata = synthetic_splits
     options = dict(num_lags=2, estimator="quantized_exact", num_bins=2, progress=False)
+    killed_save = tmp_path / ".rus.safetensors.k1ll3d.merge-tmp"  # a save of this file killed mid-way
+    killed_save.write_bytes(b"half")
     estimated = RusSidecar.for_dataset(splits, metadata, cache=tmp_path, **options)
+    assert not killed_save.exists()
     assert (tmp_path / "rus.safetensors").is_file() and not (tmp_path / "rus.safetensors.partial").exists()
     assert estimated.modality_names == metadata.modality_names and estimated.num_lags == 2
     monkeypatch.setattr(temporal, "estimate_temporal_rus", lambda *a, **k: pytest.fail("estimated twice"))
