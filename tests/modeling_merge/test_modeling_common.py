@@ -98,8 +98,8 @@ def test_an_unsupported_attention_implementation_is_a_clear_error(tmp_path):
 def test_gradient_checkpointing_gives_the_same_loss_gradients_and_routing_updates(model_class, problem_type, per_step):
     model = TESTER.model(model_class, problem_type=problem_type, dropout=0.1).train()
     checkpointed = copy.deepcopy(model)
-    checkpointed.gradient_checkpointing_enable()
-    assert checkpointed.is_gradient_checkpointing and not model.is_gradient_checkpointing
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.is_activation_checkpointing and not model.is_activation_checkpointing
     assert all(block.gradient_checkpointing for block in checkpointed.merge.blocks)
     assert all(layer.gradient_checkpointing for encoder in checkpointed.merge.encoders.values()
                for layer in encoder.layers)
@@ -133,3 +133,10 @@ def test_each_problem_type_trains_and_round_trips_through_its_auto_class(model_c
     assert reloaded.config.problem_type == problem_type
     with torch.no_grad():
         assert torch.equal(reloaded(modalities=inputs).logits, model(modalities=inputs).logits)
+
+
+def test_the_deprecated_gradient_checkpointing_enable_still_turns_checkpointing_on():
+    model = TESTER.model()
+    with pytest.warns(FutureWarning, match="activation_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in model.merge.blocks)
