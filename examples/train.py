@@ -74,6 +74,7 @@ from modeling_merge.training import (  # noqa: E402
     evaluate_model,
     interpretation_figures,
     latest_checkpoint,
+    parameter_groups,
     prune_checkpoints,
     routing_balance_warning,
     routing_summary,
@@ -248,14 +249,6 @@ def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Ac
         RusSidecar.for_dataset(splits, metadata, **options)
     accelerator.wait_for_everyone()
     return RusSidecar.for_dataset(splits, metadata, **options)
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices and embeddings (parameters with ≥ 2 dims), none on biases and
-    normalisation weights (1-dim), the usual rule (nanoGPT, BERT)."""
-    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return [{"params": [p for p in trained if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def class_weights(args: TrainArguments, train_split, num_labels: int) -> torch.Tensor | None:
