@@ -189,12 +189,17 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.modalities is None:
             self.modalities = _pamap2_modalities()
-        pairs = list(self.modalities.items() if isinstance(self.modalities, Mapping) else self.modalities)
+        pairs = list(self.modalities.items()) if isinstance(self.modalities, Mapping) else self.modalities
+        _check(isinstance(pairs, (list, tuple)) and all(isinstance(pair, (list, tuple)) and len(pair) == 2
+                                                       for pair in pairs), "modalities",
+               "must be a mapping name → channels or a list of [name, channels] pairs", self.modalities)
         names = [str(name) for name, _ in pairs]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         _check(not duplicates, "modalities", f"names {duplicates} more than once (names are compared as strings); "
                "give each modality a distinct name", [list(pair) for pair in pairs])
         self.modalities = {name: channels for name, (_, channels) in zip(names, pairs)}
+        _check(self.patch_sizes is None or isinstance(self.patch_sizes, Mapping), "patch_sizes",
+               "must be a mapping name → patch size", self.patch_sizes)
         self.patch_sizes = {str(name): size for name, size in dict(self.patch_sizes or {}).items()}
         unknown = sorted(name for name in kwargs if name not in TRANSFORMERS_KWARGS and not name.startswith("_"))
         if unknown:
