@@ -835,6 +835,7 @@ class MergeModel(MergePreTrainedModel):
         """modalities: name → `(B, time_m, channels_m)` float, every configured modality; modality_mask `(B, M)`
         bool, False = absent. `output_hidden_states` / `output_attentions` / `output_router_logits` are recorded
         by transformers' output capturing (`_can_record_outputs`); `return_dict=False` gives a tuple."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_attentions and (self.config._attn_implementation or "sdpa") != "eager":
             raise ValueError(
                 "output_attentions=True needs eager attention (SDPA does not return weights): load the model with "
@@ -936,9 +937,12 @@ class MergeHeadModel(MergePreTrainedModel):
         """As [`MergeModel.forward`], plus `labels` (see the head's class) → loss = the head's loss + `aux_loss`.
         `input_ids` / `attention_mask` / `inputs_embeds` exist for PEFT's task wrappers and must be None."""
         _refuse_text_inputs(input_ids, attention_mask, inputs_embeds)
-        outputs = self.merge(modalities, modality_mask, output_router_probs=output_router_probs,
-                             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                             output_router_logits=output_router_logits, return_dict=True)
+        # unset switches are left out, so that the base model's output capturing falls back to the config's
+        switches = {name: value for name, value in (("output_hidden_states", output_hidden_states),
+                                                    ("output_attentions", output_attentions),
+                                                    ("output_router_logits", output_router_logits)) if value is not None}
+        outputs = self.merge(modalities, modality_mask, output_router_probs=output_router_probs, return_dict=True,
+                             **switches)
         logits = self.classifier(getattr(outputs, self.pooled_output_name))
         loss = None if labels is None else self._loss(logits, _as_tensor(labels, "labels")) + outputs.aux_loss
         return self.output_class(loss=loss, logits=logits, **_routing_fields(outputs))

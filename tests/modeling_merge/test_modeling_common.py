@@ -52,6 +52,10 @@ def test_hidden_states_are_the_encoder_output_then_every_block(model_class):
     base = model if model_class is MergeModel else model.merge
     assert torch.equal(output.hidden_states[-1], base(modalities=inputs).last_hidden_state)
     assert model(modalities=inputs).hidden_states is None
+    model.config.output_hidden_states = True  # the config's default, as transformers models read it
+    assert len(model(modalities=inputs).hidden_states) == 4
+    assert model(modalities=inputs, output_hidden_states=False).hidden_states is None
+    model.config.output_hidden_states = False
     as_tuple = model(modalities=inputs, output_hidden_states=True, return_dict=False)
     assert isinstance(as_tuple, tuple) and any(item is output.hidden_states or (
         isinstance(item, tuple) and len(item) == 4) for item in as_tuple)
