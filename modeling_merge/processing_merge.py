@@ -228,7 +228,7 @@ class MergeProcessor(FeatureExtractionMixin):
 class TimeSeriesClassificationPipeline(Pipeline):
     """`pipeline("time-series-classification", model=checkpoint)`: one recording (name → array, see
     `MergeProcessor.__call__`) → a list with one dict per window: `start_s`, `end_s`, `label`, `score` and
-    `scores` (label → probability). Call options: `sampling_rates_hz`, `start_s`, `stride`, `batch_windows`
+    `scores` (label → probability), or the multi-label / regression outputs of `postprocess`. Call options: `sampling_rates_hz`, `start_s`, `stride`, `batch_windows`
     (windows per forward pass, default 64)."""
 
     _load_feature_extractor = True
@@ -259,13 +259,26 @@ class TimeSeriesClassificationPipeline(Pipeline):
         return {"logits": torch.cat(logits), "window_start_s": inputs["window_start_s"]}
 
     def postprocess(self, outputs) -> list[dict[str, Any]]:
-        probabilities = outputs["logits"].float().softmax(-1).cpu().numpy()
-        labels = [self.model.config.id2label[index] for index in range(probabilities.shape[1])]
+        """One dict per window. Single-label models: `label` (the most probable class), `score` (its probability)
+        and `scores` (softmax over classes); multi-label models: `labels` (classes with sigmoid ≥ 0.5) and `scores`
+        (sigmoid per class); regression models: `value` (one number, or a list with several outputs)."""
+        logits = outputs["logits"].float()
+        problem_type = self.model.config.problem_type or "single_label_classification"
         window = self.feature_extractor.window_seconds
+        spans = [{"start_s": float(start), "end_s": float(start + window)} for start in outputs["window_start_s"]]
+        if problem_type == "regression":
+            values = logits.cpu().numpy()
+            return [{**span, "value": float(row[0]) if row.size == 1 else row.tolist()} for span, row in zip(spans, values)]
+        labels = [self.model.config.id2label[index] for index in range(logits.shape[1])]
+        if problem_type == "multi_label_classification":
+            probabilities = logits.sigmoid().cpu().numpy()
+            return [{**span, "labels": [label for label, p in zip(labels, row) if p >= 0.5],
+                     "scores": dict(zip(labels, map(float, row)))} for span, row in zip(spans, probabilities)]
+        probabilities = logits.softmax(-1).cpu().numpy()
         return [
-            {"start_s": float(start), "end_s": float(start + window), "label": labels[int(row.argmax())],
-             "score": float(row.max()), "scores": dict(zip(labels, map(float, row)))}
-            for start, row in zip(outputs["window_start_s"], probabilities)
+            {**span, "label": labels[int(row.argmax())], "score": float(row.max()),
+             "scores": dict(zip(labels, map(float, row)))}
+            for span, row in zip(spans, probabilities)
         ]
 
 

@@ -244,3 +244,25 @@ def test_readme_snippet_applies_a_checkpoint_to_a_raw_recording(tmp_path, monkey
     assert len(namespace["windows"]) == 11 and namespace["windows"][0]["end_s"] == 100.0
     assert namespace["windows"][0]["label"] in labels
     assert namespace["logits"].shape == (21, 3)  # the processor's own stride, 25 steps
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
+def test_the_pipeline_reports_each_problem_type_in_its_own_terms(problem_type):
+    from types import SimpleNamespace
+
+    from modeling_merge import MergeConfig
+    from modeling_merge.processing_merge import TimeSeriesClassificationPipeline
+
+    config = MergeConfig(id2label={0: "calm", 1: "stress"}, problem_type=problem_type)
+    pipe = SimpleNamespace(model=SimpleNamespace(config=config), feature_extractor=SimpleNamespace(window_seconds=2.0))
+    outputs = {"logits": torch.tensor([[2.0, -1.0], [-3.0, 0.5]]), "window_start_s": np.array([0.0, 1.0])}
+    first, second = TimeSeriesClassificationPipeline.postprocess(pipe, outputs)
+    assert (first["start_s"], first["end_s"], second["start_s"]) == (0.0, 2.0, 1.0)
+    if problem_type == "regression":
+        assert first["value"] == [2.0, -1.0] and "label" not in first
+    elif problem_type == "multi_label_classification":
+        assert first["labels"] == ["calm"] and second["labels"] == ["stress"]
+        assert first["scores"]["calm"] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    else:
+        assert first["label"] == "calm" and second["label"] == "stress"
+        assert sum(first["scores"].values()) == pytest.approx(1.0)
