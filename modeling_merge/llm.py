@@ -243,10 +243,9 @@ class RusRouting(nn.Module):
         """The sensor tables ([M, M, L], validated by `rus_routing.validate_rus_tables`) padded with the text row
         and column (`text_bits`, 0 on the text diagonal) → [M+1, M+1, L] each."""
         num_modalities = len(modality_names)
-        redundancy = torch.as_tensor(tables[0])
-        num_lags = redundancy.shape[-1] if redundancy.dim() == 3 else 0
-        validated = validate_rus_tables(*tables, (num_modalities, num_modalities, num_lags), f"M = {num_modalities}: "
+        validated = validate_rus_tables(*tables, (num_modalities, num_modalities, None), f"M = {num_modalities}: "
                                         f"{modality_names}")
+        num_lags = validated["redundancy"].shape[2]
         padded_tables = []
         for table in validated.values():
             padded = torch.full((num_modalities + 1, num_modalities + 1, num_lags), float(text_bits))

@@ -46,15 +46,20 @@ def per_modality_uniqueness(uniqueness: Tensor) -> Tensor:
     return uniqueness.masked_fill(diagonal, float("-inf")).amax(1)
 
 
-def validate_rus_tables(redundancy, uniqueness, synergy, shape: tuple[int, int, int], names: str = "") -> dict[str, Tensor]:
-    """The three tables as float32 tensors `shape` = (M, M, L), keyed by name; `ValueError` naming the table on a
-    wrong shape, NaN / Inf, negative bits, or R / S not symmetric in (i, j). `names` describes the modality
-    order in the shape error. Meta tensors (a model built without data) are checked for shape only."""
+def validate_rus_tables(redundancy, uniqueness, synergy, shape: tuple[int, int, int | None], names: str = ""
+                        ) -> dict[str, Tensor]:
+    """The three tables as float32 tensors of `shape` = (M, M, L) (L None: any, the same for all three), keyed by
+    name; `ValueError` naming the table on a wrong shape, NaN / Inf, negative bits, or R / S not symmetric in
+    (i, j). `names` describes the modality order in the shape error. Meta tensors (a model built without data)
+    are checked for shape only."""
     tables = {}
     for name, values in zip(RUS_TABLE_NAMES, (redundancy, uniqueness, synergy)):
         values = torch.as_tensor(values, dtype=torch.float32)
+        if shape[2] is None and values.dim() == 3:
+            shape = (*shape[:2], values.shape[2])
         if tuple(values.shape) != tuple(shape):
-            raise ValueError(f"RUS {name} has shape {tuple(values.shape)}, expected [M, M, L] = {list(shape)}"
+            expected = "[M, M, L] = " + str([*shape[:2], "L" if shape[2] is None else shape[2]]).replace("'", "")
+            raise ValueError(f"RUS {name} has shape {tuple(values.shape)}, expected {expected}"
                              f"{f' ({names})' if names else ''}.")
         if not values.is_meta:
             if not torch.isfinite(values).all():

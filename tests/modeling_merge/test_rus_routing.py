@@ -66,6 +66,15 @@ def test_validate_rus_tables_names_the_bad_table(table, change, message):
         validate_rus_tables(tables["redundancy"], tables["uniqueness"], tables["synergy"], (3, 3, 2))
 
 
+def test_validate_rus_tables_with_any_lag_count_still_requires_the_same_one_for_all_tables():
+    redundancy, uniqueness, synergy = random_rus(2, 4)
+    assert validate_rus_tables(redundancy, uniqueness, synergy, (2, 2, None))["synergy"].shape == (2, 2, 4)
+    with pytest.raises(ValueError, match=r"RUS uniqueness has shape \(2, 2, 3\), expected \[M, M, L\] = \[2, 2, 4\]"):
+        validate_rus_tables(redundancy, uniqueness[:, :, :3], synergy, (2, 2, None))
+    with pytest.raises(ValueError, match=r"RUS redundancy has shape \(2, 2\), expected \[M, M, L\] = \[2, 2, L\]"):
+        validate_rus_tables(redundancy[:, :, 0], uniqueness, synergy, (2, 2, None))
+
+
 def test_pair_conditions_compare_each_pair_and_lag_with_its_threshold():
     redundancy = torch.zeros(3, 3, 2)
     redundancy[0, 1, 1] = redundancy[1, 0, 1] = 1.0
