@@ -12,9 +12,9 @@
   (:func:`regression_metrics`): MAE, RMSE, R².
 * :func:`merge_training_arguments`: ``TrainingArguments`` with the settings a dict-of-modalities batch needs;
   :func:`parameter_groups`: AdamW groups with weight decay on weight matrices only.
-* Run bookkeeping for a resumable training loop: :func:`atomic_directory`, :func:`latest_checkpoint`,
-  :func:`drop_checkpoints_from`, :func:`changed_settings`, :func:`exclusive_lock`, :class:`MetricsLog`,
-  :func:`check_modalities_match`.
+* Run bookkeeping for a resumable training loop: :func:`latest_checkpoint`, :func:`drop_checkpoints_from`,
+  :func:`changed_settings`, :class:`MetricsLog`, :func:`check_modalities_match`; ``atomic_directory`` and
+  ``exclusive_lock`` are the ones of :mod:`modeling_merge.files`, importable from here too.
 
 Using ``Trainer``::
 
@@ -27,13 +27,9 @@ Using ``Trainer``::
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sys
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .hub import write_text_atomic
+from .files import atomic_directory, atomic_write, exclusive_lock
 from .modeling_merge import routing_alignment_counts
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -328,28 +324,6 @@ def check_modalities_match(model_modalities: Mapping[str, int], data_modalities:
     raise ValueError(f"{what} does not match the dataset: " + "; ".join(details))
 
 
-@contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success it replaces ``final`` in one rename, on error it
-    is deleted — so a crash mid-write never leaves a half-written ``final``."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if final.exists():
-        retired = final.with_name(f".{final.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(final, retired)
-        os.replace(temporary, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
-
-
 def checkpoints_by_step(root: str | Path) -> list[tuple[int, Path]]:
     """The completed ``checkpoint-<step>`` folders under ``root`` as (step, path), oldest first."""
     root = Path(root)
@@ -396,45 +370,6 @@ def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any], pr
     return changes
 
 
-@contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` (it records this process's pid and host) while this process alone uses
-    ``what``. A live holder is an error naming it; one that died without releasing (its record is left, its
-    ``flock`` gone with it) is reported and taken over. The file is removed on release. POSIX (``fcntl``)."""
-    import fcntl
-    import socket
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = open(path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "a process that has not yet written its pid"
-            handle.close()
-            raise RuntimeError(f"{what} is in use by another run ({owner}; lock file {path}). Wait for that run to "
-                               "end, or use another path.") from None
-        if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the previous holder removed the file after we opened it: lock the new one
-    try:
-        handle.seek(0)
-        previous = handle.read().strip()
-        if previous:
-            print(f"taking over {what} from a run that ended without releasing it ({previous}; lock file {path})",
-                  file=sys.stderr)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        handle.flush()
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        handle.close()
-
-
 class MetricsLog:
     """Append-only JSON-lines log (one JSON object per line, flushed at once so a crash loses nothing)."""
 
@@ -459,7 +394,7 @@ class MetricsLog:
         text = self.path.read_text(encoding="utf-8")
         records = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
         kept = [record for record in records if record.get("split") != "test" and record.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(record, default=float) + "\n" for record in kept))
+        atomic_write(self.path, "".join(json.dumps(record, default=float) + "\n" for record in kept))
 
 
 EXPERT_SHARE_WARNING_RANGE = (0.01, 0.60)

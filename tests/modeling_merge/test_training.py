@@ -9,7 +9,6 @@ import torch
 from modeling_merge.training import (
     MetricsLog,
     MultimodalCollator,
-    atomic_directory,
     check_modalities_match,
     latest_checkpoint,
     prune_checkpoints,
@@ -120,18 +119,6 @@ def test_check_modalities_match_explains_what_differs():
         check_modalities_match({"acc": 3}, {"acc": 6}, "checkpoint x")
     with pytest.raises(ValueError, match="order differs"):
         check_modalities_match({"bvp": 1, "acc": 3}, {"acc": 3, "bvp": 1}, "checkpoint x")
-
-
-def test_atomic_directory_keeps_the_old_folder_when_the_write_fails(tmp_path):
-    final = tmp_path / "best_model"
-    with atomic_directory(final) as folder:
-        (folder / "weights").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(final) as folder:
-            (folder / "weights").write_text("half")
-            raise RuntimeError("killed mid-write")
-    assert (final / "weights").read_text() == "good"
-    assert [p.name for p in tmp_path.iterdir()] == ["best_model"]
 
 
 def test_latest_checkpoint_ignores_partial_folders_and_pruning_keeps_the_newest(tmp_path):
