@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_directory, atomic_write, exclusive_lock
+from .files import atomic_directory, atomic_write, exclusive_lock  # noqa: F401 (atomic_directory, exclusive_lock: re-exported)
 from .modeling_merge import routing_alignment_counts
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"

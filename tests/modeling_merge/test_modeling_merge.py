@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from modeling_merge import MergeConfig, MergeForSequenceClassification, MergeModel
+from modeling_merge import MergeForSequenceClassification, MergeModel
 from modeling_merge.modeling_merge import (
     MergeFeedForwardExperts,
     MergeMoeLayer,
