@@ -3,19 +3,27 @@
 1. Accuracy against the exact solver on the discrete synthetic suite (XOR, AND, copy, unique, mixed): BATCH
    on the symbols embedded as noisy ±1 features vs the exact BROJA PID (CVXPY) of the class-balanced joint
    that BATCH's balanced sampling sees; absolute error per term in bits, and the time of each.
+1b. (``accuracy``) Continuous sources with a discrete label and a known PID — the symbols of a joint table
+   (the five cases, 2-bit parity = 2 bits of synergy, a shared 2-bit symbol = 2 bits of redundancy) embedded in
+   2-32 dimensions — as dimension, synergy (parity of 1-3 bits) and sample size grow: BATCH at two
+   discriminator budgets and the quantised exact estimator at 4 and 16 bins, each against the exact PID.
 2. Multi-scale vs step-wise BATCH on the known-RUS temporal benchmark: wall-time ratio, timed A-B-A
    (multi-scale, step-wise, multi-scale again; the ratio uses the mean of the two multi-scale runs so that a
    load change during the run hits both sides), the relative R / U / S difference
    Σ|multi-scale − step-wise| / Σ|step-wise| per term (target ≤ 10 %), each one's mean absolute error
    against the benchmark's exact temporal RUS of the latent symbols, and planted-structure recovery.
+2b. (``diagnosis``) Why they differ: each variant against step-wise seed 0 — step-wise with another seed (the
+   noise floor), multi-scale with L× and 2× the steps and step-wise with 1/L of them (the per-lag budget),
+   16 instead of 4 read-out batches; the difference on planted entries and elsewhere, and the error vs truth.
 3. Sinkhorn iterations to a 1e-6 marginal error, with and without the class-mass rescaling.
-4. Time to estimate all M(M−1)/2 pairs for M = 4, 16, 64 modalities: seconds per discriminator step,
-   per alignment step and per read-out batch, and the projected time of a default run (600 + 100 steps,
-   L = 4 lags).
+4. (``pairs``) A whole multi-scale estimate of all pairs × 5 lags for M = 8 … 128 modalities (3 channels,
+   20,000 samples per lag, the planted benchmark plus noise modalities): wall and CPU seconds, peak RSS, pairs
+   that needed alignment, planted-structure recovery.
 
-    python benchmarks/rus_estimation.py            # full figures (~5 min on one CPU core)
-    python benchmarks/rus_estimation.py --quick    # smaller budgets (~2 min)
-    python benchmarks/rus_estimation.py --device cuda
+    python benchmarks/rus_estimation.py --threads 1                     # everything (long on a loaded machine)
+    python benchmarks/rus_estimation.py --sections accuracy,diagnosis   # a subset
+    python benchmarks/rus_estimation.py --sections pairs --sizes 128    # the M = 128 point alone
+    python benchmarks/rus_estimation.py --quick                         # smaller budgets
 """
 
 from __future__ import annotations
@@ -105,6 +113,8 @@ def accuracy_suite(config: BatchConfig, quick: bool) -> list[dict]:
         f"batch ({config.discriminator_steps} steps)": lambda *a: _batch_pid(*a, config=config),
         f"batch ({4 * config.discriminator_steps} steps)": lambda *a: _batch_pid(
             *a, config=replace(config, discriminator_steps=4 * config.discriminator_steps)),
+        f"batch ({config.discriminator_steps} steps, cross-entropy)": lambda *a: _batch_pid(
+            *a, config=replace(config, information_readout="cross_entropy")),
         "quantized_exact (4 bins)": _quantized_pid,
         "quantized_exact (16 bins)": lambda *a: _quantized_pid(*a, num_bins=16),
     }
@@ -127,7 +137,7 @@ def accuracy_suite(config: BatchConfig, quick: bool) -> list[dict]:
                          **{f"exact_{term}": value for term, value in zip(TERMS, truth)},
                          **{f"estimate_{term}": value for term, value in zip(TERMS, got)},
                          "max_abs_error_bits": max(abs(a - b) for a, b in zip(got, truth))})
-            print(f"    {axis:9s} {case.name:8s} d={x1.shape[1]:2d} N={num_samples:5d} {name:26s} truth "
+            print(f"    {axis:9s} {case.name:8s} d={x1.shape[1]:2d} N={num_samples:5d} {name:35s} truth "
                   + " ".join(f"{v:.2f}" for v in truth) + " | got " + " ".join(f"{v:.2f}" for v in got)
                   + f" | max err {rows[-1]['max_abs_error_bits']:.3f} ({seconds:.1f} s)", flush=True)
     return rows
@@ -186,60 +196,56 @@ def multiscale_vs_stepwise(config: BatchConfig, num_sequences: int, num_lags: in
 
 
 def _comparison(estimate, reference, bench) -> dict:
-    """Relative difference of ``estimate`` to ``reference`` (all terms; planted entries only) and its errors
-    against the exact temporal RUS."""
-    def flat(pairwise, mask=None):
-        values = np.stack(pairwise.to_matrices(len(bench.modalities)))
-        return values if mask is None else values[mask]
-    planted = np.stack([bench.planted["rus"][name] for name in ("redundancy", "uniqueness", "synergy")]) > 0
-    return {"relative_difference": _relative_difference(flat(estimate), flat(reference)),
-            "relative_difference_planted": _relative_difference(flat(estimate, planted), flat(reference, planted)),
-            "relative_difference_unplanted": float(np.abs(flat(estimate, ~planted) - flat(reference, ~planted)).sum()
-                                                   / max(np.abs(flat(reference)).sum(), 1e-12)),
+    """Relative difference Σ|estimate − reference| / Σ|reference| over all R, U, S entries, over the planted
+    (non-zero in truth) entries only, and the same against the exact temporal RUS, with the spurious mass
+    (bits estimated where the truth is 0)."""
+    truth = np.stack([bench.planted["rus"][name] for name in ("redundancy", "uniqueness", "synergy")])
+    planted = truth > 0
+    got, expected = (np.stack(pairwise.to_matrices(len(bench.modalities))) for pairwise in (estimate, reference))
+    return {"relative_difference": _relative_difference(got, expected),
+            "relative_difference_planted": _relative_difference(got[planted], expected[planted]),
+            "relative_error_vs_truth": _relative_difference(got, truth),
+            "relative_error_vs_truth_planted": _relative_difference(got[planted], truth[planted]),
+            "spurious_bits": float(np.abs(got[~planted]).sum()), "truth_bits": float(truth.sum()),
             **_error_vs_planted(estimate, bench)}
 
 
 def multiscale_diagnosis(config: BatchConfig, num_sequences: int, num_lags: int) -> list[dict]:
-    """Section 2b: why multi-scale and step-wise differ. Each variant vs step-wise (seed 0): the noise floor
-    (step-wise with another seed), the per-lag budget (multi-scale with L× / 2× the steps; step-wise with 1/L of
-    them, i.e. multi-scale's per-lag budget without sharing) and the read-out noise (16 read-out batches)."""
+    """Section 2b: why multi-scale and step-wise differ. Each variant vs step-wise seed 0 with the same read-out:
+    the noise floor (step-wise with another seed), the per-lag budget (multi-scale with L× the steps; step-wise
+    with 1/L of them, i.e. multi-scale's per-lag budget without sharing), and the information read-out
+    ("plugin" vs "cross_entropy"), each also against the exact temporal RUS."""
     bench = make_temporal_rus_benchmark(num_sequences=num_sequences, seq_len=max(8, num_lags), num_lags=num_lags)
     samples = lagged_samples(bench.modalities, bench.labels, num_lags)
-
-    def scaled(factor: float, **changes) -> BatchConfig:
-        return replace(config, discriminator_steps=int(config.discriminator_steps * factor),
-                       alignment_steps=max(1, int(config.alignment_steps * factor)), **changes)
-
-    variants = [
-        ("step-wise, seed 0 (reference)", stepwise_batch, config),
-        ("step-wise, seed 1 (noise floor)", stepwise_batch, replace(config, seed=1)),
-        ("multi-scale, seed 0", multiscale_batch, config),
-        ("multi-scale, seed 1", multiscale_batch, replace(config, seed=1)),
-        (f"multi-scale, {num_lags}x steps (step-wise's per-lag budget)", multiscale_batch, scaled(num_lags)),
-        ("multi-scale, 2x steps", multiscale_batch, scaled(2)),
-        (f"step-wise, 1/{num_lags} steps (multi-scale's per-lag budget)", stepwise_batch, scaled(1 / num_lags)),
-        ("step-wise, seed 0, 16 read-out batches", stepwise_batch, replace(config, readout_batches=16)),
-        ("step-wise, seed 1, 16 read-out batches", stepwise_batch, replace(config, seed=1, readout_batches=16)),
-        ("multi-scale, seed 0, 16 read-out batches", multiscale_batch, replace(config, readout_batches=16)),
-        ("multi-scale, 2x steps, 16 read-out batches", multiscale_batch, scaled(2, readout_batches=16)),
-    ]
-    rows, reference, reference16 = [], None, None
-    for name, run, variant in variants:
-        estimate, seconds, _ = _timed(lambda run=run, variant=variant: run(
-            samples.features, samples.labels, samples.num_classes, variant, progress=False))
-        if reference is None:
-            reference = estimate
-        if "16 read-out" in name and reference16 is None:
-            reference16 = estimate
-        against = reference16 if "16 read-out" in name else reference
-        rows.append({"variant": name, "seconds": seconds, "discriminator_steps": variant.discriminator_steps,
-                     "alignment_steps": variant.alignment_steps, "readout_batches": variant.readout_batches,
-                     "seed": variant.seed, "planted_recovered": _planted_recovered(estimate, bench),
-                     **_comparison(estimate, against, bench)})
-        print(f"    {name}: {seconds:.0f} s, diff {100 * rows[-1]['relative_difference']:.1f} % (planted "
-              f"{100 * rows[-1]['relative_difference_planted']:.1f} %), mae R/U/S "
-              f"{rows[-1]['mae_redundancy_bits']:.3f}/{rows[-1]['mae_uniqueness_bits']:.3f}/"
-              f"{rows[-1]['mae_synergy_bits']:.3f}", flush=True)
+    scaled = replace(config, discriminator_steps=config.discriminator_steps * num_lags,
+                     alignment_steps=config.alignment_steps * num_lags)
+    reduced = replace(config, discriminator_steps=config.discriminator_steps // num_lags,
+                      alignment_steps=max(1, config.alignment_steps // num_lags))
+    rows, references = [], {}
+    for readout in ("plugin", "cross_entropy"):
+        variants = [("step-wise, seed 0 (reference)", stepwise_batch, config),
+                    ("step-wise, seed 1 (noise floor)", stepwise_batch, replace(config, seed=1)),
+                    ("multi-scale, seed 0", multiscale_batch, config),
+                    ("multi-scale, seed 1", multiscale_batch, replace(config, seed=1))]
+        if readout == "plugin":
+            variants += [(f"multi-scale, {num_lags}x steps (step-wise's per-lag budget)", multiscale_batch, scaled),
+                         (f"step-wise, 1/{num_lags} steps (multi-scale's per-lag budget)", stepwise_batch, reduced)]
+        for name, run, variant in variants:
+            variant = replace(variant, information_readout=readout)
+            estimate, seconds, _ = _timed(lambda run=run, variant=variant: run(
+                samples.features, samples.labels, samples.num_classes, variant, progress=False))
+            reference = references.setdefault(readout, estimate)
+            rows.append({"readout": readout, "variant": name, "seconds": seconds,
+                         "discriminator_steps": variant.discriminator_steps, "alignment_steps": variant.alignment_steps,
+                         "seed": variant.seed, "aligned_pairs": estimate.diagnostics["aligned_pairs"],
+                         "planted_recovered": _planted_recovered(estimate, bench),
+                         **_comparison(estimate, reference, bench)})
+            row = rows[-1]
+            print(f"    {readout:13s} {name:55s} {seconds:4.0f} s  diff {100 * row['relative_difference']:5.1f} % "
+                  f"(planted {100 * row['relative_difference_planted']:4.1f} %)  vs truth "
+                  f"{100 * row['relative_error_vs_truth']:5.1f} % (planted {100 * row['relative_error_vs_truth_planted']:4.1f} %)"
+                  f"  spurious {row['spurious_bits']:.2f} of {row['truth_bits']:.1f} bits  recovered "
+                  f"{row['planted_recovered']}", flush=True)
     return rows
 
 
@@ -298,13 +304,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smaller budgets (a rough figure)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sections", default="exact,multiscale,sinkhorn,pairs", help="comma-separated subset")
+    parser.add_argument("--sections", default="exact,accuracy,multiscale,diagnosis,sinkhorn,pairs",
+                        help="comma-separated subset")
     parser.add_argument("--output", default=RESULTS_DIR / "rus_estimation.json", help="JSON file ('-' = none)")
     parser.add_argument("--sizes", default="8,16,32,64", help="section 4: numbers of modalities M (>= 6)")
     parser.add_argument("--samples", type=int, default=20000, help="section 4: samples per lag")
     parser.add_argument("--lags", type=int, default=5, help="section 4: lags")
     parser.add_argument("--scale_steps", type=int, default=600, help="section 4: discriminator steps (alignment: 1/6)")
-    parser.add_argument("--pair_head", default="factorized", choices=("full", "factorized"), help="section 4")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick, sections = args.quick, set(args.sections.split(","))
@@ -347,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for term in ("redundancy", "uniqueness", "synergy")))
         print(f"    planted structure recovered: {result['planted_recovered']}", flush=True)
     if "diagnosis" in sections:
-        print("\n[2b] why multi-scale and step-wise differ (each vs step-wise seed 0; M=7, L=4)", flush=True)
+        print("\n[2b] why multi-scale and step-wise differ (each vs step-wise seed 0, same read-out; M=7, L=4)",
+              flush=True)
         payload["multiscale_diagnosis"] = multiscale_diagnosis(config, num_sequences=1000 if quick else 2000,
                                                                num_lags=4)
     if "sinkhorn" in sections:
@@ -359,8 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "pairs" in sections:
         sizes = [int(size) for size in args.sizes.split(",")]
         scale_config = BatchConfig(batch_size=128, discriminator_steps=args.scale_steps,
-                                   alignment_steps=args.scale_steps // 6, pair_head=args.pair_head, device=args.device)
-        print(f"\n[4] all pairs x {args.lags} lags vs M (multi-scale, {args.pair_head} pair head, batch 128, "
+                                   alignment_steps=args.scale_steps // 6, device=args.device)
+        print(f"\n[4] all pairs x {args.lags} lags vs M (multi-scale, batch 128, "
               f"{args.scale_steps} + {args.scale_steps // 6} steps, {args.samples} samples per lag)", flush=True)
         payload["all_pairs"] = {"batch_config": scale_config.to_dict(), "rows": pair_scaling(
             scale_config, sizes, args.samples, args.lags)}

@@ -50,10 +50,10 @@ class BatchConfig:
     to an interval at most this wide at every lag gets the interval's midpoint and no alignment / Sinkhorn (a
     pair with an uninformative side, e.g.); None aligns every pair. ``pair_block_size``: pairs are estimated in
     independent blocks of this many (triu order; block b seeded ``seed + b``), the units that processes share
-    under ``torch.distributed``; None is one block. ``pair_head``: "full" gives each pair its own MLP on
-    [e_i, e_j, e(τ)] (P·2h·h weights: the cost at many modalities); "factorized" shares the first layer's
-    per-side projections among the pairs of a modality (relu(A_i e_i + B_j e_j + L e(τ) + b_p), then a per-pair
-    output layer), O(M·h² + P·h) per sample.
+    under ``torch.distributed``; None is one block. ``information_readout``: how I(X;Y) and I(Y;X_i,X_j) are
+    read from a discriminator on held-out batches — "plugin", E_x Σ_y p̂(y|x) log2 p̂(y|x)/p(y) (the paper's; an
+    overfit discriminator gives noise positive information), or "cross_entropy", H(Y) − held-out cross-entropy
+    clipped at 0 (a lower bound that overfitting cannot inflate).
     """
 
     hidden_dim: int = 32
@@ -71,7 +71,7 @@ class BatchConfig:
     max_exponent: float = 10.0
     pair_chunk_elements: int = 1 << 22
     pin_tolerance_bits: float | None = 0.02
-    pair_head: str = "full"
+    information_readout: str = "plugin"
     pair_block_size: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -139,22 +139,13 @@ class PairNetworks(nn.Module):
         self.lag_embedding = nn.Embedding(num_lags, lag_dim)
         self.encoder = GroupedMLP(num_modalities, [channels, hidden, hidden])
         self.unimodal_head = GroupedMLP(num_modalities, [hidden + lag_dim, hidden, num_classes])
-        if config.pair_head == "factorized":
-            self.pair_projection = GroupedLinear(num_modalities, hidden, 2 * hidden)
-            self.pair_lag = nn.Linear(lag_dim, hidden, bias=False)
-            self.pair_head = GroupedLinear(num_pairs, hidden, num_classes)
-            self.pair_bias = nn.Parameter(torch.zeros(num_pairs, hidden))
-        elif config.pair_head == "full":
-            self.pair_head = GroupedMLP(num_pairs, [2 * hidden + lag_dim, hidden, num_classes])
-        else:
-            raise ValueError(f"pair_head must be 'full' or 'factorized', got {config.pair_head!r}")
-        self.factorized = config.pair_head == "factorized"
+        self.pair_head = GroupedMLP(num_pairs, [2 * hidden + lag_dim, hidden, num_classes])
         self.align_encoder = GroupedMLP(num_modalities, [channels, hidden, hidden])
         self.align_head = GroupedLinear(2 * num_pairs, hidden + lag_dim, num_classes * config.embed_dim)
 
     def discriminator_parameters(self):
-        aligning = {id(parameter) for parameter in self.alignment_parameters()}
-        return [parameter for parameter in self.parameters() if id(parameter) not in aligning]
+        return [*self.lag_embedding.parameters(), *self.encoder.parameters(),
+                *self.unimodal_head.parameters(), *self.pair_head.parameters()]
 
     def alignment_parameters(self):
         return [*self.align_encoder.parameters(), *self.align_head.parameters()]
@@ -168,13 +159,9 @@ class PairNetworks(nn.Module):
         lag_vector = self.lag_embedding.weight[lag]
         encoded = self.encoder(x)
         first, second = self.pairs
-        unimodal = self.unimodal_head(self._with_lag(encoded, lag_vector))
-        if self.factorized:  # hidden_p = relu(A_i e_i + B_j e_j + L e(τ) + b_p): no per-pair (2h × h) product
-            as_first, as_second = self.pair_projection(encoded).chunk(2, dim=-1)
-            hidden = torch.relu(as_first[:, first] + as_second[:, second] + self.pair_lag(lag_vector) + self.pair_bias)
-            return unimodal, self.pair_head(hidden)
         pair_input = torch.cat([encoded[:, first], encoded[:, second]], dim=-1)
-        return unimodal, self.pair_head(self._with_lag(pair_input, lag_vector))
+        return (self.unimodal_head(self._with_lag(encoded, lag_vector)),
+                self.pair_head(self._with_lag(pair_input, lag_vector)))
 
     def align(self, x: torch.Tensor, lag: int, positions: torch.Tensor) -> torch.Tensor:
         """x (B, M, C) → embeddings (2, A, K, B, d_e) of the pairs at ``positions`` (A,), standardised over d_e."""
@@ -188,10 +175,18 @@ class PairNetworks(nn.Module):
         return centred / (centred.std(-1, keepdim=True) + 1e-5)
 
 
-def _mutual_information_bits(probs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """E_x Σ_y p̂(y|x) log2 p̂(y|x)/p(y) for probs (B, G, K), prior (K,) → (G,)."""
-    log_ratio = probs.clamp_min(1e-12).log() - prior.clamp_min(1e-12).log()
-    return (probs * log_ratio).sum(-1).mean(0) / _LOG2
+def _mutual_information_bits(logits: torch.Tensor, labels: torch.Tensor, readout: str) -> torch.Tensor:
+    """I(X;Y) in bits per group from held-out logits (B, G, K) and labels (B,) → (G,): "plugin"
+    E_x Σ_y p̂(y|x) log2 p̂(y|x)/p(y), or "cross_entropy" H(Y) − cross-entropy (may be < 0; clip the mean)."""
+    prior = torch.bincount(labels, minlength=logits.shape[-1]).float() / len(labels)
+    log_prior = prior.clamp_min(1e-12).log()
+    log_probs = logits.log_softmax(-1)
+    if readout == "plugin":
+        return (log_probs.exp() * (log_probs - log_prior)).sum(-1).mean(0) / _LOG2
+    if readout == "cross_entropy":
+        chosen = log_probs.gather(-1, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
+        return (chosen - log_prior[labels].unsqueeze(-1)).mean(0) / _LOG2
+    raise ValueError(f"information_readout must be 'plugin' or 'cross_entropy', got {readout!r}")
 
 
 class _LaggedSampler:
@@ -285,18 +280,18 @@ class _PairBatchEstimator:
 
     @torch.no_grad()
     def read_out_discriminators(self, lag_position: int) -> torch.Tensor:
-        """Draw this lag's held-out read-out batches and return their mean (3, P): I(X_i;Y), I(X_j;Y), I(Y;X_i,X_j)."""
+        """Draw this lag's held-out read-out batches and return their mean (3, P): I(X_i;Y), I(X_j;Y), I(Y;X_i,X_j)
+        (≥ 0)."""
         batches = [self.sampler.batch(lag_position, holdout=True) for _ in range(self.config.readout_batches)]
         self.readout_batches.append(batches)
-        total = 0
+        total, readout = 0, self.config.information_readout
         first, second = self.nets.pairs
         for x, y in batches:
             unimodal, pair = self.nets.discriminate(x, lag_position)
-            prior = torch.bincount(y, minlength=unimodal.shape[-1]).float() / len(y)
-            unimodal_bits = _mutual_information_bits(unimodal.softmax(-1), prior)
+            unimodal_bits = _mutual_information_bits(unimodal, y, readout)
             total = total + torch.stack([unimodal_bits[first], unimodal_bits[second],
-                                         _mutual_information_bits(pair.softmax(-1), prior)])
-        return total / len(batches)
+                                         _mutual_information_bits(pair, y, readout)])
+        return (total / len(batches)).clamp_min(0)
 
     def train_alignment(self, positions: torch.Tensor, progress: tqdm | None = None) -> None:
         """Train the alignment embeddings of the pairs at ``positions`` (A,) only."""
@@ -348,10 +343,11 @@ class _PairBatchEstimator:
             positions = torch.nonzero(~pinned.all(0)).flatten()
             if len(positions):
                 self.train_alignment(positions, bar)
-                for lag in range(len(self.lags)):
+                for lag in range(len(self.lags)):  # a Sinkhorn estimate outside the bounds is clamped to them
                     aligned = coupling[lag].clone()
                     aligned[positions] = self.read_out_coupling(lag, positions)
-                    coupling[lag] = torch.where(pinned[lag], coupling[lag], aligned)
+                    coupling[lag] = torch.where(pinned[lag], coupling[lag],
+                                                torch.minimum(torch.maximum(aligned, lower[lag]), upper[lag]))
         iterations = self.sinkhorn_iterations or [0]
         diagnostics = torch.tensor([float(np.mean(iterations)), float(max(iterations)),
                                     float(max(self.sinkhorn_errors, default=0.0)), float(len(positions))])

@@ -33,11 +33,9 @@ def test_batch_is_within_tolerance_of_the_exact_pid_on_low_dimensional_cases(cas
     assert estimate.diagnostics["sinkhorn_max_marginal_error"] < 1e-5
 
 
-@pytest.mark.parametrize("pair_head", ["full", "factorized"])
-def test_batch_measures_two_bits_of_synergy_between_eight_dimensional_sources(pair_head):
+def test_batch_measures_two_bits_of_synergy_between_eight_dimensional_sources():
     x1, x2, y = continuous_pid_samples(parity_case(2), dims=8, num_samples=4000)
-    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=4, config=replace(FAST, pair_head=pair_head),
-                                progress=False)
+    estimate = multiscale_batch([np.stack([x1, x2], 1)], [y], num_classes=4, config=FAST, progress=False)
     got = [float(v[0, 0]) for v in (estimate.redundancy, estimate.unique_i, estimate.unique_j, estimate.synergy)]
     assert got == pytest.approx([0.0, 0.0, 0.0, 2.0], abs=TOLERANCE_BITS)
 
@@ -102,5 +100,22 @@ def test_pair_blocks_estimate_every_pair_as_one_block_does():
     assert (blocked.unique_i[:, informative] > 0.9).all() and (blocked.unique_i[:, ~informative] < 0.1).all()
     with pytest.raises(ValueError, match="pair_block_size must be >= 1"):
         multiscale_batch([features], [labels], 2, replace(FAST, pair_block_size=0), progress=False)
-    with pytest.raises(ValueError, match="pair_head must be 'full' or 'factorized', got 'wide'"):
-        multiscale_batch([features], [labels], 2, replace(FAST, pair_head="wide"), progress=False)
+
+
+def test_the_cross_entropy_read_out_gives_an_overfit_discriminator_of_noise_no_information():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 300)  # few samples, many steps: the discriminators memorise the noise
+    features = np.concatenate([(2.0 * labels - 1)[:, None] + 0.1 * rng.standard_normal((300, 1)),
+                               rng.standard_normal((300, 2))], 1)[:, :, None].astype(np.float32)
+    config = replace(FAST, batch_size=64, discriminator_steps=600, alignment_steps=5)
+    estimates = {readout: multiscale_batch([features], [labels], 2, replace(config, information_readout=readout),
+                                           progress=False) for readout in ("plugin", "cross_entropy")}
+    noise_pair = (estimates["plugin"].pairs[0] == 1) & (estimates["plugin"].pairs[1] == 2)
+    total = {name: sum(float(getattr(e, term)[0, noise_pair][0]) for term in ("redundancy", "unique_i", "unique_j",
+                                                                               "synergy"))
+             for name, e in estimates.items()}
+    assert total["plugin"] > 0.05 and total["cross_entropy"] < total["plugin"] / 2, total
+    for estimate in estimates.values():  # the informative modality keeps its bit either way
+        assert (estimate.unique_i[0, estimate.pairs[0] == 0] > 0.85).all()
+    with pytest.raises(ValueError, match="information_readout must be 'plugin' or 'cross_entropy', got 'ksg'"):
+        multiscale_batch([features], [labels], 2, replace(config, information_readout="ksg"), progress=False)
