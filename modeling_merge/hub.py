@@ -13,17 +13,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .configuration_merge import AUTO_MAP
 from .files import atomic_write
+from .modeling_merge import MergeForSequenceClassification
 from .processing_merge import PIPELINE_TASK
 from .rus.sidecar import SIDECAR_FILENAME
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
-# Class paths inside the flat remote-code folder that `save_pretrained` writes next to the weights.
-REMOTE_CODE_AUTO_MAP = {
-    "AutoConfig": "configuration_merge.MergeConfig",
-    "AutoModel": "modeling_merge.MergeModel",
-    "AutoModelForSequenceClassification": "modeling_merge.MergeForSequenceClassification",
-}
 
 
 @dataclass
@@ -92,9 +88,6 @@ def render_model_card(info: ModelCardInfo, config, template_path: str | Path = M
     return str(card)
 
 
-write_text_atomic = atomic_write  # the name modeling_merge.training imports; new code uses modeling_merge.files
-
-
 def export_checkpoint(
     model,
     folder: str | Path,
@@ -103,16 +96,16 @@ def export_checkpoint(
     figures: Iterable[str | Path] = (),
     processor=None,
 ) -> Path:
-    """Write a Hub-ready folder: weights + config whose ``auto_map`` lists AutoConfig / AutoModel /
-    AutoModelForSequenceClassification, the remote-code modules, the RUS sidecar, figures, ``README.md`` and,
-    given a ``MergeProcessor``, its ``preprocessor_config.json`` and ``processing_merge.py``."""
+    """Write a Hub-ready folder: weights + config whose ``auto_map`` lists every Auto class of the package (each head
+    under its own: sequence or token classification), the remote-code modules, the RUS sidecar, figures,
+    ``README.md`` and, given a ``MergeProcessor``, its ``preprocessor_config.json`` and ``processing_merge.py``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
-    if processor is not None:  # `pipeline(repo_id, trust_remote_code=True)` finds the task in config.json
+    model.config.auto_map = dict(AUTO_MAP)
+    if processor is not None and isinstance(model, MergeForSequenceClassification):
+        # `pipeline(repo_id, trust_remote_code=True)` finds the task in config.json (window-level heads only)
         model.config.custom_pipelines = {PIPELINE_TASK: {"impl": "processing_merge.TimeSeriesClassificationPipeline",
                                                          "pt": ["AutoModelForSequenceClassification"], "type": "multimodal"}}
-    model.register_for_auto_class("AutoModelForSequenceClassification")
     model.save_pretrained(folder)
     if processor is not None:
         processor.save_pretrained(folder)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,7 +99,8 @@ def test_checkpoint_pushed_to_the_hub_loads_back_by_repo_id_offline(hub, tmp_pat
     snapshot_download("org/merge-tiny", cache_dir=cache, endpoint=hub.url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     config = AutoConfig.from_pretrained("org/merge-tiny", cache_dir=cache, trust_remote_code=True)
-    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
+                                    "AutoModelForTokenClassification"}
     loaded = AutoModelForSequenceClassification.from_pretrained("org/merge-tiny", cache_dir=cache, trust_remote_code=True).eval()
     inputs = {"acc": torch.randn(3, 8, 3), "bvp": torch.randn(3, 16, 1)}
     with torch.no_grad():
@@ -125,3 +127,21 @@ def test_checkpoint_pushed_to_the_hub_loads_back_by_repo_id_offline(hub, tmp_pat
     finished = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=180)
     assert finished.returncode == 0, finished.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_an_exported_token_classifier_loads_through_its_own_auto_class_from_remote_code(tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from merge_tester import MergeModelTester
+    from modeling_merge.hub import export_checkpoint
+    from modeling_merge.modeling_merge import MergeForTokenClassification
+
+    tester = MergeModelTester(modalities={"acc": 3, "bvp": 1}, patch_sizes={"bvp": 2}, num_labels=3, num_rus_lags=2)
+    model = tester.model(MergeForTokenClassification).eval()
+    folder = export_checkpoint(model, tmp_path / "export", _card())
+    loaded = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(loaded).__name__ == "MergeForTokenClassification"
+    assert "custom_pipelines" not in loaded.config.to_dict() or not loaded.config.custom_pipelines
+    inputs = tester.inputs(model.config, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(modalities=inputs).logits, model(modalities=inputs).logits)
