@@ -148,8 +148,9 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             logits' spread (mean over tokens of their std over experts), down for experts above the mean slot share
             and up for those below (counts and spread summed over processes under DDP). Scaling by the spread keeps
             up with routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4),
-            while the router's own weights are trained (not under a PEFT adapter or a frozen router).
-            0 = off: balance only through the load-balance loss (the paper's routing).
+            while the router's own weights are trained (not under a PEFT adapter or a frozen router). The first
+            training forward of a fresh model sets the bias to cancel each expert's mean logit (the random
+            initialisation otherwise leaves some experts unused for the first ~10-30 steps). 0 = off: balance only through the load-balance loss (the paper's routing).
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).
         redundancy_threshold / uniqueness_threshold / synergy_threshold (`float`): τ_R, τ_U, τ_S.

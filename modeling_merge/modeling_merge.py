@@ -522,8 +522,10 @@ class MergeMoeLayer(nn.Module):
         """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`):
         move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
         present tokens of the std over experts of the logits): down if above the mean share, up if below. Loads and
-        spread are summed over processes under torch.distributed. A no-op outside training, at rate 0, or while the
-        router's weights are frozen."""
+        spread are summed over processes under torch.distributed. A fresh router's bias (all zero) first cancels
+        each expert's mean logit over the batch's present tokens, so no expert starts unused because of the random
+        initialisation's per-expert offsets. A no-op outside training, at rate 0, or while the router's weights are
+        frozen."""
         if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
             return
         present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)).squeeze(1)
@@ -535,6 +537,12 @@ class MergeMoeLayer(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
         load, spread = totals[:num_experts], totals[num_experts] / totals[num_experts + 1].clamp(min=1)
+        if not self.expert_selection_bias.any():  # a fresh router: start from its logits' per-expert offsets
+            mean_logits = present_logits.float().sum(0)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(mean_logits)
+            mean_logits = mean_logits / totals[num_experts + 1].clamp(min=1)
+            self.expert_selection_bias.copy_(mean_logits.mean() - mean_logits)
         self.expert_selection_bias.add_(self.bias_update_rate * spread * torch.sign(load.mean() - load))
 
 

@@ -342,7 +342,7 @@ def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_a
     torch.testing.assert_close(routed_logits, logits)  # the bias never reaches the logits (or probabilities, losses)
 
 
-def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
+def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_equal_slot_shares_in_training_only():
     config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
                          num_experts_per_token=1, router_bias_update_rate=0.01)
     layer = MergeMoeLayer(config)
@@ -354,14 +354,21 @@ def test_selection_bias_moves_toward_equal_slot_shares_in_training_only():
     def forward_and_update():
         _, logits, experts = layer(hidden, presence, None, _all_other_modalities(3))
         layer.update_selection_bias(logits, experts, presence)
+        return experts
 
     layer.eval()
     forward_and_update()
     assert torch.equal(layer.expert_selection_bias, torch.zeros(4))
     layer.train()
-    forward_and_update()
-    spread = layer.router(hidden).std(-1).mean()  # the step scales with the logits' spread over experts
-    expected = 0.01 * spread * torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    forward_and_update()  # a fresh (all-zero) bias first cancels each expert's mean logit, then takes a step
+    logits = layer.router(hidden).detach()
+    step = 0.01 * logits.std(-1).mean()  # the step scales with the logits' spread over experts
+    offsets = logits.reshape(-1, 4).mean(0)
+    centred = offsets.mean() - offsets + step * torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(layer.expert_selection_bias, centred)
+    experts = forward_and_update()  # from then on only the step, toward the experts below the mean share
+    load = torch.bincount(experts.reshape(-1), minlength=4).float()
+    expected = centred + step * torch.sign(load.mean() - load)
     torch.testing.assert_close(layer.expert_selection_bias, expected)
     layer.router.requires_grad_(False)  # a frozen router (e.g. under a PEFT adapter) keeps its routing as loaded
     forward_and_update()
