@@ -13,6 +13,7 @@ from typing import ClassVar
 from transformers import PreTrainedConfig
 
 ROUTER_INITS = ("fan_in", "initializer_range")
+ROUTER_BIAS_STARTS = ("centered", "zero")
 ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
 EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
@@ -148,9 +149,13 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             logits' spread (mean over tokens of their std over experts), down for experts above the mean slot share
             and up for those below (counts and spread summed over processes under DDP). Scaling by the spread keeps
             up with routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4),
-            while the router's own weights are trained (not under a PEFT adapter or a frozen router). The first
-            training forward of a fresh model sets the bias to cancel each expert's mean logit (the random
-            initialisation otherwise leaves some experts unused for the first ~10-30 steps). 0 = off: balance only through the load-balance loss (the paper's routing).
+            while the router's own weights are trained (not under a PEFT adapter or a frozen router).
+            0 = off: balance only through the load-balance loss (the paper's routing).
+        router_bias_start (`str`): where the selection bias starts. `"centered"`: the first training forward of a
+            fresh model (bias all zero) sets it to cancel each expert's mean logit over the batch, so the random
+            initialisation's per-expert offsets leave no expert unused (on the synthetic job the least-used expert
+            otherwise gets 0 % of the slots for the first 10–30 steps). `"zero"`: from zero (the previous
+            behaviour). Only acts while `router_bias_update_rate` > 0.
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).
         redundancy_threshold / uniqueness_threshold / synergy_threshold (`float`): τ_R, τ_U, τ_S.
@@ -182,6 +187,7 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     load_balance_loss_weight: float = 0.02
     router_init: str = "fan_in"
     router_bias_update_rate: float = 0.02
+    router_bias_start: str = "centered"
     num_rus_lags: int = 5
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
@@ -296,6 +302,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
         _check(_is_number(self.load_balance_loss_weight) and 0 <= self.load_balance_loss_weight < math.inf,
                "load_balance_loss_weight", "must be a finite number >= 0 (0 = off)", self.load_balance_loss_weight)
         _check(self.router_init in ROUTER_INITS, "router_init", f"must be one of {ROUTER_INITS}", self.router_init)
+        _check(self.router_bias_start in ROUTER_BIAS_STARTS, "router_bias_start", f"must be one of {ROUTER_BIAS_STARTS}",
+               self.router_bias_start)
         _check(isinstance(self.router_bias_update_rate, (int, float)) and 0 <= self.router_bias_update_rate < math.inf,
                "router_bias_update_rate", "must be a finite number >= 0 (0 = off)", self.router_bias_update_rate)
         _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",

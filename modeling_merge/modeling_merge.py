@@ -460,6 +460,7 @@ class MergeMoeLayer(nn.Module):
         self.top_k = config.num_experts_per_token
         self.num_synergy_experts = config.num_synergy_experts
         self.bias_update_rate = config.router_bias_update_rate
+        self.center_fresh_bias = config.router_bias_start == "centered"
         self.register_buffer("expert_selection_bias", torch.zeros(config.num_experts), persistent=True)
         routers = {
             "rus": lambda: MergeRusRouter(config),
@@ -522,9 +523,8 @@ class MergeMoeLayer(nn.Module):
         """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`):
         move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
         present tokens of the std over experts of the logits): down if above the mean share, up if below. Loads and
-        spread are summed over processes under torch.distributed. A fresh router's bias (all zero) first cancels
-        each expert's mean logit over the batch's present tokens, so no expert starts unused because of the random
-        initialisation's per-expert offsets. A no-op outside training, at rate 0, or while the router's weights are
+        spread are summed over processes under torch.distributed. With `router_bias_start="centered"` a fresh bias
+        (all zero) first cancels each expert's mean logit over the batch's present tokens. A no-op outside training, at rate 0, or while the router's weights are
         frozen."""
         if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
             return
@@ -537,7 +537,7 @@ class MergeMoeLayer(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
         load, spread = totals[:num_experts], totals[num_experts] / totals[num_experts + 1].clamp(min=1)
-        if not self.expert_selection_bias.any():  # a fresh router: start from its logits' per-expert offsets
+        if self.center_fresh_bias and not self.expert_selection_bias.any():  # fresh: cancel per-expert offsets
             mean_logits = present_logits.float().sum(0)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(mean_logits)

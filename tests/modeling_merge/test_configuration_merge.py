@@ -79,6 +79,7 @@ def test_auto_map_names_all_three_auto_classes():
         ({"use_encoder_conv": "yes"}, "use_encoder_conv"),
         ({"d_model": "128"}, "d_model"),
         ({"num_blocks": True}, "num_blocks"),
+        ({"router_bias_start": "mean"}, "router_bias_start"),
     ],
 )
 def test_invalid_values_raise_an_error_naming_the_field(overrides, field):

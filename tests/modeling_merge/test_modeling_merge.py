@@ -374,6 +374,14 @@ def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_
     forward_and_update()
     torch.testing.assert_close(layer.expert_selection_bias, expected)
 
+    from_zero = MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                                          num_experts_per_token=1, router_bias_update_rate=0.01,
+                                          router_bias_start="zero")).train()
+    from_zero.load_state_dict(layer.state_dict() | {"expert_selection_bias": torch.zeros(4)})
+    _, logits, experts = from_zero(hidden, presence, None, _all_other_modalities(3))
+    from_zero.update_selection_bias(logits, experts, presence)  # the previous behaviour: only the step
+    torch.testing.assert_close(from_zero.expert_selection_bias, step * torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+
 
 def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
     model = tiny_model(router_bias_update_rate=0.0, num_feedforward_experts=3)
