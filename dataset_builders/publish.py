@@ -35,18 +35,40 @@ DATA_FOLDER = "data"
 
 def check_sidecar(sidecar_path: str | Path, metadata: DatasetMetadata, dataset_dict: datasets.DatasetDict | None = None):
     """The RUS sidecar at ``sidecar_path`` (a ``RusSidecar``) after checking it against the dataset: its modalities
-    (names and order) and, given ``dataset_dict``, the fingerprint of the training split it was estimated on.
+    (names and order) and, given ``dataset_dict``, the fingerprint of the training split as the estimators saw it
+    (``estimator_inputs``: a regression target binned into the sidecar's recorded number of quantile bins).
     A mismatch is a ``RusSidecarMismatch`` (a ValueError) saying what differs. The check is the sidecar's own
     (``RusSidecar.validate``), the one path every caller uses."""
-    from modeling_merge.rus.sidecar import RusSidecar, fingerprint_arrays
-    from modeling_merge.rus.temporal import arrays_from_dataset
+    from modeling_merge.rus.sidecar import REGRESSION_TARGET_BINS, RusSidecar, estimator_inputs, fingerprint_arrays
 
     sidecar = RusSidecar.load(sidecar_path)
     fingerprint = None
     if dataset_dict is not None:
-        modalities, labels, _ = arrays_from_dataset(dataset_dict["train"], metadata.modality_names, metadata.patch_sizes)
+        target_bins = sidecar.metadata.get("target_bins", {}).get("requested", REGRESSION_TARGET_BINS)
+        modalities, labels, _, _ = estimator_inputs(dataset_dict["train"], metadata, target_bins)
         fingerprint = fingerprint_arrays(modalities, labels)
     return sidecar.validate(modality_names=metadata.modality_names, fingerprint=fingerprint)
+
+
+def task_tag(metadata: DatasetMetadata) -> str:
+    """The card tag naming the task: ``regression``, ``token-classification`` (per-step labels) or
+    ``sequence-classification``."""
+    if metadata.problem_type == "regression":
+        return "regression"
+    return "token-classification" if metadata.label_granularity == "step" else "sequence-classification"
+
+
+def label_description(metadata: DatasetMetadata) -> str:
+    """What the ``label`` column holds, by problem type and granularity (a sentence for the dataset card)."""
+    names = ", ".join(f"`{name}`" for name in metadata.label_names)
+    if metadata.problem_type == "regression":
+        return (f"`label` is a float32 regression target ({names}), one value per example; RUS sidecars bin it "
+                "into training-split quantiles (recorded in the sidecar's metadata)")
+    if metadata.label_granularity == "step":
+        return (f"`label` holds one int64 class id per token-grid step ({metadata.window} per example, "
+                f"{metadata.token_grid_hz:g} Hz), -100 where a step is unlabelled; classes {names} (ids in this "
+                "order, in `merge_metadata.json`) — per-step classification, `MergeForTokenClassification`")
+    return f"`label` is a ClassLabel, one class per example: {names} — sequence classification"
 
 
 def dataset_card(dataset_dict: datasets.DatasetDict, metadata: DatasetMetadata, has_sidecar: bool,
@@ -57,7 +79,7 @@ def dataset_card(dataset_dict: datasets.DatasetDict, metadata: DatasetMetadata, 
     card_data = DatasetCardData(
         pretty_name=pretty_name or metadata.name,
         license=license,
-        tags=["time-series", "multimodal", "merge", "rus"],
+        tags=["time-series", "multimodal", "merge", "rus", task_tag(metadata)],
     )
     info = datasets.DatasetInfo(features=next(iter(dataset_dict.values())).features, config_name="default")
     info.splits = datasets.SplitDict()
@@ -86,7 +108,7 @@ def dataset_card(dataset_dict: datasets.DatasetDict, metadata: DatasetMetadata, 
     body = f"""# {pretty_name or metadata.name}
 
 A multimodal time-series dataset in the MERGE layout: one `Array2D` column (time × channels, float32) per
-modality, `label` (ClassLabel), `subject`{", `modality_mask` (presence per modality)" if metadata.has_modality_mask else ""}.
+modality, `label`, `subject`{", `modality_mask` (presence per modality)" if metadata.has_modality_mask else ""}.
 
 ## Modalities (token grid {metadata.token_grid_hz:g} Hz, window {metadata.window} steps, stride {metadata.stride})
 
@@ -94,7 +116,7 @@ modality, `label` (ClassLabel), `subject`{", `modality_mask` (presence per modal
 |---|---|---|---|---|
 {rows}
 
-Labels: {", ".join(f"`{name}`" for name in metadata.label_names)}. Examples: {splits}.
+Labels: {label_description(metadata)}. Examples: {splits}.
 
 ## Protocol
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataset_builders  # noqa: E402
 from modeling_merge.files import atomic_write  # noqa: E402
-from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.from_dataset import head_class  # noqa: E402
 from modeling_merge.plotting import plot_ablation  # noqa: E402
 from modeling_merge.rus.sidecar import check_modalities_match  # noqa: E402
 from modeling_merge.training import MultimodalCollator, evaluate_model, interpretation_figures  # noqa: E402
@@ -67,10 +67,10 @@ def evaluate_checkpoint(args: EvaluateArguments) -> dict:
     metadata = dataset_builders.metadata_of(splits)
     if args.split not in splits:
         raise KeyError(f"split {args.split!r} is not in the dataset (splits: {sorted(splits)})")
-    model = MergeForSequenceClassification.from_pretrained(args.checkpoint)
+    model = head_class(metadata).from_pretrained(args.checkpoint)  # per-step labels: the token head
     check_modalities_match(model.config.modalities, metadata.modalities, f"checkpoint {args.checkpoint}")
     loader = DataLoader(splits[args.split].with_format("numpy"), batch_size=args.batch_size,
-                        collate_fn=MultimodalCollator(metadata.modality_names))
+                        collate_fn=MultimodalCollator(metadata.modality_names, problem_type=model.config.problem_type))
     metrics, _, _ = evaluate_model(model, loader)
     lags_seconds = [lag / metadata.token_grid_hz for lag in range(model.config.num_rus_lags)]  # as train.py draws them
     figures = interpretation_figures(model, loader, output_dir, lags_seconds)

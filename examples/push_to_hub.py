@@ -9,8 +9,10 @@
 
 The first ``--run_dir`` (written by ``examples/train.py``) provides the checkpoint (``best_model/``), the RUS sidecar
 (refused unless its content hash is the one the run recorded) and the figures; every run's ``results.json`` adds its
-validation and test rows to the model card. The model then loads by repo id:
-``AutoModelForSequenceClassification.from_pretrained(repo_id, trust_remote_code=True)``.
+validation and test rows to the model card, which names the task (sequence classification, per-step token
+classification or regression, from the run's ``results.json``). The model then loads by repo id through the Auto
+class of its head: ``AutoModelForSequenceClassification.from_pretrained(repo_id, trust_remote_code=True)`` (one
+class or value per window), ``AutoModelForTokenClassification`` for per-step labels.
 Set ``HF_ENDPOINT`` to publish to another Hub-compatible server; the token comes from ``--token`` or the usual
 ``HF_TOKEN`` / ``hf auth login``. ``--export_dir`` writes the model folder (and, with ``--dataset_repo_id``, the
 dataset folder under ``<export_dir>/dataset``) exactly as it would be uploaded, without touching the network.
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataset_builders  # noqa: E402
 from modeling_merge.hub import ModelCardInfo, ResultRow, export_checkpoint, push_folder  # noqa: E402
-from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.modeling_merge import MergeForSequenceClassification, MergeForTokenClassification  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus.sidecar import RusSidecar  # noqa: E402
 
@@ -71,6 +73,20 @@ def check_sidecar(run_dir: Path, run: dict) -> Path:
     return path
 
 
+HEADS = {head.__name__: head for head in (MergeForSequenceClassification, MergeForTokenClassification)}
+
+
+def task_description(dataset: dict) -> str:
+    """The model card's task, from a run's ``dataset_metadata`` (runs before per-step labels and regression existed
+    are sequence classification)."""
+    labels = dataset["label_names"]
+    if dataset.get("problem_type") == "regression":
+        return f"regression of {', '.join(labels)}"
+    if dataset.get("label_granularity") == "step":
+        return f"{len(labels)}-class per-step classification (token classification)"
+    return f"{len(labels)}-class sequence classification"
+
+
 def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
     first = runs[0]
     dataset, rus = first["dataset_metadata"], first["rus_metadata"]
@@ -78,7 +94,7 @@ def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
     strongest = [f"{kind.removeprefix('estimated_top_')}: {'–'.join(found['pair'])} at lag {found['lag']} ({found['bits']:.3f} bits)"
                  for kind, found in first["rus"].items() if kind.startswith("estimated_top_")]
     return ModelCardInfo(
-        repo_id=args.repo_id, dataset_name=dataset["name"], task=f"{len(dataset['label_names'])}-class sequence classification",
+        repo_id=args.repo_id, dataset_name=dataset["name"], task=task_description(dataset),
         protocol=dataset["protocol"], label_names=dataset["label_names"], rus_estimator=rus.get("estimator", "unknown"),
         rus_fingerprint=rus.get("fingerprint", "unknown"), rus_class_balanced=bool(rus.get("class_balanced", False)),
         results=rows, rus_summary="; ".join(strongest), dataset_repo_id=args.dataset_repo_id,
@@ -131,7 +147,10 @@ def main(argv: list[str] | None = None) -> str:
     runs = [read_run(Path(run_dir)) for run_dir in args.run_dir]
     run_dir = Path(args.run_dir[0])
     sidecar = check_sidecar(run_dir, runs[0])
-    model = MergeForSequenceClassification.from_pretrained(run_dir / "best_model")
+    head = runs[0].get("head", MergeForSequenceClassification.__name__)  # runs before the token head: sequence
+    if head not in HEADS:
+        raise ValueError(f"{run_dir / 'results.json'} names the head {head!r}; known heads: {sorted(HEADS)}")
+    model = HEADS[head].from_pretrained(run_dir / "best_model")
     has_processor = (run_dir / "best_model" / "preprocessor_config.json").is_file()  # runs before the processor had none
     processor = MergeProcessor.from_pretrained(run_dir / "best_model") if has_processor else None
     figures = [path for path in (run_dir / "routing.png", run_dir / "temporal_rus.png") if path.exists()]

@@ -11,6 +11,10 @@ and a table compares the test metrics and the planted vs estimated RUS structure
     python examples/train.py --disable_aux_loss redundancy synergy   # ablation (paper Fig. 7)
     python examples/train.py --rus_ablation noise                    # RUS replaced by noise (paper Fig. 14)
     python examples/train.py --resume                                # continue a killed run in its --output_dir
+    python examples/train.py --dataset pamap2 --data_dir ../shared/data/pamap2 \
+        --dataset_options '{"label_granularity": "step"}'           # per-step labels: MergeForTokenClassification
+    python examples/train.py --dataset mosi --data_dir ../shared/data/mosi \
+        --dataset_options '{"task": "regression", "allow_pickle": true}'   # sentiment score: regression head
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/train.py   # 2-process DDP (gloo)
 
 ``--output_dir`` defaults to ``outputs/<dataset>_<router>`` (plus ``_no_<loss>`` / ``_rus_<ablation>`` for
@@ -24,6 +28,12 @@ match its manifest is skipped on ``--resume`` (the previous intact one is used, 
 
 The glue from data to model is the library's: ``RusSidecar.for_dataset`` (estimate once, cache, check) and
 ``modeling_merge.from_dataset.model_from_dataset``; this script adds the training loop around them.
+
+The head and loss follow the data's metadata: ``MergeForSequenceClassification`` (cross-entropy) for one class
+per window, ``MergeForTokenClassification`` (cross-entropy over the labelled steps, -100 ignored) for per-step
+labels, and the regression head (mean squared error) for a regression target. The selection metric defaults to
+macro-F1 for classification and RMSE (lower is better) for regression; results.json and the table add the
+trivial predictor's test metrics (the majority class, or the training mean for regression).
 """
 
 from __future__ import annotations
@@ -60,13 +70,14 @@ from modeling_merge.files import (  # noqa: E402
     remove_leftovers,
 )
 from modeling_merge.from_dataset import AUX_LOSSES, model_from_dataset  # noqa: E402
-from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
+from modeling_merge.modeling_merge import MergePreTrainedModel  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus import BatchConfig, RusSidecar  # noqa: E402
 from modeling_merge.rus.sidecar import RUS_ABLATIONS, check_modalities_match  # noqa: E402
 from modeling_merge.rus.temporal import ESTIMATORS  # noqa: E402
 from modeling_merge.training import (  # noqa: E402
     MetricsLog,
+    IGNORE_INDEX,
     MultimodalCollator,
     changed_settings,
     checkpoints_by_step,
@@ -78,11 +89,16 @@ from modeling_merge.training import (  # noqa: E402
     prune_checkpoints,
     routing_balance_warning,
     routing_summary,
+    task_metrics,
 )
 
 DATASETS = tuple(sorted({*dataset_builders.BUILDERS, *dataset_builders.BUILDER_ALIASES}))
 TRACKERS = ("all", "none", *sorted(tracker.value for tracker in LoggerType if tracker.value != "all"))
-SELECTION_METRICS = ("accuracy", "macro_f1", "roc_auc", "average_precision")  # average_precision: binary tasks
+TASK_METRICS = {"single_label_classification": ("accuracy", "macro_f1", "roc_auc", "average_precision"),
+                "regression": ("rmse", "mae", "r2")}  # average_precision: binary tasks; per-step labels: per step
+DEFAULT_SELECTION_METRIC = {"single_label_classification": "macro_f1", "regression": "rmse"}
+LOWER_IS_BETTER = ("rmse", "mae")
+SELECTION_METRICS = ("auto", *dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
 RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
                      "dataset_cache_dir")  # output_dir: a run folder may be moved
 CLASS_WEIGHTINGS = ("none", "balanced")
@@ -133,12 +149,14 @@ class TrainArguments:
                                                                 "then cosine decay"})
     class_weighting: str = field(default="none", metadata={
         "help": "none, or balanced: the cross-entropy weights class c by N / (C * N_c), counted on the training split "
-                "(for imbalanced tasks such as PhysioNet's 14 %% positive)", "choices": CLASS_WEIGHTINGS})
+                "(over its labelled steps for per-step labels; for imbalanced tasks such as PhysioNet's 14 %% "
+                "positive); classification only", "choices": CLASS_WEIGHTINGS})
     early_stopping_patience: int = field(default=0, metadata={
         "help": "stop once the selection metric has not improved for this many epochs (0: train all --num_epochs)"})
-    selection_metric: str = field(default="macro_f1", metadata={
-        "help": "validation metric that picks the best checkpoint (average_precision: binary tasks)",
-        "choices": SELECTION_METRICS})
+    selection_metric: str = field(default="auto", metadata={
+        "help": "validation metric that picks the best checkpoint; classification (per window or per step): "
+                "accuracy, macro_f1, roc_auc, average_precision (binary tasks); regression: rmse, mae (lower is "
+                "better), r2; auto: macro_f1 for classification, rmse for regression", "choices": SELECTION_METRICS})
     seed: int = field(default=0, metadata={"help": "seed of the model initialisation, data order and RUS estimation"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest intact checkpoint in "
                                                           "output_dir/checkpoints; every other setting must be the "
@@ -182,6 +200,37 @@ def check_arguments(args: TrainArguments) -> TrainArguments:
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     return args
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The validation metric that picks the best checkpoint and whether a higher value is better."""
+
+    metric: str
+    higher_is_better: bool
+
+    def score(self, metrics: dict) -> float:
+        """The metric signed so that higher is better (what ``RunState.best_score`` keeps)."""
+        return metrics[self.metric] if self.higher_is_better else -metrics[self.metric]
+
+
+def check_task_options(args: TrainArguments, metadata) -> Selection:
+    """Refuse, before the RUS is estimated or a model built, a ``--selection_metric`` or ``--class_weighting``
+    that the data's problem type does not have, naming the valid ones; returns the selection metric (``auto``
+    resolved: macro-F1 for classification, RMSE for regression)."""
+    problem_type = metadata.problem_type
+    metric = DEFAULT_SELECTION_METRIC[problem_type] if args.selection_metric == "auto" else args.selection_metric
+    task = "regression" if problem_type == "regression" else f"{metadata.label_granularity} classification"
+    if metric not in TASK_METRICS[problem_type]:
+        raise ValueError(f"--selection_metric {metric} does not apply to {metadata.name} ({task}); choose one of "
+                         f"{TASK_METRICS[problem_type]} (or auto)")
+    if metric == "average_precision" and metadata.num_labels != 2:
+        raise ValueError(f"--selection_metric average_precision needs a binary task; {metadata.name} has "
+                         f"{metadata.num_labels} classes: choose accuracy, macro_f1 or roc_auc")
+    if args.class_weighting != "none" and problem_type == "regression":
+        raise ValueError(f"--class_weighting {args.class_weighting} weights classes, but {metadata.name} has a "
+                         "regression target: use --class_weighting none")
+    return Selection(metric, metric not in LOWER_IS_BETTER)
 
 
 @dataclass
@@ -252,11 +301,13 @@ def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Ac
 
 
 def class_weights(args: TrainArguments, train_split, num_labels: int) -> torch.Tensor | None:
-    """``--class_weighting balanced``: weight N / (C · N_c) per class c from the training split's labels, (C,)
-    float32; None for ``none``. A class absent from the training split is an error (its weight is undefined)."""
+    """``--class_weighting balanced``: weight N / (C · N_c) per class c from the training split's class ids
+    (per-step labels: N counts the labelled steps, -100 left out), (C,) float32; None for ``none``. A class absent
+    from the training split is an error (its weight is undefined)."""
     if args.class_weighting == "none":
         return None
-    counts = np.bincount(np.asarray(train_split["label"], dtype=np.int64), minlength=num_labels)
+    labels = np.asarray(train_split["label"], dtype=np.int64).reshape(-1)
+    counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=num_labels)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
         raise ValueError(f"--class_weighting balanced: class id(s) {missing} never occur in the training split, so "
@@ -265,12 +316,38 @@ def class_weights(args: TrainArguments, train_split, num_labels: int) -> torch.T
 
 
 def training_loss(outputs, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The model's own loss (cross-entropy + auxiliary routing losses), or with ``weights`` (C,) the class-weighted
-    cross-entropy in its place (the auxiliary losses kept)."""
+    """The model's own loss (its problem type's loss + auxiliary routing losses), or with ``weights`` (C,) the
+    class-weighted cross-entropy in its place (the auxiliary losses kept): the weighted mean over the labelled
+    examples, or steps for per-step (B, T, C) logits and (B, L) labels, where step s takes the logits of token
+    ⌊s·T/L⌋ as ``MergeForTokenClassification`` does; a batch with no labelled step contributes 0."""
     if weights is None:
         return outputs.loss
-    cross_entropy = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights.to(labels.device))
+    logits = outputs.logits.float()
+    if logits.dim() == 3:
+        logits = logits.repeat_interleave(labels.shape[1] // logits.shape[1], dim=1).reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1)
+    labelled = labels != IGNORE_INDEX
+    weights = weights.to(logits.device)
+    labels = labels[labelled].to(logits.device)
+    total = torch.nn.functional.cross_entropy(logits[labelled], labels, weight=weights, reduction="sum")
+    cross_entropy = total / weights[labels].sum().clamp(min=torch.finfo(torch.float32).tiny)
     return cross_entropy + (outputs.aux_loss if outputs.aux_loss is not None else 0.0)
+
+
+def baseline_metrics(splits, metadata, problem_type: str) -> tuple[str, dict]:
+    """The test metrics of the trivial predictor (name, metrics): the training split's majority class (its
+    labelled steps' for per-step labels), scored with the training class frequencies; for regression the
+    training mean. What a model must beat."""
+    train_labels = np.asarray(splits["train"]["label"])
+    test_labels = np.asarray(splits["test"]["label"])
+    if problem_type == "regression":
+        predictions = np.full((len(test_labels), 1), train_labels.astype(np.float64).mean())
+        return "training mean", task_metrics(predictions, test_labels, problem_type)
+    labelled = train_labels[train_labels != IGNORE_INDEX].astype(np.int64)
+    frequencies = np.bincount(labelled, minlength=metadata.num_labels) / labelled.size
+    shape = (len(test_labels), metadata.window) if test_labels.ndim == 2 else (len(test_labels),)
+    return "majority class", task_metrics(np.broadcast_to(frequencies, (*shape, metadata.num_labels)), test_labels,
+                                          problem_type)
 
 
 def make_loader(split, collator, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -285,8 +362,9 @@ def patience_spent(args: TrainArguments, state: RunState) -> bool:
         state.epoch - state.best_epoch >= args.early_stopping_patience
 
 
-def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergeForSequenceClassification:
-    """The model the options describe for this data, holding ``sidecar``'s RUS (``model_from_dataset``)."""
+def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergePreTrainedModel:
+    """The model the options describe for this data, holding ``sidecar``'s RUS (``model_from_dataset``: the head
+    and problem type the metadata implies)."""
     return model_from_dataset(metadata, sidecar, args.num_rus_lags, args.disable_aux_loss, router_type=args.router_type,
                               **json_option(args, "model_options"))
 
@@ -431,10 +509,12 @@ def train(args: TrainArguments) -> dict:
         state = recorded
 
     splits, metadata = load_data(args, accelerator)
+    selection = check_task_options(args, metadata)
+    weights = class_weights(args, splits["train"], metadata.num_labels)
     loaded = load_or_estimate_rus(args, splits, metadata, accelerator)
     sidecar = loaded.ablated(args.rus_ablation, args.seed)
     model = build_model(args, metadata, sidecar)
-    collator = MultimodalCollator(metadata.modality_names)
+    collator = MultimodalCollator(metadata.modality_names, problem_type=model.config.problem_type)
     per_process_batch = max(1, args.batch_size // accelerator.num_processes)
     train_loader = make_loader(splits["train"], collator, per_process_batch, shuffle=True, seed=args.seed)
     val_loader = make_loader(splits["validation"], collator, per_process_batch, shuffle=False, seed=args.seed)
@@ -443,7 +523,6 @@ def train(args: TrainArguments) -> dict:
     batches_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)  # forward passes per process
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)  # optimizer steps
     total_steps = steps_per_epoch * args.num_epochs if args.max_steps < 0 else min(args.max_steps, steps_per_epoch * args.num_epochs)
-    weights = class_weights(args, splits["train"], model.config.num_labels)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
@@ -507,7 +586,7 @@ def train(args: TrainArguments) -> dict:
         metrics, _, _ = evaluate_model(model, val_loader, accelerator)
         state.epoch += 1
         state.step_in_epoch = 0
-        score = metrics[args.selection_metric]
+        score = selection.score(metrics)
         accelerator.print(f"epoch {state.epoch}: validation " + ", ".join(
             f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith("routing_")))
         for line in (routing_summary(metrics), routing_balance_warning(metrics)):
@@ -527,14 +606,17 @@ def train(args: TrainArguments) -> dict:
 
     if accelerator.is_main_process:
         prune_checkpoints(checkpoints, args.keep_checkpoints)
-    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, loaded.content_hash())
+    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, loaded.content_hash(),
+                  selection)
 
 
-def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, sidecar_hash: str) -> dict:
+def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, sidecar_hash: str,
+           selection: Selection) -> dict:
     """Evaluate the best checkpoint on test, write results.json and the figures, print the results table.
     ``sidecar_hash``: the content hash of the sidecar file the run loaded (push_to_hub.py checks the file)."""
     output_dir = Path(args.output_dir)
-    best = MergeForSequenceClassification.from_pretrained(output_dir / "best_model")
+    head = type(accelerator.unwrap_model(model))
+    best = head.from_pretrained(output_dir / "best_model")
     check_modalities_match(best.config.modalities, metadata.modalities, f"checkpoint {output_dir / 'best_model'}")
     accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     test_metrics, _, _ = evaluate_model(model, test_loader, accelerator)
@@ -543,18 +625,24 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                "router_type": args.router_type, "disabled_aux_losses": list(args.disable_aux_loss),
                "rus_ablation": args.rus_ablation, "num_rus_lags": args.num_rus_lags,
                "best_epoch": state.best_epoch, "epochs_trained": state.epoch,
-               "stopped_early": patience_spent(args, state), "selection_metric": args.selection_metric,
+               "stopped_early": patience_spent(args, state), "selection_metric": selection.metric,
+               "selection_higher_is_better": selection.higher_is_better, "head": head.__name__,
+               "problem_type": best.config.problem_type, "label_granularity": metadata.label_granularity,
                "recipe": {name: getattr(args, name) for name in ("num_epochs", "batch_size", "learning_rate",
                                                                  "weight_decay", "warmup_ratio", "class_weighting",
                                                                  "early_stopping_patience", "max_grad_norm")},
                "validation": state.best_metrics, "test": test_metrics,
+               "baseline": dict(zip(("name", "test"), baseline_metrics(splits, metadata, best.config.problem_type))),
                "dataset_metadata": {"name": metadata.name, "protocol": metadata.protocol,
-                                    "label_names": metadata.label_names, "modalities": metadata.modalities},
+                                    "label_names": metadata.label_names, "modalities": metadata.modalities,
+                                    "problem_type": metadata.problem_type,
+                                    "label_granularity": metadata.label_granularity},
                "rus_metadata": sidecar.metadata, "steps": state.global_step, "num_processes": accelerator.num_processes}
     if accelerator.is_main_process:
         log.write(split="test", step=state.global_step, **test_metrics)
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
-        main_loader = make_loader(splits["test"], MultimodalCollator(metadata.modality_names), args.batch_size, False, args.seed)
+        collator = MultimodalCollator(metadata.modality_names, problem_type=best.config.problem_type)
+        main_loader = make_loader(splits["test"], collator, args.batch_size, False, args.seed)
         figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"),
                                          title=f"{metadata.name}, router {args.router_type}, seed {args.seed} (test split)")
         results["rus"] = rus_summary(sidecar, splits, metadata.name)
@@ -587,7 +675,10 @@ def rus_summary(sidecar: RusSidecar, splits, metadata_name: str) -> dict:
 
 def print_results(results: dict, metadata) -> None:
     rows = [("test " + name, f"{value:.4f}") for name, value in results["test"].items() if not name.startswith("routing_")]
-    rows.append(("best epoch", str(results["best_epoch"])))
+    baseline = results["baseline"]
+    rows.append((f"test {baseline['name']}", ", ".join(f"{name} {value:.4f}" for name, value in baseline["test"].items())))
+    rows.append(("best epoch", f"{results['best_epoch']} (validation {results['selection_metric']}, "
+                               f"{'higher' if results['selection_higher_is_better'] else 'lower'} is better)"))
     for line in (routing_summary(results["test"]), routing_balance_warning(results["test"])):
         if line:
             rows.append(("test routing", line.removeprefix("routing: ")) if line.startswith("routing:") else ("WARNING", line))
@@ -601,7 +692,9 @@ def print_results(results: dict, metadata) -> None:
         rows.append(("planted synergy", f"{'–'.join(planted['synergistic']['pair'])} at lag {planted['synergistic']['lag']}"))
         rows.append(("planted uniqueness", ", ".join(f"{name} at lag {lag}" for name, lag in planted["unique"].items())))
     width = max(len(name) for name, _ in rows)
-    print(f"\nResults — {metadata.name}, router {results['router_type']}, seed {results['seed']}")
+    task = "regression" if results["problem_type"] == "regression" else f"{metadata.label_granularity} classification"
+    print(f"\nResults — {metadata.name} ({task}, {results['head']}), router {results['router_type']}, "
+          f"seed {results['seed']}")
     print("\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows))
     print("\nArtifacts:")
     for name, path in results["artifacts"].items():

@@ -21,8 +21,9 @@ import torch
 
 from ..files import atomic_write, exclusive_lock, remove_leftovers
 
-__all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "RUS_ABLATIONS", "RusSidecar", "RusSidecarMismatch",
-           "check_modalities_match", "fingerprint_arrays", "modality_differences"]
+__all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "REGRESSION_TARGET_BINS", "RUS_ABLATIONS", "RusSidecar",
+           "RusSidecarMismatch", "check_modalities_match", "estimator_inputs", "fingerprint_arrays",
+           "modality_differences"]
 
 FORMAT_VERSION = 1
 SIDECAR_FILENAME = "rus.safetensors"
@@ -31,6 +32,7 @@ _REQUIRED_METADATA = ("modality_names", "lags_steps", "units", "estimator", "est
                       "class_balanced", "fingerprint", "format_version")
 _TENSOR_NAMES = ("redundancy", "uniqueness", "synergy")
 RUS_ABLATIONS = ("none", "zeros", "noise", "shuffled")
+REGRESSION_TARGET_BINS = 4  # quantile bins of a regression target on the training split: the estimators' classes
 
 
 class RusSidecarMismatch(ValueError):
@@ -76,6 +78,40 @@ def check_modalities_match(found: Mapping[str, int] | Sequence[str], expected: M
     differences = modality_differences(found, expected)
     if differences:
         raise RusSidecarMismatch(f"{what} does not match the dataset: " + "; ".join(differences))
+
+
+def estimator_inputs(split, metadata, target_bins: int = REGRESSION_TARGET_BINS
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict | None]:
+    """A split as the RUS estimators see it: (modality name → (N, T, C) pooled onto the token grid of
+    ``metadata``, labels, the (N, M) presence mask or None, the target binning or None).
+
+    Labels are class ids (N,) per window, or (N, T) per step with -100 for unlabelled steps (the estimators drop
+    those). A regression target (float (N,)) becomes the ids 0..K-1 of quantile bins: the inner edges are the
+    1/k, …, (k-1)/k quantiles of this split's targets with k = ``target_bins``; equal edges and empty bins are
+    merged (tied targets may leave K < k bins, at least 2: where ties fill every quantile the split is at the
+    median); a target with a single value is an error. The binning is
+    ``{"requested": k, "num_bins": K, "edges": [...], "rule": ...}``."""
+    from .temporal import arrays_from_dataset
+
+    modalities, labels, mask = arrays_from_dataset(split, metadata.modality_names, metadata.patch_sizes)
+    if metadata.problem_type != "regression":
+        return modalities, labels, mask, None
+    if target_bins < 2:
+        raise ValueError(f"target_bins must be ≥ 2 (the RUS estimators need two classes), got {target_bins}")
+    targets = labels.astype(np.float64)
+    edges = np.unique(np.quantile(targets, np.linspace(0, 1, target_bins + 1)[1:-1]))
+    counts = np.bincount(np.digitize(targets, edges), minlength=edges.size + 1)
+    edges = edges[counts[:-1] > 0]  # an empty bin (ties at an edge) merges into the next; the last holds the max
+    if np.unique(targets).size < 2:
+        raise ValueError(f"the regression target {metadata.label_names} takes the single value {targets[0]:g} on "
+                         "this split: its RUS (information about the target) is undefined")
+    if edges.size == 0:  # ties filled every quantile: split at the median (the next value above it, if any)
+        median = np.median(targets)
+        edges = np.asarray([targets[targets > median].min() if (targets > median).any() else median])
+    binned = np.digitize(targets, edges).astype(np.int64)
+    binning = {"requested": target_bins, "num_bins": edges.size + 1, "edges": edges.tolist(),
+               "rule": "training-split quantile bins; bin b holds edges[b-1] <= target < edges[b]"}
+    return modalities, binned, mask, binning
 
 
 def _resolve_file(path_or_dir: str | os.PathLike) -> Path:
@@ -220,41 +256,58 @@ class RusSidecar:
     @classmethod
     def for_dataset(cls, splits, metadata, num_lags: int = 4, estimator: str = "multiscale_batch",
                     cache: str | os.PathLike | None = None, config=None, progress: bool = True,
-                    **estimator_options) -> "RusSidecar":
+                    target_bins: int = REGRESSION_TARGET_BINS, **estimator_options) -> "RusSidecar":
         """The temporal RUS of a dataset's training split (``splits["train"]``, modalities pooled onto the token
         grid of ``metadata``, a ``DatasetMetadata``), checked against that split.
+
+        The labels are those of :func:`estimator_inputs`: class ids per window, or per step (-100 steps dropped,
+        each lag pairs a step's inputs with the label ``lag`` steps later), or for a regression target the ids of
+        ``target_bins`` quantile bins of the training split (the estimators need classes; the bins are recorded
+        in the metadata under ``target_bins``). The metadata also records ``problem_type`` and
+        ``label_granularity``.
 
         With ``cache`` (a file, or a folder → ``<folder>/rus.safetensors``): loaded from there when the file
         exists, otherwise estimated (class-balanced, resumable through ``<cache>.partial``) and written there
         atomically, by one process at a time (``<cache>.lock``; a second one is an error naming the first; the
         temporary files of a killed save of this file are removed first). A
-        cached file of other modalities, lags or data is a :class:`RusSidecarMismatch` saying what differs.
-        ``config``: a ``BatchConfig``; ``estimator_options`` go to ``estimate_temporal_rus`` (``num_bins``,
-        ``max_samples_per_lag``)."""
-        from .temporal import arrays_from_dataset, estimate_temporal_rus
+        cached file of other modalities, lags, target bins or data is a :class:`RusSidecarMismatch` saying what
+        differs. ``config``: a ``BatchConfig``; ``estimator_options`` go to ``estimate_temporal_rus``
+        (``num_bins``, ``max_samples_per_lag``)."""
+        from .temporal import estimate_temporal_rus
 
         names = list(metadata.modality_names)
-        modalities, labels, mask = arrays_from_dataset(splits["train"], names, metadata.patch_sizes)
+        modalities, labels, mask, binning = estimator_inputs(splits["train"], metadata, target_bins)
         fingerprint = fingerprint_arrays(modalities, labels)
+        labelling = {"problem_type": metadata.problem_type, "label_granularity": metadata.label_granularity,
+                     **({"target_bins": binning} if binning else {})}
 
-        def estimate(output: Path | None, partial: Path | None) -> "RusSidecar":
+        def estimate(partial: Path | None) -> "RusSidecar":
             grid_hz = metadata.token_grid_hz
-            return estimate_temporal_rus(
+            estimated = estimate_temporal_rus(
                 modalities, labels, num_lags=num_lags, estimator=estimator, config=config, modality_mask=mask,
                 split="train", lags_seconds=[lag / grid_hz for lag in range(num_lags)] if grid_hz else None,
-                partial_path=str(partial) if partial else None, output=output, progress=progress,
-                **estimator_options)
+                partial_path=str(partial) if partial else None, progress=progress, **estimator_options)
+            return cls(estimated.redundancy, estimated.uniqueness, estimated.synergy,
+                       {**estimated.metadata, **labelling})
 
         if cache is None:
-            return estimate(None, None).validate(names, num_lags, fingerprint)
+            return estimate(None).validate(names, num_lags, fingerprint)
         path = _resolve_file(cache)
         if not path.exists():
             with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
                 if not path.exists():  # another process may have written it while this one built the data
                     remove_leftovers(path.parent, path.name)  # of a save of this file that was killed
-                    estimate(path, path.with_name(path.name + ".partial"))
+                    partial = path.with_name(path.name + ".partial")
+                    estimate(partial).save(path)
+                    for finished in path.parent.glob(f"{partial.name}*"):  # the partial results (one per process)
+                        finished.unlink()
         try:
-            return cls.load(path).validate(names, num_lags, fingerprint)
+            loaded = cls.load(path)
+            recorded = loaded.metadata.get("target_bins", {}).get("requested")
+            if binning and recorded != target_bins:  # named first: the binned labels' fingerprint differs too
+                raise RusSidecarMismatch(f"RUS sidecar does not match: target bins differ: sidecar {recorded}, "
+                                         f"expected {target_bins}")
+            return loaded.validate(names, num_lags, fingerprint)
         except RusSidecarMismatch as error:
             raise RusSidecarMismatch(f"{path}: {error}. It was estimated for other data or settings: use the sidecar "
                                      "of this data, or delete the file to estimate it again.") from None

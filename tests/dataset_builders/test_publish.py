@@ -144,3 +144,23 @@ def test_a_real_rus_sidecar_travels_beside_the_published_data(small, tmp_path):
     reloaded = RusSidecar.load(published_sidecar(folder))
     reloaded.validate(modality_names=metadata_of(loaded).modality_names, num_lags=3,
                       fingerprint=train_fingerprint(loaded))  # the published training split is the estimated one
+
+
+def test_the_card_describes_the_label_by_problem_type_and_granularity(small):
+    from dataclasses import replace
+
+    from dataset_builders.publish import dataset_card
+
+    metadata = metadata_of(small)
+    cases = {
+        "sequence-classification": (metadata, "`label` is a ClassLabel, one class per example"),
+        "token-classification": (replace(metadata, label_granularity="step"),
+                                 f"one int64 class id per token-grid step ({metadata.window} per example"),
+        "regression": (replace(metadata, problem_type="regression", label_names=["arousal"]),
+                       "`label` is a float32 regression target (`arousal`)"),
+    }
+    for tag, (variant, description) in cases.items():
+        card = dataset_card(small, variant, has_sidecar=False)
+        assert description in card and tag in yaml.safe_load(card.split("---")[1])["tags"]
+    assert "-100 where a step is unlabelled" in dataset_card(small, cases["token-classification"][0], False)
+    assert "ClassLabel" not in dataset_card(small, cases["regression"][0], False).split("---", 2)[2]

@@ -128,7 +128,7 @@ def test_every_option_has_help_text_and_shows_its_default(capsys):
     for option in train.fields(train.TrainArguments):
         assert option.metadata.get("help"), option.name
         assert f"--{option.name}" in text
-    assert "(default: 6)" in text and "(default: macro_f1)" in text
+    assert "(default: 6)" in text and "(default: auto)" in text
 
 
 def test_resume_refuses_changed_settings_by_name(reference_run, tmp_path):

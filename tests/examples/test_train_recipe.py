@@ -80,3 +80,24 @@ def test_training_stops_once_validation_has_not_improved_for_the_patience(refere
     assert results["recipe"]["early_stopping_patience"] == 2 and results["recipe"]["class_weighting"] == "balanced"
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log if entry["split"] == "validation"] == [1, 2, 3]
+
+
+def test_balanced_class_weights_count_the_labelled_steps_of_per_step_labels():
+    steps = [[0, 0, -100, 1], [0, -100, -100, 2], [1, 1, 0, 0]]
+    weights = train.class_weights(train.TrainArguments(class_weighting="balanced"), Dataset.from_dict({"label": steps}),
+                                  num_labels=3)
+    counts = np.array([5, 3, 1])  # -100 never counts
+    np.testing.assert_allclose(weights.numpy(), counts.sum() / (3 * counts), rtol=1e-6)
+
+
+def test_the_weighted_per_step_loss_with_equal_weights_is_the_token_heads_own_loss():
+    from modeling_merge.modeling_merge import MergeForTokenClassification
+
+    model = MergeForTokenClassification(MergeConfig(modalities={"a": 2}, num_labels=3, token_grid_length=4,
+                                                    router_type="softmax", **json.loads(TINY_MODEL)))
+    labels = torch.tensor([[0, 2, -100, 1, 1, 0, -100, -100], [2, 2, 1, 0, -100, 1, 0, 0]])  # 2 steps per token
+    outputs = model(modalities={"a": torch.randn(2, 4, 2)}, labels=labels)
+    assert torch.allclose(train.training_loss(outputs, labels, torch.ones(3)), outputs.loss, atol=1e-6)
+    unlabelled = torch.full_like(labels, -100)
+    no_steps = model(modalities={"a": torch.randn(2, 4, 2)}, labels=unlabelled)
+    assert torch.allclose(train.training_loss(no_steps, unlabelled, torch.ones(3)), no_steps.aux_loss)

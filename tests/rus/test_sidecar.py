@@ -266,3 +266,75 @@ def test_push_to_a_dataset_repo_that_does_not_exist_creates_it(tmp_path, monkeyp
         files = server.hub.get("dataset", "lab/new-dataset").commits[-1].files
     assert {"README.md", "rus.safetensors"} <= set(files)
     assert DatasetCard(files["README.md"].decode()).data.to_dict()[CARD_KEY]["file"] == "rus.safetensors"
+
+
+def regression_variant(splits, metadata, targets):
+    """The synthetic splits with a float regression target (``targets`` for the training split) in place of the
+    class ids, and their metadata saying so."""
+    from dataclasses import replace
+
+    import datasets
+
+    relabelled = {}
+    for split, data in splits.items():
+        values = targets if split == "train" else np.linspace(-1.0, 1.0, data.num_rows)
+        relabelled[split] = data.remove_columns("label").add_column(
+            "label", np.asarray(values, dtype=np.float32).tolist(), feature=datasets.Value("float32"))
+    return type(splits)(relabelled), replace(metadata, problem_type="regression", label_names=["score"])
+
+
+def test_a_regression_target_is_estimated_on_training_quantile_bins_recorded_in_the_metadata(synthetic_splits, tmp_path):
+    from modeling_merge.rus.sidecar import estimator_inputs
+
+    splits, metadata = synthetic_splits
+    targets = np.random.default_rng(1).normal(size=splits["train"].num_rows).astype(np.float32)
+    splits, metadata = regression_variant(splits, metadata, targets)
+    sidecar = RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", num_bins=2,
+                                     progress=False, cache=tmp_path, target_bins=3)
+    bins = sidecar.metadata["target_bins"]
+    np.testing.assert_allclose(bins["edges"], np.quantile(targets.astype(np.float64), [1 / 3, 2 / 3]))
+    assert (bins["requested"], bins["num_bins"], sidecar.metadata["problem_type"]) == (3, 3, "regression")
+    _, labels, _, _ = estimator_inputs(splits["train"], metadata, target_bins=3)
+    np.testing.assert_array_equal(np.bincount(labels), np.bincount(np.digitize(targets, bins["edges"])))
+    assert sidecar.metadata["classes"] == [0, 1, 2]
+    assert RusSidecar.load(tmp_path).metadata["target_bins"] == bins  # what the cache holds
+    with pytest.raises(RusSidecarMismatch, match="target bins differ: sidecar 3, expected 4"):
+        RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", num_bins=2,
+                               progress=False, cache=tmp_path, target_bins=4)
+
+
+def test_tied_regression_targets_still_give_two_bins_and_a_constant_one_is_refused(synthetic_splits):
+    from modeling_merge.rus.sidecar import estimator_inputs
+
+    splits, metadata = synthetic_splits
+    count = splits["train"].num_rows
+    tied = np.where(np.arange(count) < count - 3, 0.0, 2.0)  # every quantile lands on 0
+    tied_splits, tied_metadata = regression_variant(splits, metadata, tied)
+    _, labels, _, binning = estimator_inputs(tied_splits["train"], tied_metadata)
+    np.testing.assert_array_equal(labels, (tied > 0).astype(np.int64))
+    assert binning["num_bins"] == 2
+    constant = regression_variant(splits, metadata, np.full(count, 1.5))
+    with pytest.raises(ValueError, match=r"regression target \['score'\] takes the single value 1.5"):
+        estimator_inputs(constant[0]["train"], constant[1])
+
+
+def test_per_step_labels_reach_the_estimator_step_by_step_without_the_unlabelled_ones(synthetic_splits):
+    from dataclasses import replace
+
+    import datasets
+
+    splits, metadata = synthetic_splits
+    rng = np.random.default_rng(0)
+    relabelled = {}
+    for split, data in splits.items():
+        steps = rng.integers(0, 2, size=(data.num_rows, metadata.window))
+        steps[rng.random(steps.shape) < 0.3] = -100
+        relabelled[split] = data.remove_columns("label").add_column(
+            "label", steps.tolist(), feature=datasets.List(datasets.Value("int64"), length=metadata.window))
+    splits, metadata = type(splits)(relabelled), replace(metadata, label_granularity="step")
+    sidecar = RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", num_bins=2,
+                                     progress=False)
+    train_labels = np.asarray(splits["train"]["label"])
+    assert sidecar.metadata["label_kind"] == "step" and sidecar.metadata["label_granularity"] == "step"
+    assert sidecar.metadata["samples_per_lag"] == [int((train_labels[:, lag:] != -100).sum()) for lag in range(2)]
+    assert "target_bins" not in sidecar.metadata
