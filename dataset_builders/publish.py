@@ -35,18 +35,14 @@ DATA_FOLDER = "data"
 
 def check_sidecar(sidecar_path: str | Path, metadata: DatasetMetadata, dataset_dict: datasets.DatasetDict | None = None):
     """The RUS sidecar at ``sidecar_path`` (a ``RusSidecar``) after checking it against the dataset: its modalities
-    (names and order) and, given ``dataset_dict``, the fingerprint of the training split as the estimators saw it
-    (``estimator_inputs``: a regression target binned into the sidecar's recorded number of quantile bins).
+    (names and order) and, given ``dataset_dict``, the fingerprint of the training split it was estimated on
+    (``estimator_inputs``: token-grid arrays and labels as stored, a regression target unbinned).
     A mismatch is a ``RusSidecarMismatch`` (a ValueError) saying what differs. The check is the sidecar's own
     (``RusSidecar.validate``), the one path every caller uses."""
-    from modeling_merge.rus.sidecar import REGRESSION_TARGET_BINS, RusSidecar, estimator_inputs, fingerprint_arrays
+    from modeling_merge.rus.sidecar import RusSidecar, estimator_inputs
 
     sidecar = RusSidecar.load(sidecar_path)
-    fingerprint = None
-    if dataset_dict is not None:
-        target_bins = sidecar.metadata.get("target_bins", {}).get("requested", REGRESSION_TARGET_BINS)
-        modalities, labels, _, _ = estimator_inputs(dataset_dict["train"], metadata, target_bins)
-        fingerprint = fingerprint_arrays(modalities, labels)
+    fingerprint = None if dataset_dict is None else estimator_inputs(dataset_dict["train"], metadata).fingerprint
     return sidecar.validate(modality_names=metadata.modality_names, fingerprint=fingerprint)
 
 

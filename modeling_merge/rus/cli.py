@@ -8,7 +8,9 @@
 ``--arrays``: an ``.npz`` with one (N, T, C) array per modality (on one token grid), ``label`` ((N,) or (N, T))
 and optionally ``modality_mask`` (N, M). ``--dataset``: a ``dataset_builders`` name; its training split is
 used, modalities pooled to the token grid by the builder's patch sizes (``RusSidecar.for_dataset``, as
-``examples/train.py`` does, so the sidecar is accepted there with the same ``--dataset_options``). Estimation is
+``examples/train.py`` does, so the sidecar is accepted there with the same ``--dataset_options``; per-step labels
+are used step by step, a regression target is binned into ``--target_bins`` training-split quantile bins, recorded
+in the sidecar). ``--arrays`` labels must be class ids (bin a regression target first). Estimation is
 resumable: an interrupted run leaves ``<output>.partial`` beside the output and the next identical run continues;
 one process at a time estimates into an output (``<output>.lock``). Options are snake_case, as in every script
 of this project (the kebab-case spellings are accepted too).
@@ -60,7 +62,12 @@ def _load_arrays(path: Path, modality_names: list[str] | None):
             raise SystemExit(f"--arrays: {path} lacks the modalities {missing} (it has {archive.files})")
         modalities = {name: archive[name] for name in names}
         mask = archive["modality_mask"] if "modality_mask" in archive.files else None
-        return modalities, archive["label"], mask
+        labels = archive["label"]
+        if labels.dtype.kind not in "biu" and not np.array_equal(labels, np.round(labels)):
+            raise SystemExit(f"--arrays: {path}'s 'label' holds non-integer values ({labels.dtype}): the estimators "
+                             "need class ids (-100 = unlabelled step); bin a regression target into classes first, "
+                             "or estimate from --dataset, which bins it into --target_bins quantile bins")
+        return modalities, labels, mask
 
 
 def _estimate(args) -> Path:
@@ -84,7 +91,8 @@ def _estimate(args) -> Path:
 
         dataset_options = _dataset_options(args.dataset_options)
         splits = build(args.dataset, data_dir=args.data_dir, cache_dir=args.dataset_cache_dir, **dataset_options)
-        sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), cache=output, **options)
+        sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), cache=output, target_bins=args.target_bins,
+                                         **options)
     else:
         if existed:
             raise SystemExit(f"{output} exists; delete it to estimate again, or choose another --output")
@@ -126,6 +134,7 @@ def _push(args) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from dataset_builders import BUILDER_ALIASES, BUILDERS
 
+    from .sidecar import REGRESSION_TARGET_BINS
     from .temporal import ESTIMATORS
 
     parser = argparse.ArgumentParser(prog="merge-rus", description=__doc__, formatter_class=_HelpFormatter)
@@ -148,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(estimate, "discriminator_steps", type=int, default=600, help="BATCH: discriminator training steps")
     _option(estimate, "alignment_steps", type=int, default=100, help="BATCH: Sinkhorn alignment training steps")
     _option(estimate, "num_bins", type=int, default=4, help="quantized_exact: symbols per modality")
+    _option(estimate, "target_bins", type=int, default=REGRESSION_TARGET_BINS,
+            help="--dataset with a regression target: training-split quantile bins it is estimated on")
     _option(estimate, "max_samples_per_lag", type=int, default=20000, help="class-balanced subsample per lag")
     _option(estimate, "seed", type=int, default=0, help="seed of the subsampling and the estimator")
     _option(estimate, "device", default="cpu", help="torch device of the BATCH networks")

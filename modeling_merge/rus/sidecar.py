@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ import torch
 from ..files import atomic_write, exclusive_lock, remove_leftovers
 
 __all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "REGRESSION_TARGET_BINS", "RUS_ABLATIONS", "RusSidecar",
-           "RusSidecarMismatch", "check_modalities_match", "estimator_inputs", "fingerprint_arrays",
-           "modality_differences"]
+           "RusSidecarMismatch", "EstimatorInputs", "check_modalities_match", "estimator_inputs", "fingerprint_arrays",
+           "modality_differences", "recorded_target_bins"]
 
 FORMAT_VERSION = 1
 SIDECAR_FILENAME = "rus.safetensors"
@@ -80,10 +80,19 @@ def check_modalities_match(found: Mapping[str, int] | Sequence[str], expected: M
         raise RusSidecarMismatch(f"{what} does not match the dataset: " + "; ".join(differences))
 
 
-def estimator_inputs(split, metadata, target_bins: int = REGRESSION_TARGET_BINS
-                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict | None]:
-    """A split as the RUS estimators see it: (modality name → (N, T, C) pooled onto the token grid of
-    ``metadata``, labels, the (N, M) presence mask or None, the target binning or None).
+class EstimatorInputs(NamedTuple):
+    """A split as the RUS estimators see it (see :func:`estimator_inputs`)."""
+
+    modalities: dict[str, np.ndarray]  # name → (N, T, C_m) on the token grid
+    labels: np.ndarray  # (N,) or (N, T) class ids, -100 = unlabelled step
+    mask: np.ndarray | None  # (N, M) presence
+    binning: dict | None  # a regression target's quantile bins
+    fingerprint: str  # of the split's token-grid arrays and its labels as stored (raw targets for regression)
+
+
+def estimator_inputs(split, metadata, target_bins: int = REGRESSION_TARGET_BINS) -> EstimatorInputs:
+    """A split as the RUS estimators see it: modalities pooled onto the token grid of ``metadata``, labels, the
+    presence mask, the target binning and the split's fingerprint (the one a sidecar records).
 
     Labels are class ids (N,) per window, or (N, T) per step with -100 for unlabelled steps (the estimators drop
     those). A regression target (float (N,)) becomes the ids 0..K-1 of quantile bins: the inner edges are the
@@ -94,8 +103,9 @@ def estimator_inputs(split, metadata, target_bins: int = REGRESSION_TARGET_BINS
     from .temporal import arrays_from_dataset
 
     modalities, labels, mask = arrays_from_dataset(split, metadata.modality_names, metadata.patch_sizes)
+    fingerprint = fingerprint_arrays(modalities, labels)
     if metadata.problem_type != "regression":
-        return modalities, labels, mask, None
+        return EstimatorInputs(modalities, labels, mask, None, fingerprint)
     if target_bins < 2:
         raise ValueError(f"target_bins must be ≥ 2 (the RUS estimators need two classes), got {target_bins}")
     targets = labels.astype(np.float64)
@@ -111,7 +121,15 @@ def estimator_inputs(split, metadata, target_bins: int = REGRESSION_TARGET_BINS
     binned = np.digitize(targets, edges).astype(np.int64)
     binning = {"requested": target_bins, "num_bins": edges.size + 1, "edges": edges.tolist(),
                "rule": "training-split quantile bins; bin b holds edges[b-1] <= target < edges[b]"}
-    return modalities, binned, mask, binning
+    return EstimatorInputs(modalities, binned, mask, binning, fingerprint)
+
+
+def recorded_target_bins(path: str | os.PathLike | None) -> int | None:
+    """The quantile-bin count a sidecar file's regression target was estimated on (None: no such file, or a
+    classification sidecar)."""
+    if path is None or not _resolve_file(path).exists():
+        return None
+    return (RusSidecar.load(path).metadata.get("target_bins") or {}).get("requested")
 
 
 def _resolve_file(path_or_dir: str | os.PathLike) -> Path:
@@ -256,15 +274,15 @@ class RusSidecar:
     @classmethod
     def for_dataset(cls, splits, metadata, num_lags: int = 4, estimator: str = "multiscale_batch",
                     cache: str | os.PathLike | None = None, config=None, progress: bool = True,
-                    target_bins: int = REGRESSION_TARGET_BINS, **estimator_options) -> "RusSidecar":
+                    target_bins: int | None = None, **estimator_options) -> "RusSidecar":
         """The temporal RUS of a dataset's training split (``splits["train"]``, modalities pooled onto the token
         grid of ``metadata``, a ``DatasetMetadata``), checked against that split.
 
         The labels are those of :func:`estimator_inputs`: class ids per window, or per step (-100 steps dropped,
         each lag pairs a step's inputs with the label ``lag`` steps later), or for a regression target the ids of
         ``target_bins`` quantile bins of the training split (the estimators need classes; the bins are recorded
-        in the metadata under ``target_bins``). The metadata also records ``problem_type`` and
-        ``label_granularity``.
+        in the metadata under ``target_bins``; None: those of the cached sidecar, else
+        :data:`REGRESSION_TARGET_BINS`). The metadata also records ``problem_type`` and ``label_granularity``.
 
         With ``cache`` (a file, or a folder → ``<folder>/rus.safetensors``): loaded from there when the file
         exists, otherwise estimated (class-balanced, resumable through ``<cache>.partial``) and written there
@@ -276,10 +294,12 @@ class RusSidecar:
         from .temporal import estimate_temporal_rus
 
         names = list(metadata.modality_names)
-        modalities, labels, mask, binning = estimator_inputs(splits["train"], metadata, target_bins)
-        fingerprint = fingerprint_arrays(modalities, labels)
+        path = None if cache is None else _resolve_file(cache)
+        if target_bins is None:
+            target_bins = recorded_target_bins(path) or REGRESSION_TARGET_BINS
+        modalities, labels, mask, binning, fingerprint = estimator_inputs(splits["train"], metadata, target_bins)
         labelling = {"problem_type": metadata.problem_type, "label_granularity": metadata.label_granularity,
-                     **({"target_bins": binning} if binning else {})}
+                     "fingerprint": fingerprint, **({"target_bins": binning} if binning else {})}
 
         def estimate(partial: Path | None) -> "RusSidecar":
             grid_hz = metadata.token_grid_hz
@@ -290,9 +310,8 @@ class RusSidecar:
             return cls(estimated.redundancy, estimated.uniqueness, estimated.synergy,
                        {**estimated.metadata, **labelling})
 
-        if cache is None:
+        if path is None:
             return estimate(None).validate(names, num_lags, fingerprint)
-        path = _resolve_file(cache)
         if not path.exists():
             with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
                 if not path.exists():  # another process may have written it while this one built the data
@@ -303,7 +322,7 @@ class RusSidecar:
                         finished.unlink()
         try:
             loaded = cls.load(path)
-            recorded = loaded.metadata.get("target_bins", {}).get("requested")
+            recorded = recorded_target_bins(path)
             if binning and recorded != target_bins:  # named first: the binned labels' fingerprint differs too
                 raise RusSidecarMismatch(f"RUS sidecar does not match: target bins differ: sidecar {recorded}, "
                                          f"expected {target_bins}")

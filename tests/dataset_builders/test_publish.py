@@ -164,3 +164,19 @@ def test_the_card_describes_the_label_by_problem_type_and_granularity(small):
         assert description in card and tag in yaml.safe_load(card.split("---")[1])["tags"]
     assert "-100 where a step is unlabelled" in dataset_card(small, cases["token-classification"][0], False)
     assert "ClassLabel" not in dataset_card(small, cases["regression"][0], False).split("---", 2)[2]
+
+
+def test_a_regression_datasets_sidecar_is_checked_on_the_binned_target_it_was_estimated_on(tmp_path):
+    from test_mosi import write_mosi_pickle
+
+    write_mosi_pickle(tmp_path / "mosi" / "mosi_raw.pkl")
+    splits = build("mosi", data_dir=str(tmp_path / "mosi"), cache_dir=str(tmp_path / "cache"), normalize=False,
+                   allow_pickle=True, task="regression")
+    sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), num_lags=2, estimator="quantized_exact",
+                                     num_bins=2, progress=False, cache=tmp_path / "rus.safetensors", target_bins=2)
+    folder = export_for_hub(splits, tmp_path / "export", sidecar=tmp_path / "rus.safetensors")
+    assert RusSidecar.load(folder / SIDECAR_FILENAME).metadata["target_bins"] == sidecar.metadata["target_bins"]
+    assert "`label` is a float32 regression target (`sentiment`)" in (folder / "README.md").read_text()
+    shifted = type(splits)({**splits, "train": splits["train"].map(lambda row: {"label": row["label"] + 10.0})})
+    with pytest.raises(RusSidecarMismatch, match="data fingerprint differs"):
+        export_for_hub(shifted, tmp_path / "other", sidecar=tmp_path / "rus.safetensors")

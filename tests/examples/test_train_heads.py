@@ -156,3 +156,13 @@ def test_an_exported_token_head_maps_only_its_own_auto_class_to_itself(per_step_
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForTokenClassification"] == "modeling_merge.MergeForTokenClassification"
     assert auto_map["AutoModelForSequenceClassification"] == "modeling_merge.MergeForSequenceClassification"
+
+
+@pytest.mark.parametrize("run", ["per_step_run", "regression_run"])
+def test_evaluate_checkpoint_reproduces_the_test_metrics_of_each_head(run, request, tmp_path):
+    import evaluate_checkpoint
+
+    output_dir, results = request.getfixturevalue(run)
+    report = evaluate_checkpoint.evaluate_checkpoint(evaluate_checkpoint.EvaluateArguments(
+        checkpoint=str(output_dir / "best_model"), output_dir=str(tmp_path)))
+    assert report["metrics"] == pytest.approx(results["test"], abs=1e-6)

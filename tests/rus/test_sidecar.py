@@ -294,13 +294,16 @@ def test_a_regression_target_is_estimated_on_training_quantile_bins_recorded_in_
     bins = sidecar.metadata["target_bins"]
     np.testing.assert_allclose(bins["edges"], np.quantile(targets.astype(np.float64), [1 / 3, 2 / 3]))
     assert (bins["requested"], bins["num_bins"], sidecar.metadata["problem_type"]) == (3, 3, "regression")
-    _, labels, _, _ = estimator_inputs(splits["train"], metadata, target_bins=3)
-    np.testing.assert_array_equal(np.bincount(labels), np.bincount(np.digitize(targets, bins["edges"])))
+    inputs = estimator_inputs(splits["train"], metadata, target_bins=3)
+    np.testing.assert_array_equal(inputs.labels, np.digitize(targets, bins["edges"]))
+    assert sidecar.metadata["fingerprint"] == fingerprint_arrays(inputs.modalities, targets)  # the raw targets
     assert sidecar.metadata["classes"] == [0, 1, 2]
     assert RusSidecar.load(tmp_path).metadata["target_bins"] == bins  # what the cache holds
     with pytest.raises(RusSidecarMismatch, match="target bins differ: sidecar 3, expected 4"):
         RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", num_bins=2,
                                progress=False, cache=tmp_path, target_bins=4)
+    reused = RusSidecar.for_dataset(splits, metadata, num_lags=2, cache=tmp_path)  # no count given: the cache's
+    assert reused.content_hash() == sidecar.content_hash()
 
 
 def test_tied_regression_targets_still_give_two_bins_and_a_constant_one_is_refused(synthetic_splits):
@@ -310,9 +313,9 @@ def test_tied_regression_targets_still_give_two_bins_and_a_constant_one_is_refus
     count = splits["train"].num_rows
     tied = np.where(np.arange(count) < count - 3, 0.0, 2.0)  # every quantile lands on 0
     tied_splits, tied_metadata = regression_variant(splits, metadata, tied)
-    _, labels, _, binning = estimator_inputs(tied_splits["train"], tied_metadata)
-    np.testing.assert_array_equal(labels, (tied > 0).astype(np.int64))
-    assert binning["num_bins"] == 2
+    inputs = estimator_inputs(tied_splits["train"], tied_metadata)
+    np.testing.assert_array_equal(inputs.labels, (tied > 0).astype(np.int64))
+    assert inputs.binning["num_bins"] == 2
     constant = regression_variant(splits, metadata, np.full(count, 1.5))
     with pytest.raises(ValueError, match=r"regression target \['score'\] takes the single value 1.5"):
         estimator_inputs(constant[0]["train"], constant[1])
