@@ -42,3 +42,19 @@ def test_the_model_holds_the_sidecars_rus_and_refuses_another_datasets(data):
                          {**sidecar.metadata, "modality_names": sidecar.modality_names[::-1]})
     with pytest.raises(RusSidecarMismatch, match="order differs"):
         model_from_dataset(metadata, swapped, **TINY)
+
+
+def test_the_head_and_problem_type_follow_the_labels_the_metadata_describes(data):
+    from dataclasses import replace
+
+    from modeling_merge.modeling_merge import MergeForSequenceClassification, MergeForTokenClassification
+
+    metadata, sidecar = data
+    window = model_from_dataset(metadata, sidecar, **TINY)
+    per_step = model_from_dataset(replace(metadata, label_granularity="step"), sidecar, **TINY)
+    regression = model_from_dataset(replace(metadata, problem_type="regression", label_names=["score"]), sidecar, **TINY)
+    assert type(window) is MergeForSequenceClassification
+    assert window.config.problem_type == "single_label_classification"
+    assert type(per_step) is MergeForTokenClassification and per_step.config.num_labels == len(metadata.label_names)
+    assert type(regression) is MergeForSequenceClassification
+    assert (regression.config.problem_type, regression.config.num_labels) == ("regression", 1)
