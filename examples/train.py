@@ -257,12 +257,13 @@ def json_option(args: TrainArguments, name: str) -> dict:
     return value
 
 
-def run_settings(args: TrainArguments, accelerator: Accelerator) -> dict:
+def run_settings(args: TrainArguments, accelerator: Accelerator, selection: Selection) -> dict:
     """The settings a resumed run must share with the run it continues: every argument but `RESUMABLE_CHANGES`
-    (JSON options parsed, so each field is compared by name) and the process count."""
+    (JSON options parsed, so each field is compared by name, and the selection metric as ``selection`` resolves it,
+    so ``auto`` matches a run that named its metric) and the process count."""
     settings = {name: value for name, value in asdict(args).items() if name not in RESUMABLE_CHANGES}
     settings.update(dataset_options=json_option(args, "dataset_options"), model_options=json_option(args, "model_options"),
-                    num_processes=accelerator.num_processes)
+                    selection_metric=selection.metric, num_processes=accelerator.num_processes)
     return settings
 
 
@@ -493,7 +494,10 @@ def train(args: TrainArguments) -> dict:
         for leftover in remove_leftovers(output_dir) + remove_leftovers(checkpoints):
             accelerator.print(f"removed {leftover}, left by an interrupted save")
     accelerator.wait_for_everyone()
-    state = RunState(settings=run_settings(args, accelerator))
+    splits, metadata = load_data(args, accelerator)
+    selection = check_task_options(args, metadata)
+    weights = class_weights(args, splits["train"], metadata.num_labels)
+    state = RunState(settings=run_settings(args, accelerator, selection))
     resume_from = intact_checkpoint(checkpoints, accelerator) if args.resume else None
     if args.resume and resume_from is None:
         accelerator.print(f"--resume: no checkpoint in {checkpoints}; starting from scratch")
@@ -508,9 +512,6 @@ def train(args: TrainArguments) -> dict:
                              f"--output_dir (only {', '.join(RESUMABLE_CHANGES[1:])} may change on resume).")
         state = recorded
 
-    splits, metadata = load_data(args, accelerator)
-    selection = check_task_options(args, metadata)
-    weights = class_weights(args, splits["train"], metadata.num_labels)
     loaded = load_or_estimate_rus(args, splits, metadata, accelerator)
     sidecar = loaded.ablated(args.rus_ablation, args.seed)
     model = build_model(args, metadata, sidecar)

@@ -166,3 +166,12 @@ def test_evaluate_checkpoint_reproduces_the_test_metrics_of_each_head(run, reque
     report = evaluate_checkpoint.evaluate_checkpoint(evaluate_checkpoint.EvaluateArguments(
         checkpoint=str(output_dir / "best_model"), output_dir=str(tmp_path)))
     assert report["metrics"] == pytest.approx(results["test"], abs=1e-6)
+
+
+def test_auto_selection_is_recorded_as_its_metric_so_runs_that_named_it_still_resume():
+    one_process = type("Accelerator", (), {"num_processes": 1})()
+    rmse = train.Selection("rmse", higher_is_better=False)
+    auto = train.run_settings(train.TrainArguments(), one_process, rmse)
+    named = train.run_settings(train.TrainArguments(selection_metric="rmse"), one_process, rmse)
+    assert auto == named and auto["selection_metric"] == "rmse"
+    assert rmse.score({"rmse": 0.5}) > rmse.score({"rmse": 0.7})  # lower is better, so it scores higher
