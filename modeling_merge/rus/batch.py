@@ -37,7 +37,8 @@ from .pid import PairwiseRus
 from .progress import PartialResults
 from .sinkhorn import coupling_information, sinkhorn_couplings
 
-__all__ = ["BatchConfig", "multiscale_batch", "stepwise_batch", "balanced_batch_indices", "process_group"]
+__all__ = ["BatchConfig", "multiscale_batch", "stepwise_batch", "balanced_batch_indices", "process_group",
+           "all_reduce_sum"]
 
 _LOG2 = math.log(2.0)
 
@@ -369,6 +370,19 @@ def process_group(device: str = "cpu") -> tuple[int, int]:
     return 0, 1
 
 
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum CPU tensors in place over the ``torch.distributed`` group (on CUDA for nccl); no-op without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    for tensor in tensors:
+        summed = tensor.to(device)
+        dist.all_reduce(summed)
+        tensor.copy_(summed.cpu())
+
+
 def _check_inputs(features, labels, num_classes: int) -> None:
     if len(features) == 0 or len(features) != len(labels):
         raise ValueError(f"need one (features, labels) set per lag, got {len(features)} and {len(labels)}")
@@ -415,14 +429,7 @@ def _run(features, labels, num_classes: int, config: BatchConfig, store: Partial
             store.put(f"{key}/diagnostics", unit_diagnostics)
         informations[:, lags, blocks[index]] = store[f"{key}/informations"]
         diagnostics[position] = store[f"{key}/diagnostics"]
-    if world > 1:
-        import torch.distributed as dist
-
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        for tensor in (informations, diagnostics):
-            gathered = tensor.to(device)
-            dist.all_reduce(gathered)
-            tensor.copy_(gathered.cpu())
+    all_reduce_sum(informations, diagnostics)
     aligned = diagnostics[:, 3] > 0
     summary = {
         "sinkhorn_mean_iterations": float(diagnostics[aligned, 0].mean()) if aligned.any() else 0.0,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batch import BatchConfig, multiscale_batch, process_group, stepwise_batch
+from .batch import BatchConfig, all_reduce_sum, multiscale_batch, process_group, stepwise_batch
 from .pid import PairwiseRus, quantized_pid
 from .progress import PartialResults
 from .sidecar import FORMAT_VERSION, RusSidecar, fingerprint_arrays
@@ -146,26 +146,31 @@ def balanced_subsample(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 def _quantized_exact(samples: LaggedSamples, num_bins: int, store: PartialResults, seed: int,
                      progress: bool) -> PairwiseRus:
     """Quantise each modality per lag (k-means / quantile bins) on a class-balanced subsample, then solve
-    the exact PID per pair (the solver is per pair; resumable per (lag, pair))."""
+    the exact PID per pair (the solver is per pair; resumable per (lag, pair); (lag, pair) units shared
+    round-robin among the processes of a ``torch.distributed`` group and all-reduced)."""
     num_modalities = len(samples.modality_names)
     pairs = np.stack(np.triu_indices(num_modalities, 1))
     num_lags = len(samples.features)
-    results = np.zeros((4, num_lags, pairs.shape[1]))
+    results = torch.zeros(5, num_lags, pairs.shape[1], dtype=torch.float64)  # R, U_i, U_j, S, clipped
     channels_of = samples.channels
-    with tqdm(total=num_lags * pairs.shape[1], desc="exact PID (lag, pair)", disable=not progress) as bar:
-        for lag, (x, y) in enumerate(zip(samples.features, samples.labels)):
-            keep = balanced_subsample(y, seed)
-            x, y = x[keep], y[keep]
-            for index, (i, j) in enumerate(pairs.T):
-                key = f"quantized/lag{lag}/pair{i}-{j}"
-                if key not in store:
-                    pid = quantized_pid(x[:, i, : channels_of[i]], x[:, j, : channels_of[j]], y, num_bins, seed)
-                    store.put(key, torch.tensor([pid.redundancy, pid.unique_1, pid.unique_2, pid.synergy,
-                                                 pid.clipped], dtype=torch.float64))
-                results[:, lag, index] = store[key][:4].numpy()
-                bar.update(1)
-    clipped = float(sum(store[key][4] for key in store.units if key.startswith("quantized/")))
-    return PairwiseRus(pairs, *results, clipped=clipped, diagnostics={"num_bins": num_bins})
+    rank, world = process_group()
+    units = [(lag, index) for lag in range(num_lags) for index in range(pairs.shape[1])][rank::world]
+    subsamples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for lag, index in tqdm(units, desc="exact PID (lag, pair)", disable=not progress):
+        i, j = pairs[:, index]
+        key = f"quantized/lag{lag}/pair{i}-{j}"
+        if key not in store:
+            if lag not in subsamples:
+                keep = balanced_subsample(samples.labels[lag], seed)
+                subsamples[lag] = samples.features[lag][keep], samples.labels[lag][keep]
+            x, y = subsamples[lag]
+            pid = quantized_pid(x[:, i, : channels_of[i]], x[:, j, : channels_of[j]], y, num_bins, seed)
+            store.put(key, torch.tensor([pid.redundancy, pid.unique_1, pid.unique_2, pid.synergy, pid.clipped],
+                                        dtype=torch.float64))
+        results[:, lag, index] = store[key]
+    all_reduce_sum(results)
+    return PairwiseRus(pairs, *results[:4].numpy(), clipped=float(results[4].sum()),
+                       diagnostics={"num_bins": num_bins, "processes": world})
 
 
 def _check_bounds(pairwise: PairwiseRus, samples: LaggedSamples) -> None:
@@ -211,11 +216,11 @@ def estimate_temporal_rus(
     ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units); it is removed only once
     the sidecar is written to ``output`` (atomically), so a kill in between loses no work — without ``output``
     the caller saves the sidecar and removes it.
-    Under a ``torch.distributed`` process group (``accelerate launch``) the BATCH estimators share the units
+    Under a ``torch.distributed`` process group (``accelerate launch``) the BATCH estimators share their units
     (pair blocks, ``BatchConfig.pair_block_size``; step-wise also lags) among the processes, every process
     returns the same sidecar (that of one process for the same seed), process 0 writes ``output``, and each
     process resumes from its own ``{partial_path}.rank{r}-of-{world}`` (resume with the same number of
-    processes). The quantised estimator runs whole in every process.
+    processes). The quantised estimator shares its (lag, pair) units the same way.
     Batches / subsamples are class-balanced; a single-class or empty input is an error, and so is an estimate
     whose terms sum to more than H(Y) at some pair and lag (the error names them).
     """

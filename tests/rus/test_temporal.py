@@ -270,6 +270,10 @@ def _estimate_in_process(rank: int, init_file: str, folder: str, forbid_training
                                         output=f"{folder}/rus.safetensors" if forbid_training else None)
         results[rank] = {"tensors": [sidecar.redundancy, sidecar.uniqueness, sidecar.synergy],
                          "diagnostics": sidecar.metadata["diagnostics"]}
+        if not forbid_training:
+            quantized = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, estimator="quantized_exact",
+                                              num_bins=2, progress=False)
+            results[rank] |= {"quantized": [quantized.redundancy, quantized.uniqueness, quantized.synergy]}
     finally:
         dist.destroy_process_group()
 
@@ -283,7 +287,7 @@ def _two_processes(tmp_path, run: int, forbid_training: bool) -> list[dict]:
     return [results[0], results[1]]
 
 
-def test_two_gloo_processes_share_the_pair_blocks_and_both_return_the_single_process_sidecar(tmp_path):
+def test_two_gloo_processes_share_the_units_and_both_return_the_single_process_sidecar(tmp_path):
     import torch
 
     torch.set_num_threads(1)
@@ -298,3 +302,8 @@ def test_two_gloo_processes_share_the_pair_blocks_and_both_return_the_single_pro
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
         assert result["diagnostics"]["processes"] == 2 and result["diagnostics"]["pair_blocks"] == 6
     assert (tmp_path / "rus.safetensors").exists() and not list(tmp_path.glob("rus.partial.pt*"))
+    quantized = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, estimator="quantized_exact",
+                                      num_bins=2, progress=False)
+    for result in first_run:  # the (lag, pair) units of the quantised estimator are shared the same way
+        for got, expected in zip(result["quantized"], [quantized.redundancy, quantized.uniqueness, quantized.synergy]):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
