@@ -15,10 +15,11 @@ Multi-scale: a learned lag embedding e(τ) is concatenated to every encoder outp
 τ uniformly. Units: bits.
 
 Pairs whose I_q* the discriminators already pin (see ``BatchConfig.pin_tolerance_bits``) skip (2), which is
-most of the cost when many modalities are uninformative at a lag. Pairs are estimated in blocks; under an
-initialised ``torch.distributed`` process group (``accelerate launch``) the blocks (and, step-wise, the lags)
-are shared round-robin among the processes and the results all-reduced, so every process returns the
-single-process result for the same seed (exactly, for the same device and thread count).
+most of the cost when many modalities are uninformative at a lag. Pairs are estimated in blocks; with
+``distributed=True``, called by every process of a ``torch.distributed`` group (``accelerate launch``), the
+blocks (and, step-wise, the lags) are shared round-robin among the processes and the results all-reduced, so
+every process returns the single-process result for the same seed (exactly, for the same device and thread
+count). Without it a process estimates everything alone, group or not (e.g. the main process only).
 """
 
 from __future__ import annotations
@@ -371,11 +372,9 @@ def process_group(device: str = "cpu") -> tuple[int, int]:
 
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
-    """Sum CPU tensors in place over the ``torch.distributed`` group (on CUDA for nccl); no-op without one."""
+    """Sum CPU tensors in place over the initialised ``torch.distributed`` group (on CUDA for nccl)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     for tensor in tensors:
         summed = tensor.to(device)
@@ -400,9 +399,9 @@ def _check_inputs(features, labels, num_classes: int) -> None:
 
 
 def _run(features, labels, num_classes: int, config: BatchConfig, store: PartialResults | None, progress: bool,
-         stepwise: bool) -> PairwiseRus:
-    """Estimate every (lag set, pair block) unit this process owns (or load it from ``store``), all-reduce the
-    units over the process group and read out the decomposition."""
+         stepwise: bool, distributed: bool) -> PairwiseRus:
+    """Estimate every (lag set, pair block) unit this process owns (all of them unless ``distributed``; or load
+    it from ``store``), all-reduce the units over the process group and read out the decomposition."""
     _check_inputs(features, labels, num_classes)
     if config.pair_block_size is not None and config.pair_block_size < 1:
         raise ValueError(f"pair_block_size must be >= 1 or None, got {config.pair_block_size}")
@@ -413,7 +412,7 @@ def _run(features, labels, num_classes: int, config: BatchConfig, store: Partial
     blocks = [slice(start, min(start + block, pairs.shape[1])) for start in range(0, pairs.shape[1], block)]
     lag_sets = [[lag] for lag in range(num_lags)] if stepwise else [list(range(num_lags))]
     units = [(lags, index) for lags in lag_sets for index in range(len(blocks))]
-    rank, world = process_group(config.device)
+    rank, world = process_group(config.device) if distributed else (0, 1)
     informations = torch.zeros(4, num_lags, pairs.shape[1], dtype=torch.float64)
     diagnostics = torch.zeros(len(units), 4, dtype=torch.float64)
     mine = range(rank, len(units), world)
@@ -429,7 +428,8 @@ def _run(features, labels, num_classes: int, config: BatchConfig, store: Partial
             store.put(f"{key}/diagnostics", unit_diagnostics)
         informations[:, lags, blocks[index]] = store[f"{key}/informations"]
         diagnostics[position] = store[f"{key}/diagnostics"]
-    all_reduce_sum(informations, diagnostics)
+    if world > 1:
+        all_reduce_sum(informations, diagnostics)
     aligned = diagnostics[:, 3] > 0
     summary = {
         "sinkhorn_mean_iterations": float(diagnostics[aligned, 0].mean()) if aligned.any() else 0.0,
@@ -443,13 +443,16 @@ def _run(features, labels, num_classes: int, config: BatchConfig, store: Partial
 
 
 def multiscale_batch(features: Sequence, labels: Sequence, num_classes: int, config: BatchConfig | None = None,
-                     store: PartialResults | None = None, progress: bool = True) -> PairwiseRus:
-    """Multi-scale BATCH: one lag-conditioned network set (per pair block) for all lags; arrays (L, P)."""
-    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, stepwise=False)
+                     store: PartialResults | None = None, progress: bool = True, distributed: bool = False
+                     ) -> PairwiseRus:
+    """Multi-scale BATCH: one lag-conditioned network set (per pair block) for all lags; arrays (L, P).
+    ``distributed``: every process of the ``torch.distributed`` group calls this and they share the blocks."""
+    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, False, distributed)
 
 
 def stepwise_batch(features: Sequence, labels: Sequence, num_classes: int, config: BatchConfig | None = None,
-                   store: PartialResults | None = None, progress: bool = True) -> PairwiseRus:
+                   store: PartialResults | None = None, progress: bool = True, distributed: bool = False
+                   ) -> PairwiseRus:
     """Step-wise BATCH: an independent network set per lag (and pair block), each with the full step budget;
-    arrays (L, P)."""
-    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, stepwise=True)
+    arrays (L, P). ``distributed``: as in :func:`multiscale_batch` (lags and blocks are shared)."""
+    return _run(features, labels, num_classes, config or BatchConfig(), store, progress, True, distributed)

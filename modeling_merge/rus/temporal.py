@@ -144,16 +144,15 @@ def balanced_subsample(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def _quantized_exact(samples: LaggedSamples, num_bins: int, store: PartialResults, seed: int,
-                     progress: bool) -> PairwiseRus:
+                     progress: bool, rank: int, world: int) -> PairwiseRus:
     """Quantise each modality per lag (k-means / quantile bins) on a class-balanced subsample, then solve
     the exact PID per pair (the solver is per pair; resumable per (lag, pair); (lag, pair) units shared
-    round-robin among the processes of a ``torch.distributed`` group and all-reduced)."""
+    round-robin among the ``world`` processes and all-reduced)."""
     num_modalities = len(samples.modality_names)
     pairs = np.stack(np.triu_indices(num_modalities, 1))
     num_lags = len(samples.features)
     results = torch.zeros(5, num_lags, pairs.shape[1], dtype=torch.float64)  # R, U_i, U_j, S, clipped
     channels_of = samples.channels
-    rank, world = process_group()
     units = [(lag, index) for lag in range(num_lags) for index in range(pairs.shape[1])][rank::world]
     subsamples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for lag, index in tqdm(units, desc="exact PID (lag, pair)", disable=not progress):
@@ -168,7 +167,8 @@ def _quantized_exact(samples: LaggedSamples, num_bins: int, store: PartialResult
             store.put(key, torch.tensor([pid.redundancy, pid.unique_1, pid.unique_2, pid.synergy, pid.clipped],
                                         dtype=torch.float64))
         results[:, lag, index] = store[key]
-    all_reduce_sum(results)
+    if world > 1:
+        all_reduce_sum(results)
     return PairwiseRus(pairs, *results[:4].numpy(), clipped=float(results[4].sum()),
                        diagnostics={"num_bins": num_bins, "processes": world})
 
@@ -208,6 +208,7 @@ def estimate_temporal_rus(
     partial_path: str | None = None,
     output: str | os.PathLike | None = None,
     progress: bool = True,
+    distributed: bool = False,
 ) -> RusSidecar:
     """Estimate temporal RUS of every modality pair on one split → :class:`RusSidecar` ([M, M, L] float32, bits).
 
@@ -216,7 +217,8 @@ def estimate_temporal_rus(
     ``ESTIMATORS``. ``partial_path`` makes the run resumable (a file of finished units); it is removed only once
     the sidecar is written to ``output`` (atomically), so a kill in between loses no work — without ``output``
     the caller saves the sidecar and removes it.
-    Under a ``torch.distributed`` process group (``accelerate launch``) the BATCH estimators share their units
+    ``distributed=True``: every process of a ``torch.distributed`` group calls this (``accelerate launch``; an
+    uninitialised group is started from the launcher's environment) and the BATCH estimators share their units
     (pair blocks, ``BatchConfig.pair_block_size``; step-wise also lags) among the processes, every process
     returns the same sidecar (that of one process for the same seed), process 0 writes ``output``, and each
     process resumes from its own ``{partial_path}.rank{r}-of-{world}`` (resume with the same number of
@@ -239,15 +241,15 @@ def estimate_temporal_rus(
     settings["max_samples_per_lag"] = max_samples_per_lag
     signature = json.dumps({"fingerprint": fingerprint, "estimator": estimator, "settings": settings,
                             "num_lags": num_lags}, sort_keys=True)
-    rank, world = process_group(config.device)
+    rank, world = process_group(config.device) if distributed else (0, 1)
     if partial_path is not None and world > 1:
         partial_path = f"{partial_path}.rank{rank}-of-{world}"  # one resumable file per process
     store = PartialResults(partial_path, signature)
     if estimator == "quantized_exact":
-        pairwise = _quantized_exact(samples, num_bins, store, config.seed, progress)
+        pairwise = _quantized_exact(samples, num_bins, store, config.seed, progress, rank, world)
     else:
         run = multiscale_batch if estimator == "multiscale_batch" else stepwise_batch
-        pairwise = run(samples.features, samples.labels, samples.num_classes, config, store, progress)
+        pairwise = run(samples.features, samples.labels, samples.num_classes, config, store, progress, distributed)
     _check_bounds(pairwise, samples)
     redundancy, uniqueness, synergy = pairwise.to_matrices(len(samples.modality_names))
     metadata = {

@@ -266,14 +266,19 @@ def _estimate_in_process(rank: int, init_file: str, folder: str, forbid_training
             batch._PairBatchEstimator.estimate = refuse
         bench = make_temporal_rus_benchmark(num_sequences=200, seq_len=8, seed=0)
         sidecar = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, config=SHARDED, progress=False,
-                                        partial_path=f"{folder}/rus.partial.pt",
+                                        distributed=True, partial_path=f"{folder}/rus.partial.pt",
                                         output=f"{folder}/rus.safetensors" if forbid_training else None)
         results[rank] = {"tensors": [sidecar.redundancy, sidecar.uniqueness, sidecar.synergy],
                          "diagnostics": sidecar.metadata["diagnostics"]}
         if not forbid_training:
             quantized = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, estimator="quantized_exact",
-                                              num_bins=2, progress=False)
+                                              num_bins=2, progress=False, distributed=True)
             results[rank] |= {"quantized": [quantized.redundancy, quantized.uniqueness, quantized.synergy]}
+            if rank == 0:  # without distributed=True one process estimates alone (train.py's main process does)
+                alone = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, estimator="quantized_exact",
+                                              num_bins=2, progress=False)
+                results[rank] |= {"alone": alone.metadata["diagnostics"]["processes"]}
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -304,6 +309,7 @@ def test_two_gloo_processes_share_the_units_and_both_return_the_single_process_s
     assert (tmp_path / "rus.safetensors").exists() and not list(tmp_path.glob("rus.partial.pt*"))
     quantized = estimate_temporal_rus(bench.modalities, bench.labels, num_lags=4, estimator="quantized_exact",
                                       num_bins=2, progress=False)
+    assert first_run[0]["alone"] == 1
     for result in first_run:  # the (lag, pair) units of the quantised estimator are shared the same way
         for got, expected in zip(result["quantized"], [quantized.redundancy, quantized.uniqueness, quantized.synergy]):
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
