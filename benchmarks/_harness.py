@@ -53,7 +53,8 @@ WESAD_E4 = {"window": 60, "stride": 30, "per_subject_normalize": True, "heart_ra
 WESAD_E4_TRAIN = {"data_dir": str(SHARED_DATA / "wesad_e4"), "num_epochs": 12, "early_stopping_patience": 4,
                   "learning_rate": 3e-3, "selection_metric": "macro_f1", **RECIPE}
 DATASETS = {
-    "synthetic": {"builder": "synthetic", "train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8, **RECIPE},
+    "synthetic": {"builder": "synthetic", "train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8,
+                                                    "selection_metric": "macro_f1", **RECIPE},
                   "metrics": ("accuracy", "macro_f1", "roc_auc")},
     **{f"wesad_e4_{task}": {"builder": "wesad_e4",
                             "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 from .configuration_merge import AUTO_MAP
@@ -53,6 +54,17 @@ class ModelCardInfo:
     license: str = "apache-2.0"
 
 
+def card_head(config) -> dict[str, Any]:
+    """What the card says about the head, from the saved config: per-step or window outputs, regression or classes,
+    the Auto class to load it with and the Hub task type of its results."""
+    per_step = (config.architectures or [""])[0] == "MergeForTokenClassification"
+    regression = config.problem_type == "regression"
+    task_type = "token-classification" if per_step else "time-series-regression" if regression \
+        else "time-series-classification"
+    auto_class = "AutoModelForTokenClassification" if per_step else "AutoModelForSequenceClassification"
+    return {"per_step": per_step, "regression": regression, "task_type": task_type, "auto_class": auto_class}
+
+
 def render_model_card(info: ModelCardInfo, config, template_path: str | Path = MODEL_CARD_TEMPLATE,
                       processor=None) -> str:
     """The README text for a checkpoint: YAML metadata (license, library, tags, datasets, metric results)
@@ -60,9 +72,10 @@ def render_model_card(info: ModelCardInfo, config, template_path: str | Path = M
     ``MergeProcessor``, the inputs it expects (window, rates, rows, normalisation)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    head = card_head(config)
     eval_results = [
         EvalResult(
-            task_type="time-series-classification", dataset_type=info.dataset_repo_id or info.dataset_name,
+            task_type=head["task_type"], dataset_type=info.dataset_repo_id or info.dataset_name,
             dataset_name=info.dataset_name, dataset_split=row.split, metric_type=name, metric_value=value,
             metric_name=f"{name} (seed {row.seed})",
         )
@@ -83,7 +96,8 @@ def render_model_card(info: ModelCardInfo, config, template_path: str | Path = M
         card_data, template_path=str(template_path), model_name=info.repo_id.split("/")[-1],
         metric_names=metric_names, modalities=dict(config.modalities),
         router_type=config.router_type, num_experts=config.num_experts, top_k=config.num_experts_per_token,
-        num_lags=config.num_rus_lags, processor=processor, **{k: v for k, v in context.items() if k != "license"},
+        num_lags=config.num_rus_lags, processor=processor, **head,
+        **{k: v for k, v in context.items() if k != "license"},
     )
     return str(card)
 

@@ -145,3 +145,19 @@ def test_an_exported_token_classifier_loads_through_its_own_auto_class_from_remo
     inputs = tester.inputs(model.config, batch=2)
     with torch.no_grad():
         torch.testing.assert_close(loaded(modalities=inputs).logits, model(modalities=inputs).logits)
+
+
+@pytest.mark.parametrize(
+    ("head", "problem_type", "auto_class", "task_type"),
+    [("MergeForSequenceClassification", None, "AutoModelForSequenceClassification", "time-series-classification"),
+     ("MergeForSequenceClassification", "regression", "AutoModelForSequenceClassification", "time-series-regression"),
+     ("MergeForTokenClassification", None, "AutoModelForTokenClassification", "token-classification")],
+)
+def test_the_model_card_names_the_heads_auto_class_and_task_from_the_saved_config(head, problem_type, auto_class,
+                                                                                task_type):
+    from modeling_merge.hub import render_model_card
+
+    config = _tiny_model().config
+    config.architectures, config.problem_type = [head], problem_type
+    card = render_model_card(_card(), config)
+    assert f"{auto_class}.from_pretrained" in card and f"type: {task_type}" in card
