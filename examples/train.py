@@ -671,7 +671,31 @@ def rus_summary(sidecar: RusSidecar, splits, metadata_name: str) -> dict:
     if metadata_name == "synthetic":
         planted = planted_structure(splits)
         summary["planted"] = {key: planted[key] for key in ("unique", "synergistic", "redundant", "noise", "information_bits")}
+        summary["planted_estimates"] = planted_estimates(sidecar, planted)
     return summary
+
+
+def planted_estimates(sidecar: RusSidecar, planted: dict) -> list[dict]:
+    """For every planted cell, the estimate there and its rank among all cells of its kind (1 = strongest):
+    redundancy / synergy of the planted pair at its lag among all pairs i < j and lags; uniqueness of a planted
+    unique modality at its lag (U_m = max over partners) among all modalities and lags."""
+    names = list(sidecar.metadata["modality_names"])
+    num_lags = sidecar.redundancy.shape[2]
+    upper = np.triu_indices(len(names), k=1)
+    rows = []
+    for kind, key in (("redundancy", "redundant"), ("synergy", "synergistic")):
+        (first, second), lag = planted[key]["pair"], planted[key]["lag"]
+        values = getattr(sidecar, kind).numpy()
+        bits = float(values[names.index(first), names.index(second), lag]) if lag < num_lags else float("nan")
+        rank = int((values[upper] > bits).sum()) + 1
+        rows.append({"kind": kind, "cell": f"{first}–{second} at lag {lag}", "bits": bits, "rank": rank,
+                     "of": int(values[upper].size)})
+    per_modality = np.where(np.eye(len(names), dtype=bool)[:, :, None], -np.inf, sidecar.uniqueness.numpy()).max(1)
+    for name, lag in planted["unique"].items():
+        bits = float(per_modality[names.index(name), lag]) if lag < num_lags else float("nan")
+        rows.append({"kind": "uniqueness", "cell": f"{name} at lag {lag}", "bits": bits,
+                     "rank": int((per_modality > bits).sum()) + 1, "of": int(per_modality.size)})
+    return rows
 
 
 def print_results(results: dict, metadata) -> None:
@@ -687,11 +711,9 @@ def print_results(results: dict, metadata) -> None:
         if kind.startswith("estimated_top_"):
             rows.append((kind.replace("_", " "), f"{found['pair'][0]}–{found['pair'][1]} at lag {found['lag']} "
                                                  f"({found['bits']:.3f} bits)"))
-    planted = results["rus"].get("planted")
-    if planted:
-        rows.append(("planted redundancy", f"{'–'.join(planted['redundant']['pair'])} at lag {planted['redundant']['lag']}"))
-        rows.append(("planted synergy", f"{'–'.join(planted['synergistic']['pair'])} at lag {planted['synergistic']['lag']}"))
-        rows.append(("planted uniqueness", ", ".join(f"{name} at lag {lag}" for name, lag in planted["unique"].items())))
+    for planted in results["rus"].get("planted_estimates", []):
+        rows.append((f"planted {planted['kind']}", f"{planted['cell']}: estimated {planted['bits']:.3f} bits, rank "
+                                                   f"{planted['rank']} of {planted['of']} cells"))
     width = max(len(name) for name, _ in rows)
     task = "regression" if results["problem_type"] == "regression" else f"{metadata.label_granularity} classification"
     print(f"\nResults — {metadata.name} ({task}, {results['head']}), router {results['router_type']}, "

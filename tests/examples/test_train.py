@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,33 @@ def test_the_job_writes_every_artifact_and_a_results_table(reference_run, capsys
     assert torch.count_nonzero(best.merge.rus_synergy) > 0  # the estimated RUS travels inside the checkpoint
 
 
-def test_a_second_run_in_the_same_folder_is_told_what_to_do(reference_run, tmp_path):
+def test_the_job_reports_the_estimate_and_its_rank_at_every_planted_cell(reference_run, capsys):
+    from modeling_merge.rus import RusSidecar
+
+    root, results = reference_run
+    sidecar = RusSidecar.load(root / "rus.safetensors")
+    names = list(sidecar.metadata["modality_names"])
+    planted = results["rus"]["planted"]
+    reported = {(row["kind"], row["cell"]): row for row in results["rus"]["planted_estimates"]}
+    assert len(reported) == 2 + len(planted["unique"])
+    (first, second), lag = planted["redundant"]["pair"], planted["redundant"]["lag"]
+    redundant_lag = lag
+    redundancy = reported[("redundancy", f"{first}–{second} at lag {lag}")]
+    expected = sidecar.redundancy[names.index(first), names.index(second), lag].item()
+    assert redundancy["bits"] == pytest.approx(expected)
+    pairs = torch.triu_indices(len(names), len(names), offset=1)
+    stronger = (sidecar.redundancy[pairs[0], pairs[1]] > expected).sum().item()
+    assert redundancy["rank"] == stronger + 1 and redundancy["of"] == pairs.shape[1] * sidecar.redundancy.shape[2]
+    for name, lag in planted["unique"].items():
+        unique = reported[("uniqueness", f"{name} at lag {lag}")]
+        others = [j for j in range(len(names)) if j != names.index(name)]
+        assert unique["bits"] == pytest.approx(sidecar.uniqueness[names.index(name), others, lag].max().item())
+    train.print_results(results, type("Metadata", (), {"name": "synthetic", "label_granularity": "window"})())
+    assert re.search(rf"planted redundancy +{first}–{second} at lag {redundant_lag}: estimated [0-9.]+ bits, rank "
+                     rf"{redundancy['rank']} of", capsys.readouterr().out)
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(reference_run):
     root, _ = reference_run
     with pytest.raises(FileExistsError, match="has finished .*choose another --output_dir, or delete the folder"):
         train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
