@@ -78,7 +78,7 @@ def test_the_job_reports_the_estimate_and_its_rank_at_every_planted_cell(referen
                      rf"{redundancy['rank']} of", capsys.readouterr().out)
 
 
-def test_a_second_run_in_the_same_folder_needs_resume(reference_run):
+def test_a_second_run_in_the_same_folder_is_told_what_to_do(reference_run, tmp_path):
     root, _ = reference_run
     with pytest.raises(FileExistsError, match="has finished .*choose another --output_dir, or delete the folder"):
         train.main(tiny_arguments(root / "run", root / "rus.safetensors"))
