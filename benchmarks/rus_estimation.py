@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=20000, help="section 4: samples per lag")
     parser.add_argument("--lags", type=int, default=5, help="section 4: lags")
     parser.add_argument("--scale_steps", type=int, default=600, help="section 4: discriminator steps (alignment: 1/6)")
+    parser.add_argument("--pair_block_size", type=int, default=None, help="section 4: pairs per block (None: one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick, sections = args.quick, set(args.sections.split(","))
@@ -377,8 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "pairs" in sections:
         sizes = [int(size) for size in args.sizes.split(",")]
         scale_config = BatchConfig(batch_size=128, discriminator_steps=args.scale_steps,
-                                   alignment_steps=args.scale_steps // 6, device=args.device)
-        print(f"\n[4] all pairs x {args.lags} lags vs M (multi-scale, batch 128, "
+                                   alignment_steps=args.scale_steps // 6, pair_block_size=args.pair_block_size,
+                                   device=args.device)
+        print(f"\n[4] all pairs x {args.lags} lags vs M (multi-scale, batch 128, blocks of {args.pair_block_size} pairs, "
               f"{args.scale_steps} + {args.scale_steps // 6} steps, {args.samples} samples per lag)", flush=True)
         payload["all_pairs"] = {"batch_config": scale_config.to_dict(), "rows": pair_scaling(
             scale_config, sizes, args.samples, args.lags)}
