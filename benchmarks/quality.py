@@ -40,14 +40,18 @@ from _harness import DATASETS, RUNS_ROOT, Run, Variant, run_script
 MAIN_ROUTERS = [Variant("MERGE (rus)", {"router_type": "rus"}), Variant("dense", {"router_type": "dense"})]
 OTHER_ROUTERS = [Variant("softmax top-k", {"router_type": "softmax"}),
                  Variant("laplace per modality", {"router_type": "laplace_per_modality"})]
+# A diagnostic of the recipe (last in priority): MERGE trained for the whole epoch budget, still selected on
+# validation, to tell early stopping's effect from class weighting's.
+DIAGNOSTICS = [Variant("MERGE (rus), no early stopping", {"router_type": "rus", "early_stopping_patience": 0})]
 ROUTERS = MAIN_ROUTERS + OTHER_ROUTERS
 ANCHORS = ("GBT (summaries)", "logistic regression (summaries)", "majority class")
 
 
 def build_runs(datasets: list[str], seeds: int, smoke: bool) -> list[Run]:
-    """Priority order: per seed, MERGE and dense on every dataset (in the order given), then the other routers."""
-    return [Run(dataset, variant, seed, smoke) for seed in range(seeds) for routers in (MAIN_ROUTERS, OTHER_ROUTERS)
-            for dataset in datasets for variant in routers]
+    """Priority order: per seed, MERGE and dense on every dataset (in the order given), then the other routers, then
+    the diagnostics."""
+    return [Run(dataset, variant, seed, smoke) for seed in range(seeds)
+            for routers in (MAIN_ROUTERS, OTHER_ROUTERS, DIAGNOSTICS) for dataset in datasets for variant in routers]
 
 
 def load_splits(dataset: str, smoke: bool):
