@@ -2,6 +2,8 @@
 
     merge-rus estimate --arrays train.npz --num_lags 4 --output out/            # arrays in, rus.safetensors out
     merge-rus estimate --dataset synthetic --dataset_options '{"num_sequences": 500}' --output out/
+    accelerate launch --num_processes 2 -m modeling_merge.rus.cli estimate --arrays train.npz --pair_block_size 64 \
+        --output out/                                                             # pair blocks shared by 2 processes
     merge-rus plot out/rus.safetensors --output_dir figures/
     merge-rus push out/rus.safetensors lab/my-dataset                             # creates the dataset repo if needed
 
@@ -20,12 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from .batch import BatchConfig
+
+__all__ = ["main", "build_parser", "batch_config"]
 
 _RESERVED = ("label", "modality_mask")
 
@@ -70,10 +77,32 @@ def _load_arrays(path: Path, modality_names: list[str] | None):
         return modalities, labels, mask
 
 
-def _estimate(args) -> Path:
-    from ..files import exclusive_lock
+def batch_config(args) -> "BatchConfig":
+    """The ``BatchConfig`` of ``merge-rus estimate``'s options."""
     from .batch import BatchConfig
-    from .sidecar import SIDECAR_FILENAME, RusSidecar
+
+    return BatchConfig(batch_size=args.batch_size, discriminator_steps=args.discriminator_steps,
+                       alignment_steps=args.alignment_steps, pair_block_size=args.pair_block_size,
+                       information_readout=args.information_readout, pin_tolerance_bits=args.pin_tolerance_bits,
+                       seed=args.seed, device=args.device)
+
+
+def _switch(text: str) -> bool:
+    """``true`` / ``false`` (also 1 / 0, yes / no, on / off)."""
+    value = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
+
+
+def _launched_distributed() -> bool:
+    """Whether a launcher (``accelerate launch``, ``torchrun``) started several processes (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _estimate(args) -> Path:
+    from .batch import process_group
+    from .sidecar import SIDECAR_FILENAME, RusSidecar, estimation_lock
     from .temporal import estimate_temporal_rus
 
     if (args.arrays is None) == (args.dataset is None):
@@ -81,10 +110,11 @@ def _estimate(args) -> Path:
     output = Path(args.output)
     if output.is_dir() or not output.suffix:
         output = output / SIDECAR_FILENAME
-    config = BatchConfig(batch_size=args.batch_size, discriminator_steps=args.discriminator_steps,
-                         alignment_steps=args.alignment_steps, seed=args.seed, device=args.device)
+    config = batch_config(args)
+    main_process = not args.distributed or process_group(config.device)[0] == 0
     options = dict(num_lags=args.num_lags, estimator=args.estimator, config=config, num_bins=args.num_bins,
-                   max_samples_per_lag=args.max_samples_per_lag, progress=not args.no_progress)
+                   max_samples_per_lag=args.max_samples_per_lag, progress=not args.no_progress and main_process,
+                   distributed=args.distributed)
     existed = output.exists()
     if args.dataset is not None:
         from dataset_builders import build, metadata_of
@@ -94,14 +124,16 @@ def _estimate(args) -> Path:
         sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), cache=output, target_bins=args.target_bins,
                                          **options)
     else:
-        if existed:
-            raise SystemExit(f"{output} exists; delete it to estimate again, or choose another --output")
         names = args.modalities.split(",") if args.modalities else None
         modalities, labels, mask = _load_arrays(Path(args.arrays), names)
-        with exclusive_lock(output.with_name(output.name + ".lock"), f"RUS sidecar {output} (being estimated)"):
+        with estimation_lock(output, args.distributed, config.device) as absent:
+            if not absent:
+                raise SystemExit(f"{output} exists; delete it to estimate again, or choose another --output")
             sidecar = estimate_temporal_rus(modalities, labels, modality_mask=mask, split="train",
                                             partial_path=str(output.with_name(output.name + ".partial")),
                                             output=output, **options)
+    if not main_process:
+        return output
     action = "kept the existing" if existed else "wrote"
     print(f"{action} {output} ({sidecar.num_modalities} modalities, {sidecar.num_lags} lags, "
           f"{sidecar.metadata['estimator']}; clipped {sidecar.metadata['clipped_negative_mass_bits']:.4f} bits)"
@@ -134,9 +166,11 @@ def _push(args) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from dataset_builders import BUILDER_ALIASES, BUILDERS
 
+    from .batch import BatchConfig
     from .sidecar import REGRESSION_TARGET_BINS
     from .temporal import ESTIMATORS
 
+    defaults = BatchConfig()
     parser = argparse.ArgumentParser(prog="merge-rus", description=__doc__, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -153,9 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     _option(estimate, "output", required=True, help="sidecar file or folder (→ folder/rus.safetensors)")
     _option(estimate, "num_lags", type=int, default=4, help="L, lags of the temporal RUS (token-grid steps 0..L-1)")
     _option(estimate, "estimator", choices=ESTIMATORS, default="multiscale_batch", help="RUS estimator")
-    _option(estimate, "batch_size", type=int, default=256, help="BATCH: samples per training batch")
-    _option(estimate, "discriminator_steps", type=int, default=600, help="BATCH: discriminator training steps")
-    _option(estimate, "alignment_steps", type=int, default=100, help="BATCH: Sinkhorn alignment training steps")
+    _option(estimate, "batch_size", type=int, default=defaults.batch_size, help="BATCH: samples per training batch")
+    _option(estimate, "discriminator_steps", type=int, default=defaults.discriminator_steps, help="BATCH: discriminator training steps")
+    _option(estimate, "alignment_steps", type=int, default=defaults.alignment_steps, help="BATCH: Sinkhorn alignment training steps")
+    _option(estimate, "pair_block_size", type=int, default=defaults.pair_block_size,
+            help="BATCH: pairs per independent block (the units processes share; None: one block)")
+    _option(estimate, "information_readout", choices=("plugin", "cross_entropy"), default=defaults.information_readout,
+            help="BATCH: plugin (the paper's) or cross_entropy (H(Y) - held-out cross-entropy, not inflated by "
+                 "overfitting)")
+    _option(estimate, "pin_tolerance_bits", type=float, default=defaults.pin_tolerance_bits,
+            help="BATCH: a pair whose bounds pin I_q* within this many bits at every lag is not aligned")
+    _option(estimate, "distributed", type=_switch, nargs="?", const=True, default=_launched_distributed(),
+            help="share the work among the torch.distributed processes (on by default under accelerate launch / "
+                 "torchrun, WORLD_SIZE > 1; '--distributed false' estimates in every process alone); process 0 "
+                 "writes the sidecar and prints")
     _option(estimate, "num_bins", type=int, default=4, help="quantized_exact: symbols per modality")
     _option(estimate, "target_bins", type=int, default=REGRESSION_TARGET_BINS,
             help="--dataset with a regression target: training-split quantile bins it is estimated on")

@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from ..files import atomic_write, exclusive_lock, remove_leftovers
 
 __all__ = ["FORMAT_VERSION", "SIDECAR_FILENAME", "CARD_KEY", "REGRESSION_TARGET_BINS", "RUS_ABLATIONS", "RusSidecar",
            "RusSidecarMismatch", "EstimatorInputs", "check_modalities_match", "estimator_inputs", "fingerprint_arrays",
-           "modality_differences", "recorded_target_bins"]
+           "modality_differences", "recorded_target_bins", "estimation_lock"]
 
 FORMAT_VERSION = 1
 SIDECAR_FILENAME = "rus.safetensors"
@@ -130,6 +131,37 @@ def recorded_target_bins(path: str | os.PathLike | None) -> int | None:
     if path is None or not _resolve_file(path).exists():
         return None
     return (RusSidecar.load(path).metadata.get("target_bins") or {}).get("requested")
+
+
+_ESTIMATE, _EXISTS, _FAILED = 1.0, 2.0, 3.0  # process 0's verdict, sent to the others
+
+
+@contextmanager
+def estimation_lock(path: Path, distributed: bool = False, device: str = "cpu") -> Iterator[bool]:
+    """Hold ``<path>.lock`` while a sidecar is estimated into ``path``; yields whether ``path`` is absent (estimate).
+
+    ``distributed``: process 0 alone takes the lock and looks at the file, and every process of the
+    ``torch.distributed`` group follows its verdict (the others must not wait for its lock: they would never join
+    the estimation's all-reduce); a lock held by another run is an error on every process."""
+    from .batch import all_reduce_sum, process_group
+
+    rank, world = process_group(device) if distributed else (0, 1)
+    with ExitStack() as stack:
+        verdict, failure = torch.zeros(1, dtype=torch.float64), None
+        if rank == 0:
+            try:
+                stack.enter_context(exclusive_lock(path.with_name(path.name + ".lock"),
+                                                   f"RUS sidecar {path} (being estimated)"))
+                verdict[0] = _EXISTS if path.exists() else _ESTIMATE
+            except RuntimeError as error:
+                verdict[0], failure = _FAILED, error
+        if world > 1:
+            all_reduce_sum(verdict)  # only process 0 contributes
+        if failure is not None:
+            raise failure
+        if verdict.item() == _FAILED:
+            raise RuntimeError(f"RUS sidecar {path}: process 0 could not take its lock (see its error)")
+        yield verdict.item() == _ESTIMATE
 
 
 def _resolve_file(path_or_dir: str | os.PathLike) -> Path:
@@ -290,7 +322,9 @@ class RusSidecar:
         temporary files of a killed save of this file are removed first). A
         cached file of other modalities, lags, target bins or data is a :class:`RusSidecarMismatch` saying what
         differs. ``config``: a ``BatchConfig``; ``estimator_options`` go to ``estimate_temporal_rus``
-        (``num_bins``, ``max_samples_per_lag``)."""
+        (``num_bins``, ``max_samples_per_lag``, ``distributed``: every process of the group calls this, process 0
+        alone locks, saves and cleans up, see :func:`estimation_lock`)."""
+        from .batch import process_group
         from .temporal import estimate_temporal_rus
 
         names = list(metadata.modality_names)
@@ -312,14 +346,25 @@ class RusSidecar:
 
         if path is None:
             return estimate(None).validate(names, num_lags, fingerprint)
-        if not path.exists():
-            with exclusive_lock(path.with_name(path.name + ".lock"), f"RUS sidecar {path} (being estimated)"):
-                if not path.exists():  # another process may have written it while this one built the data
-                    remove_leftovers(path.parent, path.name)  # of a save of this file that was killed
+        distributed = estimator_options.get("distributed", False)
+        if distributed or not path.exists():
+            device = getattr(config, "device", "cpu")
+            main = not distributed or process_group(device)[0] == 0
+            with estimation_lock(path, distributed, device) as absent:  # checked again: another run may have written it
+                if absent:
+                    if main:
+                        remove_leftovers(path.parent, path.name)  # of a save of this file that was killed
                     partial = path.with_name(path.name + ".partial")
-                    estimate(partial).save(path)
-                    for finished in path.parent.glob(f"{partial.name}*"):  # the partial results (one per process)
-                        finished.unlink()
+                    estimated = estimate(partial)
+                    if main:
+                        estimated.save(path)
+                    if distributed:
+                        import torch.distributed as dist
+
+                        dist.barrier()  # the sidecar is on disk before its partial results go and others load it
+                    if main:
+                        for finished in path.parent.glob(f"{partial.name}*"):  # the partial results (one per process)
+                            finished.unlink()
         try:
             loaded = cls.load(path)
             recorded = recorded_target_bins(path)

@@ -116,3 +116,67 @@ def test_push_to_a_dataset_repo_that_does_not_exist_creates_it(tmp_path, monkeyp
         main(["push", str(path), "lab/brand-new", "--endpoint", server.url])
         assert "rus.safetensors" in server.hub.get("dataset", "lab/brand-new").commits[-1].files
     assert "pushed" in capsys.readouterr().out
+
+
+def test_budget_and_readout_options_reach_the_batch_config(monkeypatch):
+    from modeling_merge.rus.batch import BatchConfig
+    from modeling_merge.rus.cli import batch_config, build_parser
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = build_parser().parse_args(["estimate", "--arrays", "x.npz", "--output", "o", "--pair_block_size", "64",
+                                      "--information_readout", "cross_entropy", "--pin_tolerance_bits", "0.5",
+                                      "--discriminator_steps", "7", "--alignment_steps", "3", "--batch_size", "32"])
+    config = batch_config(args)
+    assert (config.pair_block_size, config.information_readout, config.pin_tolerance_bits) == (64, "cross_entropy", 0.5)
+    assert (config.discriminator_steps, config.alignment_steps, config.batch_size) == (7, 3, 32)
+    assert args.distributed is False
+    defaults = batch_config(build_parser().parse_args(["estimate", "--arrays", "x.npz", "--output", "o"]))
+    assert defaults == BatchConfig()  # every default is the estimator's own
+
+
+def test_distributed_is_on_by_default_under_a_multi_process_launcher(monkeypatch):
+    from modeling_merge.rus.cli import build_parser
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert build_parser().parse_args(["estimate", "--arrays", "x.npz", "--output", "o"]).distributed is True
+    assert build_parser().parse_args(["estimate", "--arrays", "x.npz", "--output", "o",
+                                      "--distributed", "false"]).distributed is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["estimate", "--arrays", "x.npz", "--output", "o", "--distributed", "maybe"])
+
+
+def _estimate_in_process(rank: int, init_file: str, arrays: str, output: str, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        command = ["estimate", "--arrays", arrays, "--num_lags", "2", "--estimator", "quantized_exact", "--num_bins",
+                   "2", "--output", output, "--no_progress", "--distributed"]
+        main(command)
+        try:  # the output exists now: every process stops (none waits in a collective for the others)
+            main(command)
+            results[rank] = "estimated twice"
+        except SystemExit as stop:
+            results[rank] = str(stop)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_write_one_sidecar_equal_to_a_single_process_run(arrays_file, tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    path, _ = arrays_file
+    output = tmp_path / "sharded" / "rus.safetensors"
+    results = mp.Manager().dict()
+    mp.spawn(_estimate_in_process, args=(str(tmp_path / "init"), str(path), str(output), results), nprocs=2, join=True)
+    assert all("exists" in results[rank] for rank in (0, 1))
+    assert sorted(p.name for p in output.parent.iterdir()) == ["rus.safetensors"]  # no lock, no partial files
+    main(["estimate", "--arrays", str(path), "--num_lags", "2", "--estimator", "quantized_exact", "--num_bins", "2",
+          "--output", str(tmp_path / "single"), "--no_progress", "--distributed", "false"])
+    sharded, single = RusSidecar.load(output), RusSidecar.load(tmp_path / "single")
+    for got, expected in zip([sharded.redundancy, sharded.uniqueness, sharded.synergy],
+                             [single.redundancy, single.uniqueness, single.synergy]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
