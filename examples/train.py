@@ -73,6 +73,7 @@ from modeling_merge.from_dataset import AUX_LOSSES, model_from_dataset  # noqa: 
 from modeling_merge.modeling_merge import MergePreTrainedModel  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus import BatchConfig, RusSidecar  # noqa: E402
+from modeling_merge.rus.cli import INFORMATION_READOUTS  # noqa: E402
 from modeling_merge.rus.sidecar import RUS_ABLATIONS, check_modalities_match  # noqa: E402
 from modeling_merge.rus.temporal import ESTIMATORS  # noqa: E402
 from modeling_merge.training import (  # noqa: E402
@@ -101,6 +102,9 @@ LOWER_IS_BETTER = ("rmse", "mae")
 SELECTION_METRICS = ("auto", *dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
 RESUMABLE_CHANGES = ("resume", "output_dir", "report_to", "checkpoint_every_steps", "keep_checkpoints",
                      "dataset_cache_dir")  # output_dir: a run folder may be moved
+ADDED_SETTINGS = ("rus_discriminator_steps", "rus_alignment_steps", "rus_batch_size", "rus_pair_block_size",
+                  "rus_information_readout")  # recorded only when set: runs started before them resume
+RUS_ROUTERS = ("rus",)  # the routers that read the RUS sidecar
 CLASS_WEIGHTINGS = ("none", "balanced")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 MANIFEST = "manifest.json"
@@ -125,11 +129,22 @@ class TrainArguments:
                                                                     "(None: <output_dir>/rus.safetensors)"})
     rus_estimator: str = field(default="multiscale_batch", metadata={"help": "RUS estimator", "choices": ESTIMATORS})
     num_rus_lags: int = field(default=4, metadata={"help": "L, lags of the temporal RUS"})
+    rus_discriminator_steps: int = field(default=BatchConfig.discriminator_steps, metadata={
+        "help": "BATCH estimators: discriminator training steps (minibatches over all lags)"})
+    rus_alignment_steps: int = field(default=BatchConfig.alignment_steps, metadata={
+        "help": "BATCH estimators: Sinkhorn alignment training steps"})
+    rus_batch_size: int = field(default=BatchConfig.batch_size, metadata={"help": "BATCH estimators: samples per batch"})
+    rus_pair_block_size: int | None = field(default=BatchConfig.pair_block_size, metadata={
+        "help": "BATCH estimators: modality pairs per independent block (None: all pairs in one block)"})
+    rus_information_readout: str = field(default=BatchConfig.information_readout, metadata={
+        "help": "BATCH estimators: plugin (the paper's read-out) or cross_entropy (H(Y) - held-out cross-entropy, "
+                "which an overfit discriminator cannot inflate)", "choices": INFORMATION_READOUTS})
     rus_ablation: str = field(default="none", metadata={
         "help": "replace the loaded RUS (paper Fig. 14): zeros, noise (uniform, each kind's mean kept) or "
                 "shuffled (each kind's values permuted over modality pairs and lags)", "choices": RUS_ABLATIONS})
     router_type: str = field(default="rus", metadata={
-        "help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense", "choices": ROUTER_TYPES})
+        "help": "rus (MERGE), softmax, laplace (FuseMoE), laplace_per_modality, dense; only rus reads the RUS: the "
+                "others load --rus_sidecar when it exists and never estimate it", "choices": ROUTER_TYPES})
     disable_aux_loss: list[str] = field(default_factory=list, metadata={"help": "auxiliary losses to switch off",
                                                                          "choices": AUX_LOSSES})
     model_options: str = field(default='{"d_model": 32, "num_blocks": 2, "num_moe_blocks": 2, "num_encoder_layers": 1, '
@@ -259,9 +274,12 @@ def json_option(args: TrainArguments, name: str) -> dict:
 
 def run_settings(args: TrainArguments, accelerator: Accelerator, selection: Selection) -> dict:
     """The settings a resumed run must share with the run it continues: every argument but `RESUMABLE_CHANGES`
-    (JSON options parsed, so each field is compared by name, and the selection metric as ``selection`` resolves it,
+    and the `ADDED_SETTINGS` left at their defaults (so runs started before those options existed resume) (JSON
+    options parsed, so each field is compared by name, and the selection metric as ``selection`` resolves it,
     so ``auto`` matches a run that named its metric) and the process count."""
-    settings = {name: value for name, value in asdict(args).items() if name not in RESUMABLE_CHANGES}
+    defaults = TrainArguments.__dataclass_fields__
+    settings = {name: value for name, value in asdict(args).items() if name not in RESUMABLE_CHANGES
+                and not (name in ADDED_SETTINGS and value == defaults[name].default)}
     settings.update(dataset_options=json_option(args, "dataset_options"), model_options=json_option(args, "model_options"),
                     selection_metric=selection.metric, num_processes=accelerator.num_processes)
     return settings
@@ -288,11 +306,23 @@ def load_data(args: TrainArguments, accelerator: Accelerator):
     return splits, metadata
 
 
-def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Accelerator) -> RusSidecar:
+def rus_config(args: TrainArguments) -> BatchConfig:
+    """The estimator budget of the ``--rus_*`` options (seeded by ``--seed``)."""
+    return BatchConfig(discriminator_steps=args.rus_discriminator_steps, alignment_steps=args.rus_alignment_steps,
+                       batch_size=args.rus_batch_size, pair_block_size=args.rus_pair_block_size,
+                       information_readout=args.rus_information_readout, seed=args.seed)
+
+
+def load_or_estimate_rus(args: TrainArguments, splits, metadata, accelerator: Accelerator) -> RusSidecar | None:
     """The training split's RUS sidecar (``RusSidecar.for_dataset``): estimated once by the main process into
-    ``--rus_sidecar`` (resumable, one process at a time), then loaded and checked against the data by every process."""
+    ``--rus_sidecar`` (resumable, one process at a time), then loaded and checked against the data by every process.
+    A router that does not read the RUS never estimates it: None when no sidecar file exists (the model holds no
+    RUS, and the routing-alignment metrics and RUS summary are left out)."""
     path = Path(args.rus_sidecar or Path(args.output_dir) / "rus.safetensors")
-    options = dict(num_lags=args.num_rus_lags, estimator=args.rus_estimator, cache=path, config=BatchConfig(seed=args.seed),
+    if args.router_type not in RUS_ROUTERS and not path.exists():
+        accelerator.print(f"router {args.router_type} does not read the RUS: none estimated (no {path})")
+        return None
+    options = dict(num_lags=args.num_rus_lags, estimator=args.rus_estimator, cache=path, config=rus_config(args),
                    progress=accelerator.is_local_main_process)
     if accelerator.is_main_process and not path.exists():
         accelerator.print(f"estimating temporal RUS ({args.rus_estimator}, {args.num_rus_lags} lags) on the training split")
@@ -363,7 +393,7 @@ def patience_spent(args: TrainArguments, state: RunState) -> bool:
         state.epoch - state.best_epoch >= args.early_stopping_patience
 
 
-def build_model(args: TrainArguments, metadata, sidecar: RusSidecar) -> MergePreTrainedModel:
+def build_model(args: TrainArguments, metadata, sidecar: RusSidecar | None) -> MergePreTrainedModel:
     """The model the options describe for this data, holding ``sidecar``'s RUS (``model_from_dataset``: the head
     and problem type the metadata implies)."""
     return model_from_dataset(metadata, sidecar, args.num_rus_lags, args.disable_aux_loss, router_type=args.router_type,
@@ -513,7 +543,7 @@ def train(args: TrainArguments) -> dict:
         state = recorded
 
     loaded = load_or_estimate_rus(args, splits, metadata, accelerator)
-    sidecar = loaded.ablated(args.rus_ablation, args.seed)
+    sidecar = loaded.ablated(args.rus_ablation, args.seed) if loaded is not None else None
     model = build_model(args, metadata, sidecar)
     collator = MultimodalCollator(metadata.modality_names, problem_type=model.config.problem_type)
     per_process_batch = max(1, args.batch_size // accelerator.num_processes)
@@ -607,14 +637,15 @@ def train(args: TrainArguments) -> dict:
 
     if accelerator.is_main_process:
         prune_checkpoints(checkpoints, args.keep_checkpoints)
-    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, loaded.content_hash(),
+    return finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, loaded.content_hash() if loaded else None,
                   selection)
 
 
-def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, sidecar_hash: str,
+def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, state, log, sidecar_hash: str | None,
            selection: Selection) -> dict:
     """Evaluate the best checkpoint on test, write results.json and the figures, print the results table.
-    ``sidecar_hash``: the content hash of the sidecar file the run loaded (push_to_hub.py checks the file)."""
+    ``sidecar_hash``: the content hash of the sidecar file the run loaded (push_to_hub.py checks the file); None
+    (and ``sidecar`` None) when the router does not read RUS and none was estimated."""
     output_dir = Path(args.output_dir)
     head = type(accelerator.unwrap_model(model))
     best = head.from_pretrained(output_dir / "best_model")
@@ -638,16 +669,17 @@ def finish(args, accelerator, model, test_loader, splits, metadata, sidecar, sta
                                     "label_names": metadata.label_names, "modalities": metadata.modalities,
                                     "problem_type": metadata.problem_type,
                                     "label_granularity": metadata.label_granularity},
-               "rus_metadata": sidecar.metadata, "steps": state.global_step, "num_processes": accelerator.num_processes}
+               "rus_metadata": sidecar.metadata if sidecar else None, "steps": state.global_step, "num_processes": accelerator.num_processes}
     if accelerator.is_main_process:
         log.write(split="test", step=state.global_step, **test_metrics)
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
         collator = MultimodalCollator(metadata.modality_names, problem_type=best.config.problem_type)
         main_loader = make_loader(splits["test"], collator, args.batch_size, False, args.seed)
-        figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds"),
+        figures = interpretation_figures(best, main_loader, output_dir, sidecar.metadata.get("lags_seconds") if sidecar else None,
                                          title=f"{metadata.name}, router {args.router_type}, seed {args.seed} (test split)")
-        results["rus"] = rus_summary(sidecar, splits, metadata.name)
-        results["artifacts"] = {"best_model": str(output_dir / "best_model"), "rus_sidecar": str(args.rus_sidecar or output_dir / "rus.safetensors"),
+        results["rus"] = rus_summary(sidecar, splits, metadata.name) if sidecar else {}
+        sidecar_path = str(args.rus_sidecar or output_dir / "rus.safetensors") if sidecar else None
+        results["artifacts"] = {"best_model": str(output_dir / "best_model"), "rus_sidecar": sidecar_path,
                                 "rus_sidecar_hash": sidecar_hash,
                                 "metrics_log": str(log.path), "figures": [str(path) for path in figures],
                                 "checkpoints": str(output_dir / "checkpoints")}

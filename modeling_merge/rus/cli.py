@@ -32,7 +32,9 @@ import numpy as np
 if TYPE_CHECKING:
     from .batch import BatchConfig
 
-__all__ = ["main", "build_parser", "batch_config"]
+__all__ = ["main", "build_parser", "batch_config", "INFORMATION_READOUTS"]
+
+INFORMATION_READOUTS = ("plugin", "cross_entropy")  # BatchConfig.information_readout
 
 _RESERVED = ("label", "modality_mask")
 
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(estimate, "alignment_steps", type=int, default=defaults.alignment_steps, help="BATCH: Sinkhorn alignment training steps")
     _option(estimate, "pair_block_size", type=int, default=defaults.pair_block_size,
             help="BATCH: pairs per independent block (the units processes share; None: one block)")
-    _option(estimate, "information_readout", choices=("plugin", "cross_entropy"), default=defaults.information_readout,
+    _option(estimate, "information_readout", choices=INFORMATION_READOUTS, default=defaults.information_readout,
             help="BATCH: plugin (the paper's) or cross_entropy (H(Y) - held-out cross-entropy, not inflated by "
                  "overfitting)")
     _option(estimate, "pin_tolerance_bits", type=float, default=defaults.pin_tolerance_bits,

@@ -491,3 +491,37 @@ def test_gradient_accumulation_equals_a_larger_batch(tmp_path):
     models = [MergeForSequenceClassification.from_pretrained(tmp_path / run / "best_model") for run in ("large", "accumulated")]
     for (name, value), other in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         torch.testing.assert_close(value, other, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_rus_budget_options_reach_the_estimator_config():
+    from types import SimpleNamespace
+
+    from modeling_merge.rus import BatchConfig
+
+    (args,) = train.HfArgumentParser(train.TrainArguments).parse_args_into_dataclasses(args=[
+        "--rus_discriminator_steps", "7", "--rus_alignment_steps", "3", "--rus_batch_size", "32",
+        "--rus_pair_block_size", "16", "--rus_information_readout", "cross_entropy", "--seed", "5"])
+    assert train.rus_config(args) == BatchConfig(discriminator_steps=7, alignment_steps=3, batch_size=32,
+                                                 pair_block_size=16, information_readout="cross_entropy", seed=5)
+    (defaults,) = train.HfArgumentParser(train.TrainArguments).parse_args_into_dataclasses(args=[])
+    assert train.rus_config(defaults) == BatchConfig()
+    # left at their defaults, the new options are not recorded: runs started before they existed still resume
+    recorded = set(train.run_settings(defaults, SimpleNamespace(num_processes=1), SimpleNamespace(metric="macro_f1")))
+    assert not recorded & set(train.ADDED_SETTINGS)
+    assert "rus_batch_size" in train.run_settings(args, SimpleNamespace(num_processes=1), SimpleNamespace(metric="macro_f1"))
+
+
+def test_a_router_that_does_not_read_rus_never_estimates_it(tmp_path, monkeypatch):
+    from modeling_merge.rus import RusSidecar, temporal
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("RUS estimated for a router that does not read it")
+
+    monkeypatch.setattr(temporal, "estimate_temporal_rus", refuse)
+    monkeypatch.setattr(RusSidecar, "for_dataset", refuse)
+    sidecar = tmp_path / "rus.safetensors"
+    results = train.main(tiny_arguments(tmp_path / "run", sidecar, "--router_type", "dense", "--num_epochs", "1",
+                                        "--limit_examples", "64"))
+    assert not sidecar.exists() and not list(tmp_path.glob("rus.safetensors*"))
+    assert results["rus_metadata"] is None and results["rus"] == {} and results["artifacts"]["rus_sidecar"] is None
+    assert set(results["test"]) >= {"accuracy", "macro_f1"}
