@@ -341,3 +341,41 @@ def test_per_step_labels_reach_the_estimator_step_by_step_without_the_unlabelled
     assert sidecar.metadata["label_kind"] == "step" and sidecar.metadata["label_granularity"] == "step"
     assert sidecar.metadata["samples_per_lag"] == [int((train_labels[:, lag:] != -100).sum()) for lag in range(2)]
     assert "target_bins" not in sidecar.metadata
+
+
+def _for_dataset_in_process(rank: int, init_file: str, folder: str, results) -> None:
+    import torch.distributed as dist
+    from dataset_builders import build, metadata_of
+
+    torch.set_num_threads(1)
+    splits = build("synthetic", cache_dir=f"{folder}/cache{rank}", num_sequences=240, seq_len=8)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        sidecar = RusSidecar.for_dataset(splits, metadata_of(splits), num_lags=2, estimator="quantized_exact",
+                                         cache=f"{folder}/out", num_bins=2, progress=False, distributed=True)
+        results[rank] = sidecar.content_hash()
+    except RuntimeError as error:  # every process stops, none waits in a collective for the others
+        results[rank] = str(error)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_for_dataset_locks_and_writes_in_process_0_and_every_process_gets_the_sidecar(
+        synthetic_splits, tmp_path):
+    import torch.multiprocessing as mp
+
+    from modeling_merge.files import exclusive_lock
+
+    splits, metadata = synthetic_splits
+    results = mp.Manager().dict()
+    with exclusive_lock(tmp_path / "out" / "rus.safetensors.lock", "a test"):  # another run is estimating
+        mp.spawn(_for_dataset_in_process, args=(str(tmp_path / "init0"), str(tmp_path), results), nprocs=2, join=True)
+    assert "is in use by another run" in results[0] and "process 0 could not take its lock" in results[1]
+    mp.spawn(_for_dataset_in_process, args=(str(tmp_path / "init1"), str(tmp_path), results), nprocs=2, join=True)
+    single = RusSidecar.for_dataset(splits, metadata, num_lags=2, estimator="quantized_exact", num_bins=2,
+                                    progress=False)
+    sharded = RusSidecar.load(tmp_path / "out")
+    assert results[0] == results[1] == sharded.content_hash()  # every process returns the file process 0 wrote
+    for kind in ("redundancy", "uniqueness", "synergy"):  # the tables of a single process (diagnostics differ)
+        torch.testing.assert_close(getattr(sharded, kind), getattr(single, kind), rtol=0, atol=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rus.safetensors"]  # no lock, no partial files
