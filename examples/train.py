@@ -19,7 +19,8 @@ and a table compares the test metrics and the planted vs estimated RUS structure
 
 ``--output_dir`` defaults to ``outputs/<dataset>_<router>`` (plus ``_no_<loss>`` / ``_rus_<ablation>`` for
 ablations), so runs of different datasets, routers or ablations never share a folder. Artifacts there:
-``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere), ``checkpoints/checkpoint-<step>``
+``rus.safetensors`` (unless ``--rus_sidecar`` points elsewhere; estimated with the ``--rus_*`` budget, and only for
+the ``rus`` router: the baselines load it when it exists and never estimate it), ``checkpoints/checkpoint-<step>``
 (``accelerator.save_state`` + ``run_state.json`` + ``manifest.json``, every epoch), ``best_model/``
 (``save_pretrained`` + the processor), ``metrics.jsonl``, ``results.json``, ``routing.png`` and ``temporal_rus.png``;
 ``run.lock`` while the run lasts: one run at a time per folder, and per sidecar path while it is estimated
