@@ -63,7 +63,10 @@ def read_run(run_dir: Path) -> dict:
 
 
 def check_sidecar(run_dir: Path, run: dict) -> Path:
-    """The run's RUS sidecar file, refused when it is not the one the run loaded (another run rewrote it)."""
+    """The run's RUS sidecar file, refused when it is not the one the run loaded (another run rewrote it); None
+    for a run without one (a router that reads no RUS, trained where no sidecar existed)."""
+    if run["artifacts"].get("rus_sidecar") is None:
+        return None
     path = Path(run["artifacts"]["rus_sidecar"])
     recorded, current = run["artifacts"].get("rus_sidecar_hash"), RusSidecar.load(path).content_hash()
     if recorded != current:
@@ -89,7 +92,8 @@ def task_description(dataset: dict) -> str:
 
 def card_info(args: PushArguments, runs: list[dict]) -> ModelCardInfo:
     first = runs[0]
-    dataset, rus = first["dataset_metadata"], first["rus_metadata"]
+    dataset, rus = first["dataset_metadata"], first["rus_metadata"] or {"estimator": "none (no RUS sidecar)",
+                                                                          "fingerprint": "none"}
     rows = [ResultRow(split, run["seed"], run[split]) for run in runs for split in ("validation", "test")]
     strongest = [f"{kind.removeprefix('estimated_top_')}: {'–'.join(found['pair'])} at lag {found['lag']} ({found['bits']:.3f} bits)"
                  for kind, found in first["rus"].items() if kind.startswith("estimated_top_")]
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> str:
     runs = [read_run(Path(run_dir)) for run_dir in args.run_dir]
     run_dir = Path(args.run_dir[0])
     sidecar = check_sidecar(run_dir, runs[0])
+    if sidecar is None and args.dataset_repo_id:
+        raise ValueError(f"{run_dir} has no RUS sidecar (router {runs[0]['router_type']} reads none), so there is "
+                         "none to publish with the dataset: drop --dataset_repo_id, or publish from a rus run")
     head = runs[0].get("head", MergeForSequenceClassification.__name__)  # runs before the token head: sequence
     if head not in HEADS:
         raise ValueError(f"{run_dir / 'results.json'} names the head {head!r}; known heads: {sorted(HEADS)}")

@@ -517,7 +517,8 @@ def evaluate_model(model, loader, accelerator=None, keep_routing: bool = False):
 
 def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: Sequence[float] | None = None,
                            title: str | None = None) -> list[Path]:
-    """Write ``temporal_rus.png`` (the RUS stored in the model, paper Fig. 5) and, for MoE routers, ``routing.png``
+    """Write ``temporal_rus.png`` (the RUS stored in the model, paper Fig. 5; only when a RUS is set) and, for MoE
+    routers, ``routing.png``
     (share of each modality's routing slots per expert per MoE layer over ``loader``, paper Fig. 8, with the
     routing-alignment metrics; ``title`` names the run)."""
     from .plotting import plot_routing_distribution, plot_temporal_rus, routing_shares
@@ -525,7 +526,8 @@ def interpretation_figures(model, loader, output_dir: str | Path, lags_seconds: 
     output_dir = Path(output_dir)
     names = list(model.config.modalities)
     rus = [getattr(model.merge, f"rus_{kind}").detach().cpu().numpy() for kind in ("redundancy", "uniqueness", "synergy")]
-    figures = [plot_temporal_rus(*rus, names, output_dir / "temporal_rus.png", lags_seconds)]
+    figures = [plot_temporal_rus(*rus, names, output_dir / "temporal_rus.png", lags_seconds)] if model.merge.rus_is_set \
+        else []
     metrics, routing, masks = evaluate_model(model, loader, keep_routing=True)
     if routing is not None:
         shares = routing_shares(routing, model.config.num_experts, masks)

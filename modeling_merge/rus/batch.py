@@ -343,6 +343,9 @@ class _PairBatchEstimator:
                       else torch.zeros_like(lower, dtype=torch.bool))
             coupling = (lower + upper) / 2
             positions = torch.nonzero(~pinned.all(0)).flatten()
+            if not len(positions):  # every pair pinned by its bounds: no alignment phase, so the ETA drops it
+                bar.total = config.discriminator_steps
+                bar.refresh()
             if len(positions):
                 self.train_alignment(positions, bar)
                 for lag in range(len(self.lags)):  # a Sinkhorn estimate outside the bounds is clamped to them

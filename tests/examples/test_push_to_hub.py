@@ -35,6 +35,21 @@ def test_export_dir_writes_what_would_be_uploaded_without_the_network(reference_
     assert "not uploaded" in capsys.readouterr().out
 
 
+def test_a_run_without_a_rus_sidecar_exports_without_one(tmp_path):
+    from tiny_train_job import tiny_arguments
+
+    train.main(tiny_arguments(tmp_path / "run", tmp_path / "absent.safetensors", "--router_type", "dense",
+                              "--num_epochs", "1"))
+    folder = Path(push_to_hub.main(["--run_dir", str(tmp_path / "run"), "--repo_id", "org/merge-dense",
+                                    "--export_dir", str(tmp_path / "export")]))
+    files = {path.name for path in folder.iterdir()}
+    assert "rus.safetensors" not in files and "temporal_rus.png" not in files and "README.md" in files
+    assert not (tmp_path / "run" / "temporal_rus.png").exists()  # no RUS was set, so no RUS figure is drawn
+    with pytest.raises(ValueError, match="has no RUS sidecar .*drop --dataset_repo_id"):
+        push_to_hub.main(["--run_dir", str(tmp_path / "run"), "--repo_id", "org/merge-dense",
+                          "--dataset_repo_id", "org/data", "--export_dir", str(tmp_path / "export2")])
+
+
 def test_pushing_without_the_network_says_so_and_names_the_dry_run(reference_run):
     root, _ = reference_run  # the tests run with HF_HUB_OFFLINE=1
     with pytest.raises(SystemExit, match="could not reach the Hub .*--export_dir DIR"):
