@@ -71,7 +71,7 @@ from modeling_merge.files import (  # noqa: E402
     remove_leftovers,
 )
 from modeling_merge.from_dataset import AUX_LOSSES, model_from_dataset  # noqa: E402
-from modeling_merge.modeling_merge import MergePreTrainedModel  # noqa: E402
+from modeling_merge.modeling_merge import MergePreTrainedModel, labelled_cross_entropy  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus import BatchConfig, RusSidecar  # noqa: E402
 from modeling_merge.rus.cli import INFORMATION_READOUTS  # noqa: E402
@@ -349,20 +349,12 @@ def class_weights(args: TrainArguments, train_split, num_labels: int) -> torch.T
 
 def training_loss(outputs, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """The model's own loss (its problem type's loss + auxiliary routing losses), or with ``weights`` (C,) the
-    class-weighted cross-entropy in its place (the auxiliary losses kept): the weighted mean over the labelled
-    examples, or steps for per-step (B, T, C) logits and (B, L) labels, where step s takes the logits of token
-    ⌊s·T/L⌋ as ``MergeForTokenClassification`` does; a batch with no labelled step contributes 0."""
+    class-weighted cross-entropy in its place (`labelled_cross_entropy`: over the labelled examples, or steps as
+    ``MergeForTokenClassification`` maps them; the auxiliary losses kept)."""
     if weights is None:
         return outputs.loss
-    logits = outputs.logits.float()
-    if logits.dim() == 3:
-        logits = logits.repeat_interleave(labels.shape[1] // logits.shape[1], dim=1).reshape(-1, logits.shape[-1])
-        labels = labels.reshape(-1)
-    labelled = labels != IGNORE_INDEX
-    weights = weights.to(logits.device)
-    labels = labels[labelled].to(logits.device)
-    total = torch.nn.functional.cross_entropy(logits[labelled], labels, weight=weights, reduction="sum")
-    cross_entropy = total / weights[labels].sum().clamp(min=torch.finfo(torch.float32).tiny)
+    device = outputs.logits.device
+    cross_entropy = labelled_cross_entropy(outputs.logits, labels.to(device), weights.to(device))
     return cross_entropy + (outputs.aux_loss if outputs.aux_loss is not None else 0.0)
 
 

@@ -1016,10 +1016,22 @@ class MergeForTokenClassification(MergeHeadModel):
         labels = labels.to(logits.device)
         labelled = labels != -100
         _check_class_ids(labels[labelled], (int(labelled.sum()),), num_labels, "labels (other than -100)")
-        per_step = logits.float().repeat_interleave(labels.shape[1] // num_tokens, dim=1)
-        total = F.cross_entropy(per_step.reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100,
-                                reduction="sum")
+        return labelled_cross_entropy(logits, labels)
+
+
+def labelled_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the labelled examples or steps (−100 ignored; 0 when none): logits `(B, C)` with
+    labels `(B,)`, or per-step logits `(B, T, C)` with labels `(B, L)`, L a multiple of T, where step s takes the
+    logits of token ⌊s·T/L⌋. With class weights `weight` `(C,)` the mean is weighted by each label's class weight."""
+    logits = logits.float()
+    if logits.dim() == 3:
+        logits = logits.repeat_interleave(labels.shape[1] // logits.shape[1], dim=1)
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    total = F.cross_entropy(logits, labels, weight=weight, ignore_index=-100, reduction="sum")
+    labelled = labels != -100
+    if weight is None:
         return total / labelled.sum().clamp(min=1)
+    return total / weight[labels[labelled]].sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def _check_class_ids(labels: Tensor, shape: tuple, num_labels: int, name: str) -> None:
@@ -1033,6 +1045,7 @@ def _check_class_ids(labels: Tensor, shape: tuple, num_labels: int, name: str) -
 
 
 __all__ = [
+    "labelled_cross_entropy",
     "MergeForSequenceClassification",
     "MergeForTokenClassification",
     "MergeModel",
