@@ -72,6 +72,7 @@ from modeling_merge.files import (  # noqa: E402
 )
 from modeling_merge.from_dataset import AUX_LOSSES, model_from_dataset  # noqa: E402
 from modeling_merge.modeling_merge import MergePreTrainedModel, labelled_cross_entropy  # noqa: E402
+from modeling_merge.rus_routing import per_modality_uniqueness  # noqa: E402
 from modeling_merge.processing_merge import MergeProcessor  # noqa: E402
 from modeling_merge.rus import BatchConfig, RusSidecar  # noqa: E402
 from modeling_merge.rus.cli import INFORMATION_READOUTS  # noqa: E402
@@ -715,7 +716,7 @@ def planted_estimates(sidecar: RusSidecar, planted: dict) -> list[dict]:
         rank = int((values[upper] > bits).sum()) + 1
         rows.append({"kind": kind, "cell": f"{first}–{second} at lag {lag}", "bits": bits, "rank": rank,
                      "of": int(values[upper].size)})
-    per_modality = np.where(np.eye(len(names), dtype=bool)[:, :, None], -np.inf, sidecar.uniqueness.numpy()).max(1)
+    per_modality = per_modality_uniqueness(sidecar.uniqueness).numpy()
     for name, lag in planted["unique"].items():
         bits = float(per_modality[names.index(name), lag]) if lag < num_lags else float("nan")
         rows.append({"kind": "uniqueness", "cell": f"{name} at lag {lag}", "bits": bits,
