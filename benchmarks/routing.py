@@ -34,6 +34,7 @@ VARIANTS = {  # name → (router_type, MergeConfig overrides)
     "MERGE paper routing": ("rus", PAPER_ROUTING),
     "MERGE without selection bias": ("rus", {"router_bias_update_rate": 0.0}),
     "MERGE selection bias from zero": ("rus", {"router_bias_start": "zero"}),
+    "MERGE sign-rule bias (before)": ("rus", {"router_bias_update_rule": "sign", "router_bias_update_rate": 0.02}),
     "MERGE without synergy target": ("rus", {"synergy_target_mass": None}),
     "softmax top-k (control)": ("softmax", {}),
     "FuseMoE laplace_per_modality (control)": ("laplace_per_modality", {}),

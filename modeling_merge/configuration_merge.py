@@ -14,6 +14,7 @@ from transformers import PreTrainedConfig
 
 ROUTER_INITS = ("fan_in", "initializer_range")
 ROUTER_BIAS_STARTS = ("centered", "zero")
+ROUTER_BIAS_UPDATE_RULES = ("proportional", "sign")
 ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
 EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
@@ -145,12 +146,17 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             update of the auxiliary losses moves every token's top-k at once.
         router_bias_update_rate (`float`): auxiliary-loss-free load balancing (DeepSeek-V3). Each MoE layer keeps a
             per-expert selection bias (a buffer) that is added to the router logits only to choose the top-k experts,
-            never to weight them or in the auxiliary losses; every training forward moves it by this fraction of the
-            logits' spread (mean over tokens of their std over experts), down for experts above the mean slot share
-            and up for those below (counts and spread summed over processes under DDP). Scaling by the spread keeps
-            up with routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4),
-            while the router's own weights are trained (not under a PEFT adapter or a frozen router).
+            never to weight them or in the auxiliary losses; every training forward moves it by up to this fraction
+            of the logits' spread (mean over tokens of their std over experts), up for experts below the mean slot
+            share and down for those above (counts and spread summed over processes under DDP), while the router's
+            own weights are trained (not under a PEFT adapter or a frozen router). Scaling by the spread keeps up with
+            routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4).
             0 = off: balance only through the load-balance loss (the paper's routing).
+        router_bias_update_rule (`str`): the size of each expert's step. `"proportional"`: rate × spread × the
+            expert's relative deficit (mean share − share) / mean share, clipped to [-1, 1], so an unused expert gets
+            the full step and a nearly balanced one almost none. `"sign"`: the full step ±rate × spread for every
+            expert (the previous behaviour, with rate 0.02); at rates large enough to follow the logits' sharpening
+            in the first hundred steps it chatters around balance and leaves experts under 1 % of a batch.
         router_bias_start (`str`): where the selection bias starts. `"centered"`: the first training forward of a
             fresh model (bias all zero) sets it to cancel each expert's mean logit over the batch, so the random
             initialisation's per-expert offsets leave no expert unused (on the synthetic job the least-used expert
@@ -186,7 +192,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     router_top_partners: int | None = None
     load_balance_loss_weight: float = 0.02
     router_init: str = "fan_in"
-    router_bias_update_rate: float = 0.02
+    router_bias_update_rate: float = 0.1
+    router_bias_update_rule: str = "proportional"
     router_bias_start: str = "centered"
     num_rus_lags: int = 5
     dropout: float = 0.1
@@ -302,6 +309,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
         _check(_is_number(self.load_balance_loss_weight) and 0 <= self.load_balance_loss_weight < math.inf,
                "load_balance_loss_weight", "must be a finite number >= 0 (0 = off)", self.load_balance_loss_weight)
         _check(self.router_init in ROUTER_INITS, "router_init", f"must be one of {ROUTER_INITS}", self.router_init)
+        _check(self.router_bias_update_rule in ROUTER_BIAS_UPDATE_RULES, "router_bias_update_rule",
+               f"must be one of {ROUTER_BIAS_UPDATE_RULES}", self.router_bias_update_rule)
         _check(self.router_bias_start in ROUTER_BIAS_STARTS, "router_bias_start", f"must be one of {ROUTER_BIAS_STARTS}",
                self.router_bias_start)
         _check(isinstance(self.router_bias_update_rate, (int, float)) and 0 <= self.router_bias_update_rate < math.inf,

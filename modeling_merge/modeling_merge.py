@@ -448,8 +448,8 @@ class MergeMoeLayer(nn.Module):
 
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
-    `MergeModel` moves the bias (`update_selection_bias`) by ±`router_bias_update_rate` × the logits' spread toward
-    equal slot shares (auxiliary-loss-free balancing), as long as the router's own weights are trained: with a
+    `MergeModel` moves the bias (`update_selection_bias`) by up to `router_bias_update_rate` × the logits' spread
+    toward equal slot shares (auxiliary-loss-free balancing), as long as the router's own weights are trained: with a
     frozen router (a PEFT adapter, a trained head only) the routing and so the bias stay as loaded, and an adapter
     checkpoint describes the whole change. The forward routes with a snapshot of the bias (`selection_bias`), so a
     gradient-checkpointing replay during backward routes exactly as the first pass did.
@@ -461,6 +461,7 @@ class MergeMoeLayer(nn.Module):
         self.num_synergy_experts = config.num_synergy_experts
         self.bias_update_rate = config.router_bias_update_rate
         self.center_fresh_bias = config.router_bias_start == "centered"
+        self.proportional_bias_update = config.router_bias_update_rule == "proportional"
         self.register_buffer("expert_selection_bias", torch.zeros(config.num_experts), persistent=True)
         routers = {
             "rus": lambda: MergeRusRouter(config),
@@ -522,10 +523,11 @@ class MergeMoeLayer(nn.Module):
     def update_selection_bias(self, logits: Tensor, top_experts: Tensor, presence: Tensor) -> None:
         """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`):
         move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
-        present tokens of the std over experts of the logits): down if above the mean share, up if below. Loads and
-        spread are summed over processes under torch.distributed. With `router_bias_start="centered"` a fresh bias
-        (all zero) first cancels each expert's mean logit over the batch's present tokens. A no-op outside training, at rate 0, or while the router's weights are
-        frozen."""
+        present tokens of the std over experts of the logits) × the expert's relative deficit (mean − load) / mean
+        clipped to [-1, 1] (rule `"proportional"`) or its sign (rule `"sign"`): up below the mean share, down above.
+        Loads and spread are summed over processes under torch.distributed. With `router_bias_start="centered"` a
+        fresh bias (all zero) first cancels each expert's mean logit over the batch's present tokens. A no-op outside
+        training, at rate 0, or while the router's weights are frozen."""
         if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
             return
         present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)).squeeze(1)
@@ -543,7 +545,12 @@ class MergeMoeLayer(nn.Module):
                 torch.distributed.all_reduce(mean_logits)
             mean_logits = mean_logits / totals[num_experts + 1].clamp(min=1)
             self.expert_selection_bias.copy_(mean_logits.mean() - mean_logits)
-        self.expert_selection_bias.add_(self.bias_update_rate * spread * torch.sign(load.mean() - load))
+        deficit = load.mean() - load
+        if self.proportional_bias_update:
+            deficit = (deficit / load.mean().clamp(min=torch.finfo(load.dtype).tiny)).clamp(-1.0, 1.0)
+        else:
+            deficit = torch.sign(deficit)
+        self.expert_selection_bias.add_(self.bias_update_rate * spread * deficit)
 
 
 class MergeBlock(GradientCheckpointingLayer):

@@ -342,9 +342,10 @@ def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_a
     torch.testing.assert_close(routed_logits, logits)  # the bias never reaches the logits (or probabilities, losses)
 
 
-def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_equal_slot_shares_in_training_only():
+@pytest.mark.parametrize("rule", ["proportional", "sign"])
+def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_equal_slot_shares_in_training_only(rule):
     config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
-                         num_experts_per_token=1, router_bias_update_rate=0.01)
+                         num_experts_per_token=1, router_bias_update_rate=0.01, router_bias_update_rule=rule)
     layer = MergeMoeLayer(config)
     with torch.no_grad():
         layer.router.weight.weight.zero_()
@@ -362,13 +363,20 @@ def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_
     layer.train()
     forward_and_update()  # a fresh (all-zero) bias first cancels each expert's mean logit, then takes a step
     logits = layer.router(hidden).detach()
-    step = 0.01 * logits.std(-1).mean()  # the step scales with the logits' spread over experts
+    step = 0.01 * logits.std(-1).mean()  # the full step scales with the logits' spread over experts
     offsets = logits.reshape(-1, 4).mean(0)
+    # all 30 tokens chose expert 0: 3× the mean share above it (clipped to a full step down), the others a full step up
     centred = offsets.mean() - offsets + step * torch.tensor([-1.0, 1.0, 1.0, 1.0])
     torch.testing.assert_close(layer.expert_selection_bias, centred)
     experts = forward_and_update()  # from then on only the step, toward the experts below the mean share
     load = torch.bincount(experts.reshape(-1), minlength=4).float()
-    expected = centred + step * torch.sign(load.mean() - load)
+    deficit = load.mean() - load
+    if rule == "proportional":  # an expert at 1.5× the mean share moves half a step down, an unused one a full step up
+        deficit = (deficit / load.mean()).clamp(-1, 1)
+    else:
+        deficit = deficit.sign()
+    expected = centred + step * deficit
+    assert ((load - load.mean()).abs() < load.mean()).any()  # an expert partly off balance: the rules differ here
     torch.testing.assert_close(layer.expert_selection_bias, expected)
     layer.router.requires_grad_(False)  # a frozen router (e.g. under a PEFT adapter) keeps its routing as loaded
     forward_and_update()
