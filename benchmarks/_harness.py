@@ -2,13 +2,14 @@
 `examples/train.py` run per (dataset, variant, seed) in its own folder, a worker pool, aggregation and tables.
 
 A *dataset* here is a benchmark key (``wesad_e4_three_class``), i.e. a builder (``wesad_e4``) with fixed builder
-options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v3/<dataset>/<variant>/seed<k>`` (gitignored)
+options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v4/<dataset>/<variant>/seed<k>`` (gitignored)
 and is skipped when its ``results.json`` exists, so a killed campaign resumes where it stopped (an interrupted run
 continues from its last epoch checkpoint). Runs that train the same model (MERGE with the default settings) share
 their folder between the two scripts. Before any training, each (dataset, lags) group is prepared once, alone:
 the dataset is built into a cache shared by its runs (``--dataset_cache_dir``) and its RUS sidecar is estimated on
 the training split and reused by every seed and variant (``--rus_sidecar``); the time this takes is recorded
-apart from the runs' wall times. Runs are launched in the order the script lists them (its priority order),
+apart from the runs' wall times. A cross-validated dataset (``subject_folds``) trains seed k on subject fold k, with
+its own cache and sidecar per fold. Runs are launched in the order the script lists them (its priority order),
 ``--workers`` at a time, and ``--deadline_minutes`` stops launching new ones.
 """
 
@@ -32,9 +33,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# v3: runs with the training recipe (weight decay on matrices only, balanced class weights, early stopping on the
-# selection metric) after the WESAD-E4 label alignment and the router fix (v2 folders are not comparable).
-RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v3"
+# v4: v3's training recipe (weight decay on matrices only, balanced class weights, early stopping on the selection
+# metric) with the proportional selection-bias update (router_bias_update_rule); v3 folders hold the sign-rule MERGE.
+RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v4"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
 
@@ -52,6 +53,22 @@ RECIPE = {"class_weighting": "balanced"}
 WESAD_E4 = {"window": 60, "stride": 30, "per_subject_normalize": True, "heart_rate": True}
 WESAD_E4_TRAIN = {"data_dir": str(SHARED_DATA / "wesad_e4"), "num_epochs": 12, "early_stopping_patience": 4,
                   "learning_rate": 3e-3, "selection_metric": "macro_f1", **RECIPE}
+
+
+def wesad_subject_fold(fold: int) -> dict:
+    """Builder options of fold ``fold`` (0-4) of WESAD-E4's subject-grouped 5-fold cross-validation: test the 3
+    subjects SUBJECTS[3k:3k+3], validate on the next 2 (cyclically), train on the other 10 — the paper's 10 / 2 / 3
+    sizes, and over the 5 folds every subject is tested once (the fixed split tests S15-S17 only)."""
+    from dataset_builders.wesad import SUBJECTS
+
+    if not 0 <= fold < len(SUBJECTS) // 3:
+        raise ValueError(f"WESAD-E4 has {len(SUBJECTS) // 3} subject folds (seeds 0-{len(SUBJECTS) // 3 - 1}), got seed {fold}")
+    test = SUBJECTS[3 * fold:3 * fold + 3]
+    validation = [SUBJECTS[(3 * fold + 3 + offset) % len(SUBJECTS)] for offset in range(2)]
+    return {"test_subjects": test, "validation_subjects": validation,
+            "train_subjects": [subject for subject in SUBJECTS if subject not in test + validation]}
+
+
 DATASETS = {
     "synthetic": {"builder": "synthetic", "train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8,
                                                     "selection_metric": "macro_f1", **RECIPE},
@@ -60,6 +77,12 @@ DATASETS = {
                             "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
                             "metrics": ("accuracy", "macro_f1", "roc_auc", *(("average_precision",) if task == "binary" else ()))}
        for task in ("three_class", "binary", "paper")},
+    # The same tasks over the 5 subject folds: seed k trains, selects and tests on fold k (wesad_subject_fold).
+    **{f"wesad_e4_{task}_folds": {"builder": "wesad_e4", "subject_folds": wesad_subject_fold,
+                                  "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
+                                  "metrics": ("accuracy", "macro_f1", "roc_auc",
+                                              *(("average_precision",) if task == "binary" else ()))}
+       for task in ("three_class", "binary")},
     "physionet2012": {"builder": "physionet2012",
                       "train": {"data_dir": str(SHARED_DATA / "physionet2012"), "dataset_options": '{"bin_minutes": 120}',
                                 "num_epochs": 20, "early_stopping_patience": 6, "selection_metric": "roc_auc", **RECIPE},
@@ -111,20 +134,33 @@ class Run:
         return int(self.variant.overrides.get("num_rus_lags", 4))
 
     @property
+    def fold(self) -> int | None:
+        """The subject fold of a cross-validated dataset (= the seed), else None."""
+        return self.seed if "subject_folds" in DATASETS[self.dataset] else None
+
+    @property
+    def data_key(self) -> str:
+        """Names the data a run trains on: the dataset, and its fold when cross-validated."""
+        return self.dataset if self.fold is None else f"{self.dataset}_fold{self.fold}"
+
+    @property
     def group(self) -> tuple:
         """Runs of one group share the dataset cache and the sidecar; the first of each group runs alone."""
-        return self.dataset, self.num_rus_lags, self.smoke
+        return self.data_key, self.num_rus_lags, self.smoke
 
     @property
     def cache_dir(self) -> Path:
-        return RUNS_ROOT / ("smoke" if self.smoke else "") / "cache" / self.dataset
+        return RUNS_ROOT / ("smoke" if self.smoke else "") / "cache" / self.data_key
 
     def arguments(self) -> dict:
         shared = RUNS_ROOT / ("smoke" if self.smoke else "")
         settings = {**DATASETS[self.dataset]["train"], **(SMOKE if self.smoke else {}), **self.variant.overrides}
+        if self.fold is not None:
+            fold_options = DATASETS[self.dataset]["subject_folds"](self.fold)
+            settings["dataset_options"] = json.dumps({**json.loads(settings["dataset_options"]), **fold_options})
         return {"dataset": DATASETS[self.dataset]["builder"], "output_dir": str(self.output_dir), "seed": self.seed,
                 "dataset_cache_dir": str(self.cache_dir),
-                "rus_sidecar": str(shared / "rus" / f"{self.dataset}_L{self.num_rus_lags}.safetensors"),
+                "rus_sidecar": str(shared / "rus" / f"{self.data_key}_L{self.num_rus_lags}.safetensors"),
                 "report_to": "none", "cpu": True, "resume": True, **settings}
 
 
@@ -191,7 +227,7 @@ def _prepare(run: Run) -> dict:
         splits, metadata = train.load_data(args, accelerator)
         built = time.perf_counter()
         train.load_or_estimate_rus(args, splits, metadata, accelerator)
-    facts = {"dataset": run.dataset, "num_rus_lags": run.num_rus_lags, "build_s": built - started,
+    facts = {"dataset": run.data_key, "num_rus_lags": run.num_rus_lags, "build_s": built - started,
              "rus_estimate_s": time.perf_counter() - built, "rus_sidecar": str(sidecar.relative_to(REPO_ROOT)),
              "split_sizes": {name: len(split) for name, split in splits.items()}}
     record.write_text(json.dumps(facts, indent=2))
@@ -228,8 +264,8 @@ def execute(runs: Sequence[Run], workers: int, deadline_s: float | None = None,
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent) as pool:
         for group, run in first_of_group.items():
             facts = pool.submit(_prepare, run).result()
-            preparation[f"{run.dataset}_L{run.num_rus_lags}"] = facts
-            print(f"prepared {run.dataset} (L={run.num_rus_lags}): build {facts['build_s']:.0f} s, "
+            preparation[f"{run.data_key}_L{run.num_rus_lags}"] = facts
+            print(f"prepared {run.data_key} (L={run.num_rus_lags}): build {facts['build_s']:.0f} s, "
                   f"RUS estimate {facts['rus_estimate_s']:.0f} s, splits {facts['split_sizes']}")
         queue, in_flight = list(pending), {}
         with tqdm(total=len(pending), desc="runs", unit="run") as progress:
@@ -374,7 +410,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
-                                                       f"with --smoke runs/benchmarks/v3/smoke/{name}.json)")
+                                                       f"with --smoke runs/benchmarks/v4/smoke/{name}.json)")
     args = parser.parse_args(argv)
     args.datasets = list(dict.fromkeys(DATASET_ALIASES.get(dataset, dataset) for dataset in args.datasets))
     sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -395,7 +431,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     for run in runs:  # preparation records of earlier campaigns
         sidecar = Path(run.arguments()["rus_sidecar"])
         record = sidecar.with_name(sidecar.stem + ".preparation.json")
-        key = f"{run.dataset}_L{run.num_rus_lags}"
+        key = f"{run.data_key}_L{run.num_rus_lags}"
         if key not in preparation and record.exists():
             preparation[key] = json.loads(record.read_text())
     summary, records = summarize(runs, extras)

@@ -54,12 +54,13 @@ def build_runs(datasets: list[str], seeds: int, smoke: bool) -> list[Run]:
             for routers in (MAIN_ROUTERS, OTHER_ROUTERS, DIAGNOSTICS) for dataset in datasets for variant in routers]
 
 
-def load_splits(dataset: str, smoke: bool):
-    """The splits a neural run of ``dataset`` trains on: the same builder call (name, data_dir, options, cache) as
-    examples/train.py's ``load_data``, and the same ``limit_examples`` in smoke mode."""
+def load_splits(dataset: str, smoke: bool, seed: int = 0):
+    """The splits a neural run of ``dataset`` with ``seed`` trains on (its subject fold, where cross-validated): the
+    same builder call (name, data_dir, options, cache) as examples/train.py's ``load_data``, and the same
+    ``limit_examples`` in smoke mode."""
     import dataset_builders
 
-    run = Run(dataset, MAIN_ROUTERS[0], 0, smoke)
+    run = Run(dataset, MAIN_ROUTERS[0], seed, smoke)
     arguments = run.arguments()
     splits = dataset_builders.build(arguments["dataset"], data_dir=arguments.get("data_dir"), cache_dir=str(run.cache_dir),
                                     **json.loads(arguments.get("dataset_options", "{}")))
@@ -95,7 +96,8 @@ def fit_anchor(name: str, seed: int, features: dict, labels: dict, num_classes: 
 
 
 def anchor_records(datasets: list[str], seeds: int, smoke: bool) -> list[dict]:
-    """The anchors of every dataset and seed, cached as ``runs/benchmarks/v2/<dataset>/anchors/<anchor>/seed<k>.json``."""
+    """The anchors of every dataset and seed (on the seed's subject fold where cross-validated), cached as
+    ``runs/benchmarks/v4/<dataset>/anchors/<anchor>/seed<k>.json``."""
     from threadpoolctl import threadpool_limits
 
     from modeling_merge.training import classification_metrics
@@ -104,25 +106,26 @@ def anchor_records(datasets: list[str], seeds: int, smoke: bool) -> list[dict]:
     for dataset in datasets:
         root = RUNS_ROOT / ("smoke" if smoke else "") / dataset / "anchors"
         paths = {(name, seed): root / name.split(" ")[0].lower() / f"seed{seed}.json" for name in ANCHORS for seed in range(seeds)}
-        if all(path.exists() for path in paths.values()):
-            records += [json.loads(path.read_text()) for path in paths.values()]
-            continue
-        started = time.perf_counter()
-        splits, metadata = load_splits(dataset, smoke)
-        features, labels = {}, {}
-        for split in ("train", "validation", "test"):
-            features[split], names = summary_features(splits[split], metadata.modality_names, metadata.channel_names)
-            labels[split] = np.asarray(splits[split]["label"], dtype=np.int64)
-        feature_s = time.perf_counter() - started
+        data = {}  # data key (the dataset, or one subject fold of it) → (features, labels, label count, feature names, s)
         selection = DATASETS[dataset]["train"].get("selection_metric", "macro_f1")
-        print(f"anchors {dataset}: {features['train'].shape[1]} summary features, {feature_s:.1f} s to build them")
         for (name, seed), path in paths.items():
             if path.exists():
                 records.append(json.loads(path.read_text()))
                 continue
+            key = Run(dataset, MAIN_ROUTERS[0], seed, smoke).data_key
+            if key not in data:
+                started = time.perf_counter()
+                splits, metadata = load_splits(dataset, smoke, seed)
+                features, labels = {}, {}
+                for split in ("train", "validation", "test"):
+                    features[split], names = summary_features(splits[split], metadata.modality_names, metadata.channel_names)
+                    labels[split] = np.asarray(splits[split]["label"], dtype=np.int64)
+                data[key] = features, labels, len(metadata.label_names), names, time.perf_counter() - started
+                print(f"anchors {key}: {features['train'].shape[1]} summary features, {data[key][4]:.1f} s to build them")
+            features, labels, num_classes, names, feature_s = data[key]
             fit_started = time.perf_counter()
             with threadpool_limits(limits=1):
-                outputs = fit_anchor(name, seed, features, labels, len(metadata.label_names))
+                outputs = fit_anchor(name, seed, features, labels, num_classes)
             wall_s = time.perf_counter() - fit_started
             metrics = {split: classification_metrics(outputs[split], labels[split]) for split in outputs}
             record = {"dataset": dataset, "variant": name, "seed": seed, "test": metrics["test"],
