@@ -59,6 +59,14 @@ STATIC_CHANNELS = (
 )
 VARIABLES = tuple(name for names in TIME_SERIES_MODALITIES.values() for name in names)
 VARIABLE_INDEX = {name: index for index, name in enumerate(VARIABLES)}
+# Physically possible values (units of the challenge files); with `drop_implausible` a value outside counts as
+# unobserved. Set A holds, among others, HR / blood pressures / weight / PaO2 of 0, Temp of -17.8 °C, pH 735
+# (7.35 without its decimal point) and heights of 1.8 and 13 cm; no value is guessed back into range.
+PLAUSIBLE_RANGES = {
+    "HR": (1.0, 300.0), "NISysABP": (1.0, 300.0), "NIDiasABP": (1.0, 300.0), "NIMAP": (1.0, 300.0),
+    "SysABP": (1.0, 300.0), "DiasABP": (1.0, 300.0), "MAP": (1.0, 300.0), "Temp": (25.0, 45.0),
+    "Weight": (20.0, 300.0), "PaO2": (1.0, 800.0), "pH": (6.5, 8.0), "Height": (100.0, 250.0),
+}
 LABEL_NAMES = ["survived", "died"]
 
 
@@ -160,6 +168,25 @@ def read_outcomes(path: Path) -> dict[str, int]:
     return outcomes
 
 
+def drop_implausible_values(records) -> dict[str, int]:
+    """Remove every time-series value outside `PLAUSIBLE_RANGES` from the `IcuRecord`s (in place; the row counts as
+    unobserved) and forget implausible heights; returns how many values of each ranged variable were dropped."""
+    low, high = np.full(len(VARIABLES), -np.inf), np.full(len(VARIABLES), np.inf)
+    for name, (low_bound, high_bound) in PLAUSIBLE_RANGES.items():
+        if name in VARIABLE_INDEX:
+            low[VARIABLE_INDEX[name]], high[VARIABLE_INDEX[name]] = low_bound, high_bound
+    dropped_per_variable, dropped_heights = np.zeros(len(VARIABLES), dtype=np.int64), 0
+    height_low, height_high = PLAUSIBLE_RANGES["Height"]
+    for record in records:
+        keep = (record.values >= low[record.variables]) & (record.values <= high[record.variables])
+        dropped_per_variable += np.bincount(record.variables[~keep], minlength=len(VARIABLES))
+        record.hours, record.variables, record.values = record.hours[keep], record.variables[keep], record.values[keep]
+        if record.height is not None and not height_low <= record.height <= height_high:
+            record.height, dropped_heights = None, dropped_heights + 1
+    counts = {name: int(dropped_per_variable[VARIABLE_INDEX[name]]) for name in PLAUSIBLE_RANGES if name in VARIABLE_INDEX}
+    return counts | {"Height": dropped_heights}
+
+
 # what tarfile raises on a truncated or corrupt .tar.gz
 DAMAGED_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
@@ -223,6 +250,9 @@ class PhysioNet2012Config(MergeBuilderConfig):
     seed: int = 0
     train_fraction: float = 0.7
     validation_fraction: float = 0.15
+    drop_implausible: bool = True
+    """Values outside `PLAUSIBLE_RANGES` (e.g. HR 0, pH 735, Temp -17.8 °C, Height 13 cm) count as unobserved;
+    how many per variable is in `extras["implausible_values"]`. False keeps every value as recorded."""
 
 
 class PhysioNet2012Builder(MergeTimeSeriesBuilder):
@@ -271,6 +301,7 @@ class PhysioNet2012Builder(MergeTimeSeriesBuilder):
                 for source, text in tqdm(archive.texts(chosen), total=len(chosen), desc="physionet2012 records")
             )
         }
+        implausible = drop_implausible_values(self._records.values()) if config.drop_implausible else {}
         self._labels = outcomes
         self._window = window
         self._bin_hours = config.bin_minutes / 60.0
@@ -304,7 +335,8 @@ class PhysioNet2012Builder(MergeTimeSeriesBuilder):
                 "variables form vitals, labs and ventilation; each channel is its bin's mean, carried forward, "
                 "back-filled before its first observation and set to the training mean when a stay never "
                 "observes it, plus one 0/1 observation-mask channel per variable. -1 (unknown) values count as "
-                "unobserved; values are otherwise as recorded. 'static' repeats age, gender, height (with known "
+                f"unobserved{', and so do values outside PLAUSIBLE_RANGES' if config.drop_implausible else ''}; "
+                "values are otherwise as recorded. 'static' repeats age, gender, height (with known "
                 "flags; unknown = training mean) and a one-hot ICU type (all zero when absent) at every step. "
                 "A modality with no observation in the window has modality_mask False. Records: "
                 f"{'all' if config.max_records is None else f'a seeded random {config.max_records}'} outcome rows "
@@ -313,6 +345,8 @@ class PhysioNet2012Builder(MergeTimeSeriesBuilder):
                 f"{config.seed}); per-channel mean/std from the training split applied to every split."
             ),
         )
+        if config.drop_implausible:
+            metadata.extras["implausible_values"] = implausible
         return BuildPlan(metadata=metadata, units=units, skipped=skipped)
 
     def _unit_examples(self, unit: str) -> Iterator[Example]:

@@ -16,7 +16,7 @@ import pytest
 from dataset_builders import BUILDERS, build, metadata_of
 from builder_fixtures import forward_through_merge
 from dataset_builders._common import bin_irregular_series, stratified_record_splits
-from dataset_builders.physionet2012 import VARIABLE_INDEX, parse_record
+from dataset_builders.physionet2012 import PLAUSIBLE_RANGES, TIME_SERIES_MODALITIES, VARIABLE_INDEX, parse_record
 
 MISSING_REAL_RECORDS = {"139060", "140501", "140936", "141264"}
 
@@ -113,6 +113,28 @@ def test_real_archive_gives_48_hourly_steps_of_values_plus_observation_masks(rea
     np.testing.assert_allclose(train["vitals"][present].mean(axis=(0, 1)), 0.0, atol=1e-4)
 
 
+def test_real_archive_values_outside_the_plausible_ranges_count_as_unobserved(shared_data, tmp_path):
+    root = shared_data / "physionet2012"
+    options = dict(data_dir=str(root), max_records=300, seed=1, normalize=False)
+    kept = build("physionet2012", cache_dir=str(tmp_path / "kept"), drop_implausible=False, **options)
+    cleaned = build("physionet2012", cache_dir=str(tmp_path / "cleaned"), **options)
+    dropped = metadata_of(cleaned).extras["implausible_values"]
+    assert sum(dropped.values()) > 0  # set A records blood pressures of 0, Temp -17.8 °C, pH 735, …
+    for name, (low, high) in PLAUSIBLE_RANGES.items():
+        if name not in VARIABLE_INDEX:
+            continue
+        modality = next(modality for modality, names in TIME_SERIES_MODALITIES.items() if name in names)
+        column = TIME_SERIES_MODALITIES[modality].index(name)
+        observed_of = lambda built: [(row[modality][:, column], row[modality][:, len(TIME_SERIES_MODALITIES[modality]) + column])
+                                     for split in built.values() for row in split.with_format("numpy")]
+        cleaned_values = np.concatenate([values[observed == 1] for values, observed in observed_of(cleaned)])
+        assert ((cleaned_values >= low) & (cleaned_values <= high)).all(), name
+        kept_values = np.concatenate([values[observed == 1] for values, observed in observed_of(kept)])
+        assert len(kept_values) >= len(cleaned_values), name
+        if dropped[name]:  # the raw data held values out of range, bin means included
+            assert not ((kept_values >= low) & (kept_values <= high)).all(), name
+
+
 def test_real_archive_subset_is_chosen_by_seed(shared_data, tmp_path):
     root = shared_data / "physionet2012"
     other = build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path), max_records=12, seed=1)
@@ -146,6 +168,29 @@ def test_fixture_records_build_from_archive_or_folder_alike(tmp_path, as_tar):
     assert first["modality_mask"].tolist() == [True, True, False, True]
     assert rows["101"]["modality_mask"].tolist() == [True, True, True, True]
     assert [rows[record]["label"] for record in records] == [outcomes[record] for record in records]
+
+
+def test_implausible_values_and_heights_become_unobserved_and_are_counted_unless_kept(tmp_path):
+    rows = fixture_record(1) + [("00:00", "Height", 13.0), ("04:40", "pH", 735.0), ("05:10", "Temp", -17.8)]
+    rows = [row for row in rows if row[1] != "Height" or row[2] == 13.0]
+    rows[rows.index(next(row for row in rows if row[1] == "HR"))] = ("00:05", "HR", 0.0)
+    records = {str(100 + index): fixture_record(index) for index in range(6)} | {"200": rows}
+    root = write_physionet_fixture(tmp_path / "data", records, {record: 0 for record in records} | {"200": 1}, as_tar=False)
+    splits = dict(train_subjects=["200", "100", "101", "102"], validation_subjects=["103"], test_subjects=["104", "105"])
+    cleaned = build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "c"), normalize=False, **splits)
+    kept = build("physionet2012", data_dir=str(root), cache_dir=str(tmp_path / "k"), normalize=False,
+                 drop_implausible=False, **splits)
+    counts = metadata_of(cleaned).extras["implausible_values"]
+    assert (counts["HR"], counts["pH"], counts["Temp"], counts["Height"]) == (1, 1, 1, 1)
+    assert "implausible_values" not in metadata_of(kept).extras
+    cleaned_row, kept_row = (next(row for row in built["train"].with_format("numpy") if row["subject"] == "200")
+                             for built in (cleaned, kept))
+    hr, ph, temp = VARIABLE_INDEX["HR"], VARIABLE_INDEX["pH"] - 32, VARIABLE_INDEX["Temp"]
+    assert kept_row["vitals"][0, hr] == 0.0 and kept_row["vitals"][0, 13 + hr] == 1.0
+    assert cleaned_row["vitals"][0, 13 + hr] == 0.0 and cleaned_row["vitals"][0, hr] > 0  # back-filled from the next HR
+    assert kept_row["ventilation"][4, ph] == 735.0 and cleaned_row["ventilation"][4, 5 + ph] == 0.0
+    assert kept_row["vitals"][5, temp] == pytest.approx(-17.8) and cleaned_row["vitals"][:, 13 + temp].sum() == 0
+    assert kept_row["static"][0, 4:6].tolist() == [13.0, 1.0] and cleaned_row["static"][0, 5] == 0.0
 
 
 def test_binning_takes_bin_means_carries_forward_backfills_and_fills_unseen_variables():
