@@ -5,7 +5,10 @@ classical anchors on exactly the same splits: gradient-boosted trees and a logis
 summary features (benchmarks/_features.py) and the majority class.
 
     python benchmarks/quality.py                       # 5 datasets × 4 routers × 5 seeds + anchors → results/quality.json
-    python benchmarks/quality.py --datasets physionet2012 wesad_e4_three_class --seeds 3 --deadline_minutes 60
+    python benchmarks/quality.py --datasets physionet2012 wesad_e4_three_class_folds --seeds 3 --deadline_minutes 60
+
+WESAD-E4 3-class and binary run over the 5 subject folds (``*_folds``: seed k trains, selects and tests on fold k,
+every subject tested once); ``wesad_e4_three_class`` / ``wesad_e4_binary`` are the builder's fixed 10 / 2 / 3 split.
     python benchmarks/quality.py --smoke               # tiny budget: checks the script runs end to end
     python benchmarks/quality.py --report_only         # tabulate the finished runs (computes missing anchors only)
     python benchmarks/quality.py --loso_anchors        # WESAD-E4 anchors over the 15 leave-one-subject-out folds
@@ -192,5 +195,5 @@ if __name__ == "__main__":
         loso_anchors()
         sys.exit()
     run_script("quality", __doc__.splitlines()[0], build_runs,
-               ["physionet2012", "wesad_e4_three_class", "wesad_e4_binary", "wesad_e4_paper", "synthetic"], 5,
+               ["physionet2012", "wesad_e4_three_class_folds", "wesad_e4_binary_folds", "wesad_e4_paper", "synthetic"], 5,
                extra_records=anchor_records)
