@@ -43,6 +43,16 @@ VITAL_ITEMS = {
     "heart_rate": 220045, "nibp_systolic": 220179, "nibp_diastolic": 220180, "nibp_mean": 220181,
     "respiratory_rate": 220210, "spo2": 220277, "gcs_eye": 220739, "gcs_verbal": 223900, "gcs_motor": 223901,
 }
+# Physically possible values by variable name (labevents / chartevents `valuenum` units: bpm, mmHg, breaths/min, %,
+# GCS points, pH units, mEq/L, mg/dL); with `drop_implausible` an event outside counts as unobserved. The bounds lie
+# beyond values reported in living patients (survivals with pH near 6.3, sodium above 250 mEq/L, glucose above
+# 2600 mg/dL), so only device zeros, mis-keyed entries and unit slips go. Variables not listed are not checked.
+PLAUSIBLE_RANGES = {
+    "heart_rate": (1.0, 300.0), "nibp_systolic": (1.0, 300.0), "nibp_diastolic": (1.0, 300.0), "nibp_mean": (1.0, 300.0),
+    "respiratory_rate": (0.0, 100.0), "spo2": (0.0, 100.0), "gcs_eye": (1.0, 4.0), "gcs_verbal": (1.0, 5.0),
+    "gcs_motor": (1.0, 6.0), "ph": (6.0, 8.0), "potassium": (0.5, 15.0), "sodium": (50.0, 300.0),
+    "hematocrit": (1.0, 90.0), "glucose": (1.0, 3000.0),
+}
 TASK_LABELS = {"ihm": ["survived", "died"], "los": ["long_stay_or_died", "short_stay_survived"]}
 EVENT_CHUNK_ROWS = 2_000_000
 
@@ -81,6 +91,17 @@ def read_events(path: Path, key: str, keys: set[int], items: dict[int, int]) -> 
             })
         )
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=[key, "charttime", "variable", "value"])
+
+
+def drop_implausible_events(events: pd.DataFrame, variables: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`events` (columns `variable`: index into `variables`, `value`) without the values outside `PLAUSIBLE_RANGES`,
+    and how many of each ranged variable were dropped."""
+    low = np.array([PLAUSIBLE_RANGES.get(name, (-np.inf, np.inf))[0] for name in variables])
+    high = np.array([PLAUSIBLE_RANGES.get(name, (-np.inf, np.inf))[1] for name in variables])
+    codes, values = events["variable"].to_numpy(dtype=np.int64), events["value"].to_numpy(dtype=np.float64)
+    keep = (values >= low[codes]) & (values <= high[codes])
+    dropped = np.bincount(codes[~keep], minlength=len(variables))
+    return events[keep], {name: int(dropped[index]) for index, name in enumerate(variables) if name in PLAUSIBLE_RANGES}
 
 
 def read_embeddings(path: Path, stays: pd.DataFrame) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
@@ -127,6 +148,10 @@ class MimicIVConfig(MergeBuilderConfig):
     validation_fraction: float = 0.15
     lab_items: dict[str, int] = field(default_factory=lambda: dict(LAB_ITEMS))
     vital_items: dict[str, int] = field(default_factory=lambda: dict(VITAL_ITEMS))
+    drop_implausible: bool = True
+    """Lab and vital values outside `PLAUSIBLE_RANGES` (e.g. heart rate 0, pH 73.5, SpO2 150 %) count as unobserved;
+    how many per variable in the first 48 h of the cohort's stays is in `extras["implausible_values"]`. False keeps
+    every value as recorded."""
 
 
 class MimicIVBuilder(MergeTimeSeriesBuilder):
@@ -184,6 +209,7 @@ class MimicIVBuilder(MergeTimeSeriesBuilder):
         events = pd.concat([labs.drop(columns="hadm_id"), vitals], ignore_index=True)
         events["hours"] = (events["charttime"] - events["intime"]).dt.total_seconds() / 3600.0
         events = events[(events["hours"] >= 0) & (events["hours"] <= STAY_HOURS)]
+        events, implausible = drop_implausible_events(events, variables) if config.drop_implausible else (events, {})
         self._events = {
             str(stay): (group["hours"].to_numpy(), group["variable"].to_numpy(), group["value"].to_numpy())
             for stay, group in events.groupby("stay_id")
@@ -219,7 +245,8 @@ class MimicIVBuilder(MergeTimeSeriesBuilder):
                 f"the first {window * config.bin_minutes / 60:g} h on a {config.bin_minutes}-min grid. labs_vitals: "
                 f"{len(config.lab_items)} labs (labevents via hadm_id) and {len(config.vital_items)} vitals (chartevents); "
                 "each channel is its bin's mean, carried forward, back-filled before its first observation and set to "
-                "the training mean when a stay never observes it, plus a 0/1 observation mask per variable. notes / "
+                "the training mean when a stay never observes it, plus a 0/1 observation mask per variable"
+                f"{'; values outside PLAUSIBLE_RANGES count as unobserved' if config.drop_implausible else ''}. notes / "
                 "cxr (when given): the bin's mean embedding carried forward (zeros before the first) plus an observed "
                 "channel; a stay with none in the window has modality_mask False. "
                 f"{'All stays' if config.max_stays is None else f'A seeded random {config.max_stays} stays'}; stratified "
@@ -227,6 +254,8 @@ class MimicIVBuilder(MergeTimeSeriesBuilder):
                 "scaler (per-channel mean/std) fit on train and applied to every split."
             ),
         )
+        if config.drop_implausible:
+            metadata.extras["implausible_values"] = implausible
         return BuildPlan(metadata=metadata, units=units, skipped=skipped)
 
     def _unit_examples(self, unit: str) -> Iterator[Example]:

@@ -10,7 +10,7 @@ import pytest
 
 from dataset_builders import BUILDERS, build, metadata_of
 from builder_fixtures import forward_through_merge
-from dataset_builders.mimic_iv import LAB_ITEMS, VITAL_ITEMS
+from dataset_builders.mimic_iv import LAB_ITEMS, PLAUSIBLE_RANGES, VITAL_ITEMS
 
 NUM_STAYS = 22  # stays 20 and 21 last < 48 h
 START = pd.Timestamp("2150-01-01 08:00:00")
@@ -173,6 +173,58 @@ def test_scaler_is_fit_on_train_and_max_stays_subsets_the_cohort(mimic_dir, tmp_
     expected_mean = np.mean([int(stay) - 30000 + 1 for stay in train["subject"]])
     assert metadata.normalization["labs_vitals"]["mean"][CREATININE] == pytest.approx(expected_mean)
     np.testing.assert_allclose(train["labs_vitals"][:, :, CREATININE].mean(), 0.0, atol=1e-5)
+
+
+def append_csv_gz(path: Path, rows: list[dict]) -> None:
+    """Add rows to a fixture CSV.gz, keeping its columns."""
+    table = pd.read_csv(path)
+    pd.concat([table, pd.DataFrame(rows, columns=table.columns)]).to_csv(path, index=False, compression="gzip")
+
+
+def test_implausible_labs_and_vitals_become_unobserved_and_are_counted_unless_kept(tmp_path):
+    root = write_mimic_fixture(tmp_path / "data")
+    index, subject, hadm, stay = 5, 10005, 20005, 30005  # heart rate 75 bpm every 4 h from 0.25 h
+
+    def vital(item: str, hours: float, value: float) -> dict:
+        return dict(subject_id=subject, hadm_id=hadm, stay_id=stay, charttime=when(index, hours), itemid=VITAL_ITEMS[item],
+                    value=str(value), valuenum=value)
+
+    append_csv_gz(root / "icu" / "chartevents.csv.gz", [
+        vital("heart_rate", 2.5, 400.0), vital("heart_rate", 4.5, 0.0), vital("spo2", 3.0, 97.0), vital("spo2", 7.0, 150.0),
+    ])
+    append_csv_gz(root / "hosp" / "labevents.csv.gz", [
+        dict(labevent_id=1000 + number, subject_id=subject, hadm_id=hadm, specimen_id=1000 + number, itemid=LAB_ITEMS["ph"],
+             charttime=when(index, hours), value=str(value), valuenum=value, valueuom="units")
+        for number, (hours, value) in enumerate(((10.0, 7.31), (6.0, 73.5)))
+    ])
+    stays = [str(30000 + index) for index in range(20)]
+    options = dict(data_dir=str(root), normalize=False, train_subjects=stays[:14], validation_subjects=stays[14:17],
+                   test_subjects=stays[17:])
+    cleaned = build("mimic_iv", cache_dir=str(tmp_path / "c"), **options)
+    kept = build("mimic_iv", cache_dir=str(tmp_path / "k"), drop_implausible=False, **options)
+
+    # exactly the planted values; every stay's heart rate of 999 at 50 h lies outside the 48 h and is not counted
+    counts = metadata_of(cleaned).extras["implausible_values"]
+    assert counts == {name: 0 for name in PLAUSIBLE_RANGES} | {"heart_rate": 2, "spo2": 1, "ph": 1}
+    assert "values outside PLAUSIBLE_RANGES count as unobserved" in metadata_of(cleaned).protocol
+    assert "implausible_values" not in metadata_of(kept).extras
+    assert "PLAUSIBLE_RANGES" not in metadata_of(kept).protocol
+
+    cleaned_rows, kept_rows = rows_by_stay(cleaned), rows_by_stay(kept)
+    cleaned_stay, kept_stay = cleaned_rows["30005"]["labs_vitals"], kept_rows["30005"]["labs_vitals"]
+    ph, spo2 = list(LAB_ITEMS).index("ph"), len(LAB_ITEMS) + list(VITAL_ITEMS).index("spo2")
+    # kept as recorded: bins 2 (400 bpm), 4 (mean of 75 and 0 bpm), 6 (pH 73.5) and 7 (SpO2 150 %)
+    assert (kept_stay[2, HEART_RATE], kept_stay[4, HEART_RATE], kept_stay[6, ph], kept_stay[7, spo2]) == (400.0, 37.5, 73.5, 150.0)
+    assert kept_stay[[2, 6, 7], [CHANNELS + HEART_RATE, CHANNELS + ph, CHANNELS + spo2]].tolist() == [1.0, 1.0, 1.0]
+    # dropped: unobserved bins carry the last plausible value forward (pH is back-filled from 10 h)
+    assert (cleaned_stay[:, HEART_RATE] == 75.0).all()
+    np.testing.assert_array_equal(np.flatnonzero(cleaned_stay[:, CHANNELS + HEART_RATE]), np.arange(0, 48, 4))
+    np.testing.assert_allclose(cleaned_stay[:, ph], 7.31)
+    assert cleaned_stay[:, CHANNELS + ph].tolist() == [0.0] * 10 + [1.0] + [0.0] * 37
+    assert (cleaned_stay[3:, spo2] == 97.0).all() and np.flatnonzero(cleaned_stay[:, CHANNELS + spo2]).tolist() == [3]
+    # a stay without pH gets the training mean of the plausible values only
+    assert cleaned_rows["30001"]["labs_vitals"][0, ph] == pytest.approx(7.31)
+    assert kept_rows["30001"]["labs_vitals"][0, ph] == pytest.approx((7.31 + 73.5) / 2)
 
 
 def test_missing_files_columns_and_bad_values_are_clear_errors(mimic_dir, tmp_path):

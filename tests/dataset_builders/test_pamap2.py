@@ -82,6 +82,55 @@ def test_pamap2_fills_nan_runs_and_normalises_with_train_statistics(pamap2):
     assert metadata.normalization_applied and len(metadata.normalization["heart_rate"]["mean"]) == 1
 
 
+def plant_fields(path, planted: dict[tuple[int, int], str]) -> None:
+    """Overwrite fields of a `.dat` file: (0-based row, 0-based column) → text."""
+    lines = path.read_text().splitlines()
+    for (row, column), text in planted.items():
+        fields = lines[row].split()
+        fields[column] = text
+        lines[row] = " ".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_pamap2_implausible_heart_rate_and_imu_temperature_are_filled_like_nan_and_counted_unless_kept(tmp_path):
+    # (row, column) → value: heart rate (column 2) 0 and 400 bpm, chest (20) and ankle (37) IMU temperature 300 / -40 °C
+    planted = {(22, 2): 0.0, (44, 2): 400.0, (30, 20): 300.0, (50, 37): -40.0}
+
+    def write_subjects(protocol):
+        for subject in ("102", "103"):
+            write_pamap2_subject(protocol, subject, [(1, 40)])
+        return write_pamap2_subject(protocol, "101", [(0, 25), (1, 60), (0, 20), (4, 55)], seed=1)
+
+    planted_path, nan_path = write_subjects(tmp_path / "planted"), write_subjects(tmp_path / "nan")
+    recorded = np.loadtxt(planted_path)
+    plant_fields(planted_path, {cell: f"{value:.1f}" for cell, value in planted.items()})
+    plant_fields(nan_path, {cell: "NaN" for cell in planted})
+    options = dict(window=20, stride=10, normalize=False, train_subjects=["101"], validation_subjects=["102"],
+                   test_subjects=["103"])
+    cleaned = build("pamap2", data_dir=str(tmp_path / "planted"), cache_dir=str(tmp_path / "c"), **options)
+    kept = build("pamap2", data_dir=str(tmp_path / "planted"), cache_dir=str(tmp_path / "k"), drop_implausible=False, **options)
+    as_nan = build("pamap2", data_dir=str(tmp_path / "nan"), cache_dir=str(tmp_path / "n"), **options)
+
+    none = {"heart_rate": 0, "chest_temperature": 0, "hand_temperature": 0, "ankle_temperature": 0}
+    counts = metadata_of(cleaned).extras["implausible_samples"]
+    assert counts == {"101": none | {"heart_rate": 2, "chest_temperature": 1, "ankle_temperature": 1}, "102": none, "103": none}
+    assert "values outside PLAUSIBLE_RANGES" in metadata_of(cleaned).protocol
+    assert "implausible_samples" not in metadata_of(kept).extras
+    assert "PLAUSIBLE_RANGES" not in metadata_of(kept).protocol
+
+    cleaned_rows, kept_rows, nan_rows = (built["train"].with_format("numpy")[:] for built in (cleaned, kept, as_nan))
+    for name in metadata_of(cleaned).modality_names:  # out-of-range samples are interpolated exactly like NaN ones
+        np.testing.assert_array_equal(cleaned_rows[name], nan_rows[name], err_msg=name)
+    # windows of subject 101 start at rows 20, 30, 40, ...: row 22 is window 0 step 2, row 30 window 1 step 0, rows 44
+    # and 50 window 2 steps 4 and 10
+    assert kept_rows["heart_rate"][0, 2, 0] == 0.0 and kept_rows["heart_rate"][2, 4, 0] == 400.0
+    assert kept_rows["chest"][1, 0, 0] == 300.0 and kept_rows["ankle"][2, 10, 0] == -40.0
+    # heart rate is recorded every 11th row: 80 bpm at row 11 (transient), 81 at rows 33 and 55 (lying)
+    assert cleaned_rows["heart_rate"][0, 2, 0] == pytest.approx(80.5) and cleaned_rows["heart_rate"][2, 4, 0] == 81.0
+    assert cleaned_rows["chest"][1, 0, 0] == pytest.approx(recorded[[29, 31], 20].mean(), abs=1e-5)
+    assert cleaned_rows["ankle"][2, 10, 0] == pytest.approx(recorded[[49, 51], 37].mean(), abs=1e-5)
+
+
 def test_pamap2_rejects_a_truncated_row(tmp_path):
     protocol = tmp_path / "Protocol"
     path = write_pamap2_subject(protocol, "101", [(1, 40)])
