@@ -228,6 +228,18 @@ def fill_nan_linear(values: np.ndarray, what: str) -> np.ndarray:
     return filled
 
 
+def plausible_events(codes: np.ndarray, values: np.ndarray, names: Sequence[str],
+                     ranges: Mapping[str, tuple[float, float]]) -> tuple[np.ndarray, dict[str, int]]:
+    """Irregular events, `codes` (N,) indexing `names` and `values` (N,): the (N,) mask of values inside their
+    variable's [low, high] in `ranges` (variables without a range always pass), and how many events of each
+    ranged variable fall outside."""
+    low = np.array([ranges.get(name, (-np.inf, np.inf))[0] for name in names], dtype=np.float64)
+    high = np.array([ranges.get(name, (-np.inf, np.inf))[1] for name in names], dtype=np.float64)
+    keep = (values >= low[codes]) & (values <= high[codes])
+    outside = np.bincount(codes[~keep], minlength=len(names))
+    return keep, {name: int(outside[index]) for index, name in enumerate(names) if name in ranges}
+
+
 def drop_implausible(values: np.ndarray, low: float, high: float, what: str) -> tuple[np.ndarray, int]:
     """(values, count): samples of `values` (N, C) outside [low, high] (or not finite) replaced by linear
     interpolation between their plausible neighbours, and how many samples that was. A channel with no

@@ -26,6 +26,7 @@ from ._common import (
     MergeTimeSeriesBuilder,
     bin_irregular_series,
     observation_means,
+    plausible_events,
     resolve_subject_splits,
     stratified_record_splits,
 )
@@ -96,12 +97,9 @@ def read_events(path: Path, key: str, keys: set[int], items: dict[int, int]) -> 
 def drop_implausible_events(events: pd.DataFrame, variables: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
     """`events` (columns `variable`: index into `variables`, `value`) without the values outside `PLAUSIBLE_RANGES`,
     and how many of each ranged variable were dropped."""
-    low = np.array([PLAUSIBLE_RANGES.get(name, (-np.inf, np.inf))[0] for name in variables])
-    high = np.array([PLAUSIBLE_RANGES.get(name, (-np.inf, np.inf))[1] for name in variables])
-    codes, values = events["variable"].to_numpy(dtype=np.int64), events["value"].to_numpy(dtype=np.float64)
-    keep = (values >= low[codes]) & (values <= high[codes])
-    dropped = np.bincount(codes[~keep], minlength=len(variables))
-    return events[keep], {name: int(dropped[index]) for index, name in enumerate(variables) if name in PLAUSIBLE_RANGES}
+    keep, dropped = plausible_events(events["variable"].to_numpy(dtype=np.int64), events["value"].to_numpy(dtype=np.float64),
+                                     variables, PLAUSIBLE_RANGES)
+    return events[keep], dropped
 
 
 def read_embeddings(path: Path, stays: pd.DataFrame) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:

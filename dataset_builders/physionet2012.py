@@ -33,6 +33,7 @@ from ._common import (
     bin_irregular_series,
     decode_text,
     observation_means,
+    plausible_events,
     resolve_subject_splits,
     stratified_record_splits,
 )
@@ -65,7 +66,7 @@ VARIABLE_INDEX = {name: index for index, name in enumerate(VARIABLES)}
 PLAUSIBLE_RANGES = {
     "HR": (1.0, 300.0), "NISysABP": (1.0, 300.0), "NIDiasABP": (1.0, 300.0), "NIMAP": (1.0, 300.0),
     "SysABP": (1.0, 300.0), "DiasABP": (1.0, 300.0), "MAP": (1.0, 300.0), "Temp": (25.0, 45.0),
-    "Weight": (20.0, 300.0), "PaO2": (1.0, 800.0), "pH": (6.5, 8.0), "Height": (100.0, 250.0),
+    "Weight": (20.0, 300.0), "PaO2": (1.0, 800.0), "pH": (6.0, 8.0), "Height": (100.0, 250.0),
 }
 LABEL_NAMES = ["survived", "died"]
 
@@ -171,20 +172,17 @@ def read_outcomes(path: Path) -> dict[str, int]:
 def drop_implausible_values(records) -> dict[str, int]:
     """Remove every time-series value outside `PLAUSIBLE_RANGES` from the `IcuRecord`s (in place; the row counts as
     unobserved) and forget implausible heights; returns how many values of each ranged variable were dropped."""
-    low, high = np.full(len(VARIABLES), -np.inf), np.full(len(VARIABLES), np.inf)
-    for name, (low_bound, high_bound) in PLAUSIBLE_RANGES.items():
-        if name in VARIABLE_INDEX:
-            low[VARIABLE_INDEX[name]], high[VARIABLE_INDEX[name]] = low_bound, high_bound
-    dropped_per_variable, dropped_heights = np.zeros(len(VARIABLES), dtype=np.int64), 0
+    ranged = {name: bounds for name, bounds in PLAUSIBLE_RANGES.items() if name in VARIABLE_INDEX}
+    dropped = dict.fromkeys(ranged, 0) | {"Height": 0}
     height_low, height_high = PLAUSIBLE_RANGES["Height"]
     for record in records:
-        keep = (record.values >= low[record.variables]) & (record.values <= high[record.variables])
-        dropped_per_variable += np.bincount(record.variables[~keep], minlength=len(VARIABLES))
+        keep, counts = plausible_events(record.variables, record.values, VARIABLES, ranged)
         record.hours, record.variables, record.values = record.hours[keep], record.variables[keep], record.values[keep]
+        dropped = {name: dropped[name] + counts.get(name, 0) for name in dropped}
         if record.height is not None and not height_low <= record.height <= height_high:
-            record.height, dropped_heights = None, dropped_heights + 1
-    counts = {name: int(dropped_per_variable[VARIABLE_INDEX[name]]) for name in PLAUSIBLE_RANGES if name in VARIABLE_INDEX}
-    return counts | {"Height": dropped_heights}
+            record.height = None
+            dropped["Height"] += 1
+    return dropped
 
 
 # what tarfile raises on a truncated or corrupt .tar.gz

@@ -17,6 +17,7 @@ from dataset_builders._common import (
     fields_per_line,
     fill_nan_linear,
     majority_labels,
+    plausible_events,
     read_whitespace_table,
     recording_windows,
     resample_to_grid,
@@ -344,3 +345,11 @@ def test_decode_text_reads_utf8_with_or_without_a_bom_and_utf16_and_names_other_
 def test_an_unknown_builder_name_lists_the_builders_and_aliases():
     with pytest.raises(KeyError, match=r"unknown dataset builder 'wesad-e4'.*'pamap2'.*aliases: \['wesad_e4'\]"):
         build("wesad-e4")
+
+
+def test_plausible_events_keep_values_inside_their_variables_range_and_count_the_rest_per_ranged_variable():
+    codes = np.array([0, 0, 1, 1, 2, 2])
+    values = np.array([80.0, 0.0, 7.35, 735.0, -5.0, 1e9])
+    keep, outside = plausible_events(codes, values, ["HR", "pH", "Urine"], {"HR": (1.0, 300.0), "pH": (6.0, 8.0)})
+    assert keep.tolist() == [True, False, True, False, True, True]  # Urine has no range: every value passes
+    assert outside == {"HR": 1, "pH": 1}
