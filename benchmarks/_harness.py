@@ -69,19 +69,19 @@ def wesad_subject_fold(fold: int) -> dict:
             "train_subjects": [subject for subject in SUBJECTS if subject not in test + validation]}
 
 
+def wesad_e4_benchmark(task: str) -> dict:
+    """The WESAD-E4 benchmark entry of ``task`` (the builder's protocol options and budget, its metrics)."""
+    return {"builder": "wesad_e4", "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
+            "metrics": ("accuracy", "macro_f1", "roc_auc", *(("average_precision",) if task == "binary" else ()))}
+
+
 DATASETS = {
     "synthetic": {"builder": "synthetic", "train": {"dataset_options": '{"seq_len": 12}', "num_epochs": 8,
                                                     "selection_metric": "macro_f1", **RECIPE},
                   "metrics": ("accuracy", "macro_f1", "roc_auc")},
-    **{f"wesad_e4_{task}": {"builder": "wesad_e4",
-                            "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
-                            "metrics": ("accuracy", "macro_f1", "roc_auc", *(("average_precision",) if task == "binary" else ()))}
-       for task in ("three_class", "binary", "paper")},
+    **{f"wesad_e4_{task}": wesad_e4_benchmark(task) for task in ("three_class", "binary", "paper")},
     # The same tasks over the 5 subject folds: seed k trains, selects and tests on fold k (wesad_subject_fold).
-    **{f"wesad_e4_{task}_folds": {"builder": "wesad_e4", "subject_folds": wesad_subject_fold,
-                                  "train": {**WESAD_E4_TRAIN, "dataset_options": json.dumps({**WESAD_E4, "task": task})},
-                                  "metrics": ("accuracy", "macro_f1", "roc_auc",
-                                              *(("average_precision",) if task == "binary" else ()))}
+    **{f"wesad_e4_{task}_folds": {**wesad_e4_benchmark(task), "subject_folds": wesad_subject_fold}
        for task in ("three_class", "binary")},
     "physionet2012": {"builder": "physionet2012",
                       "train": {"data_dir": str(SHARED_DATA / "physionet2012"), "dataset_options": '{"bin_minutes": 120}',

@@ -16,6 +16,7 @@ import io
 import logging
 import tarfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,17 +173,16 @@ def read_outcomes(path: Path) -> dict[str, int]:
 def drop_implausible_values(records) -> dict[str, int]:
     """Remove every time-series value outside `PLAUSIBLE_RANGES` from the `IcuRecord`s (in place; the row counts as
     unobserved) and forget implausible heights; returns how many values of each ranged variable were dropped."""
-    ranged = {name: bounds for name, bounds in PLAUSIBLE_RANGES.items() if name in VARIABLE_INDEX}
-    dropped = dict.fromkeys(ranged, 0) | {"Height": 0}
+    dropped = Counter(dict.fromkeys([*(name for name in PLAUSIBLE_RANGES if name in VARIABLE_INDEX), "Height"], 0))
     height_low, height_high = PLAUSIBLE_RANGES["Height"]
     for record in records:
-        keep, counts = plausible_events(record.variables, record.values, VARIABLES, ranged)
+        keep, counts = plausible_events(record.variables, record.values, VARIABLES, PLAUSIBLE_RANGES)
         record.hours, record.variables, record.values = record.hours[keep], record.variables[keep], record.values[keep]
-        dropped = {name: dropped[name] + counts.get(name, 0) for name in dropped}
+        dropped.update(counts)
         if record.height is not None and not height_low <= record.height <= height_high:
             record.height = None
             dropped["Height"] += 1
-    return dropped
+    return dict(dropped)
 
 
 # what tarfile raises on a truncated or corrupt .tar.gz
