@@ -43,6 +43,7 @@ class RusRoutingConfig:
     synergy_loss_weight: float = 1.0
     synergy_loss_type: str = "one_minus_p"
     synergy_target_mass: float | None = 0.5
+    uniqueness_target_jsd: float | None = 0.5
     threshold_mode: str = "percentile"
     redundancy_threshold: float = 75.0
     uniqueness_threshold: float = 75.0
@@ -63,6 +64,9 @@ class RusRoutingConfig:
         if self.synergy_target_mass is not None:
             _check(_is_number(self.synergy_target_mass) and 0 < self.synergy_target_mass <= 1,
                    "synergy_target_mass", "must be None or in (0, 1]", self.synergy_target_mass, owner)
+        if self.uniqueness_target_jsd is not None:
+            _check(_is_number(self.uniqueness_target_jsd) and 0 < self.uniqueness_target_jsd <= math.log(2),
+                   "uniqueness_target_jsd", "must be None or in (0, ln 2] nats", self.uniqueness_target_jsd, owner)
         _check(self.threshold_mode in THRESHOLD_MODES, "threshold_mode", f"must be one of {THRESHOLD_MODES}",
                self.threshold_mode, owner)
         upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
@@ -139,6 +143,13 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             so it separates synergistic from other cells instead of moving all tokens. `None` = the paper's loss,
             mean φ(p̄) over synergistic pairs only, which sends every token to the synergy experts within a few
             steps (see the routing benchmark).
+        uniqueness_target_jsd (`float | None`): the uniqueness loss as a target, in nats (JSD is at most ln 2 ≈
+            0.693, reached when two distributions share no expert). Unique pairs are pushed apart until their
+            routing JSD reaches this value, penalty max(0, target − JSD), and no further. `None` = the paper's
+            loss, −JSD, which keeps pushing after the pair is apart: under Adam the router's logits then grow
+            without bound (the JSD saturates at ln 2 within a few epochs), every (modality, lag) cell routes
+            almost deterministically, and the selection bias can no longer keep the experts in use (on WESAD-E4
+            the least used expert fell under 2 % of the slots; see benchmarks/README "Routing").
         router_init (`str`): how the RUS router's layers start. `"fan_in"`: weights from N(0, 1/fan_in), so the
             router's logits differ between tokens from the first step (token std ≈ 0.1–1). `"initializer_range"`:
             N(0, initializer_range) like every other layer (the previous behaviour); through the router's three

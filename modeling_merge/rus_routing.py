@@ -137,7 +137,8 @@ def rus_losses(
     `synergy_experts` selects the synergy experts on the last axis.
 
     Means run over the present cells that pass the pair's condition (0 when none does):
-    redundancy = mean JSD over redundant cells; uniqueness = −mean JSD over unique cells; synergy, with
+    redundancy = mean JSD over redundant cells; uniqueness = −mean JSD over unique cells
+    (`uniqueness_target_jsd=None`, the paper) or, with a target JSD d*, mean max(0, d* − JSD); synergy, with
     p̄ = ½(p_m(syn) + p_n(syn)) and φ(p) = 1 − p (`one_minus_p`) or −log p (`neg_log_p`): mean φ(p̄) over
     synergistic cells (`synergy_target_mass=None`, the paper), or with a target mass p*: mean max(0, φ(p̄) − φ(p*))
     over synergistic cells + mean max(0, φ(E_syn/E) − φ(p̄)) over every other present cell.
@@ -156,9 +157,12 @@ def rus_losses(
 
     synergy_mass = 0.5 * (probs_first[..., synergy_experts].sum(-1) + probs_second[..., synergy_experts].sum(-1))
     penalty = scale(synergy_mass)
+    # with a target, unique pairs stop pushing once apart: an unbounded −JSD grows the logits forever under Adam
+    uniqueness_penalty = -divergence if config.uniqueness_target_jsd is None else (
+        config.uniqueness_target_jsd - divergence).clamp(min=0.0)
     losses = {
         "redundancy": masked_mean(divergence, conditions.redundant),
-        "uniqueness": -masked_mean(divergence, conditions.unique),
+        "uniqueness": masked_mean(uniqueness_penalty, conditions.unique),
     }
     if config.synergy_target_mass is None:
         losses["synergy"] = masked_mean(penalty, conditions.synergistic)

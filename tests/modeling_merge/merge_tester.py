@@ -73,15 +73,17 @@ class MergeModelTester:
 
 
 def train_steps(model, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    """`steps` AdamW steps of `model(**batch).loss` on the trainable parameters; returns the losses."""
+    """`steps` AdamW steps of `model(**batch).loss` on the trainable parameters; returns the task losses (the
+    loss without the auxiliary routing losses, which need not fall while the model learns)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
+        output = model(**batch)
+        output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(loss.item())
+        aux_loss = getattr(output, "aux_loss", None)
+        losses.append(output.loss.item() - (0.0 if aux_loss is None else aux_loss.item()))
     return losses
 
 

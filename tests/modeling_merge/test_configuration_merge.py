@@ -80,6 +80,8 @@ def test_auto_map_names_all_three_auto_classes():
         ({"d_model": "128"}, "d_model"),
         ({"num_blocks": True}, "num_blocks"),
         ({"router_bias_start": "mean"}, "router_bias_start"),
+        ({"uniqueness_target_jsd": 0.7}, "uniqueness_target_jsd"),
+        ({"uniqueness_target_jsd": 0.0}, "uniqueness_target_jsd"),
     ],
 )
 def test_invalid_values_raise_an_error_naming_the_field(overrides, field):

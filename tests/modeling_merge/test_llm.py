@@ -147,7 +147,8 @@ def test_lm_loss_includes_rus_losses_and_backward_reaches_the_rus_path(model_typ
     lm_loss = model.loss_function(out.logits, input_ids, model.config.vocab_size)
     expected = lm_loss + model.config.router_aux_loss_coef * out.aux_loss + out.rus_aux_loss
     assert torch.allclose(out.loss, expected)
-    assert out.rus_aux_losses["redundancy"] > 0 and out.rus_aux_losses["uniqueness"] < 0
+    # a fresh gate's unique pairs are closer than the target JSD, so the uniqueness hinge is active
+    assert out.rus_aux_losses["redundancy"] > 0 and out.rus_aux_losses["uniqueness"] > 0
     out.loss.backward()
     gate = model.model.layers[0].mlp.gate
     for parameter in gate.rus_path.parameters():
@@ -355,9 +356,12 @@ def test_redundancy_loss_is_the_jsd_of_the_pair_mean_distributions():
 
 def test_uniqueness_loss_rewards_divergent_routing_and_ignores_pairs_below_threshold():
     routing = routing_for(redundancy_loss_weight=0.0)
-    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1]])
-    record_pooled(routing, torch.tensor([[1, 2]]), probs)
-    assert routing.auxiliary_losses()["uniqueness"] < 0
+    losses = []
+    for apart in (0.6, 0.8):  # the second pair routes farther apart, still closer than the target JSD
+        probs = torch.tensor([[apart] + [(1 - apart) / 3] * 3, [(1 - apart) / 3, apart] + [(1 - apart) / 3] * 2])
+        record_pooled(routing, torch.tensor([[1, 2]]), probs)
+        losses.append(routing.auxiliary_losses()["uniqueness"].item())
+    assert 0 < losses[1] < losses[0] < RusGateConfig().uniqueness_target_jsd
     routing.set_rus(**{k: v for k, v in vars(sensor_rus(uniqueness_bits=0.1)).items() if k != "metadata"})
     record_pooled(routing, torch.tensor([[1, 2]]), probs)
     assert routing.auxiliary_losses()["uniqueness"] == 0

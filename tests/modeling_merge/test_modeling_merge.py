@@ -19,6 +19,7 @@ from modeling_merge.modeling_merge import (
     _all_other_modalities,
     merge_auxiliary_losses,
 )
+from modeling_merge.rus_routing import jensen_shannon_divergence
 
 from merge_tester import make_inputs, random_rus, tiny_config, tiny_model, train_steps
 
@@ -55,7 +56,7 @@ def test_rus_router_reports_every_auxiliary_loss_and_their_weighted_sum():
     weights = {"redundancy": 2.0, "uniqueness": 3.0, "synergy": 0.5, "load_balance": 0.02}
     expected = sum(weights[name] * value for name, value in output.aux_losses.items())
     assert torch.allclose(output.aux_loss, expected)
-    assert output.aux_losses["uniqueness"] <= 0
+    assert 0 <= output.aux_losses["uniqueness"] <= model.config.uniqueness_target_jsd  # a hinge below the target
 
 
 def test_modalities_come_as_one_dict_and_stray_keywords_are_errors():
@@ -288,7 +289,7 @@ def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabil
                                                                                       synergy_target_mass):
     config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
                          num_feedforward_experts=1, num_experts_per_token=1, synergy_loss_type=synergy_loss_type,
-                         synergy_target_mass=synergy_target_mass, threshold_mode="absolute",
+                         synergy_target_mass=synergy_target_mass, uniqueness_target_jsd=None, threshold_mode="absolute",
                          redundancy_threshold=0.1, uniqueness_threshold=0.1, synergy_threshold=0.1)
     model = MergeModel(config)
     rus = torch.zeros(2, 2, 3)
@@ -327,6 +328,42 @@ def test_the_synergy_target_pulls_synergistic_cells_up_and_pushes_other_cells_do
     assert synergy_loss([0.9, 0.1, 0.0]) == pytest.approx(0.0)  # beyond the target and below the fair share
     assert synergy_loss([0.2, 0.25, 0.25]) == pytest.approx(0.6 - 0.2)
     assert synergy_loss([0.6, 0.45, 0.65]) == pytest.approx(((0.45 - 0.25) + (0.65 - 0.25)) / 2)
+
+
+def test_the_uniqueness_target_pushes_unique_pairs_apart_until_their_jsd_reaches_it_and_no_further():
+    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
+                         num_feedforward_experts=1, num_experts_per_token=1, uniqueness_target_jsd=0.5,
+                         threshold_mode="absolute", uniqueness_threshold=0.1)
+    model = MergeModel(config)
+    uniqueness = torch.zeros(2, 2, 3)
+    uniqueness[0, 1] = uniqueness[1, 0] = 1.0  # both modalities unique at every lag
+    model.set_rus(torch.zeros(2, 2, 3), uniqueness, torch.zeros(2, 2, 3))
+    context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+
+    def uniqueness_loss(first_expert_mass_b):
+        """Modality a puts all mass on expert 0; b puts `first_expert_mass_b` there, the rest on expert 1."""
+        mass = torch.tensor(first_expert_mass_b, requires_grad=True)
+        probs_b = torch.stack([mass, 1 - mass])
+        probs = torch.stack([torch.tensor([1.0, 0.0]), probs_b])[None, :, None].expand(1, 2, 3, 2)
+        loss = merge_auxiliary_losses(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
+                                      context, config)["uniqueness"]
+        loss.backward()
+        return loss.item(), mass.grad.item()
+
+    def divergence(mass):
+        return jensen_shannon_divergence(torch.tensor([1.0, 0.0]), torch.tensor([mass, 1 - mass])).item()
+
+    close, close_gradient = uniqueness_loss(0.9)
+    assert close == pytest.approx(0.5 - divergence(0.9))
+    assert close_gradient > 0  # moving b's mass off a's expert lowers the loss
+    apart, apart_gradient = uniqueness_loss(0.0)  # disjoint: JSD = ln 2 > 0.5
+    assert apart == 0.0 and apart_gradient == 0.0
+    paper = MergeModel(tiny_config(**{**config.to_diff_dict(), "uniqueness_target_jsd": None}))
+    paper.set_rus(torch.zeros(2, 2, 3), uniqueness, torch.zeros(2, 2, 3))
+    probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3]])
+    losses = merge_auxiliary_losses(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
+                                    paper.rus_context(3, torch.ones(1, 2, dtype=torch.bool)), paper.config)
+    assert losses["uniqueness"].item() == pytest.approx(-math.log(2.0))  # the paper's −JSD keeps rewarding
 
 
 def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_alone():
