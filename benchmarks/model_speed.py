@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 
 import _models
-from _models import PAMAP2_MODALITIES, Shape, build_model, make_batch
+from _models import PAMAP2_MODALITIES, PAPER_ROUTING, Shape, build_model, make_batch
 from _timing import (
     add_common_arguments,
     environment,
@@ -38,7 +38,6 @@ from _timing import (
     write_json,
 )
 
-PAPER_ROUTING = {"synergy_target_mass": None, "router_bias_update_rate": 0.0, "router_init": "initializer_range"}
 FULL_MODELS = {  # name → (router_type, expert_dispatch, config overrides)
     "dense Transformer": ("dense", "grouped_mm", {}),
     "MERGE grouped_mm": ("rus", "grouped_mm", {}),

@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from _models import PAPER_ROUTING
 from _timing import environment, format_table, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 
-PAPER_ROUTING = {"synergy_target_mass": None, "router_bias_update_rate": 0.0, "router_init": "initializer_range"}
 VARIANTS = {  # name → (router_type, MergeConfig overrides)
     "MERGE": ("rus", {}),
     "MERGE paper routing": ("rus", PAPER_ROUTING),
@@ -36,6 +36,7 @@ VARIANTS = {  # name → (router_type, MergeConfig overrides)
     "MERGE selection bias from zero": ("rus", {"router_bias_start": "zero"}),
     "MERGE sign-rule bias (before)": ("rus", {"router_bias_update_rule": "sign", "router_bias_update_rate": 0.02}),
     "MERGE without synergy target": ("rus", {"synergy_target_mass": None}),
+    "MERGE unbounded uniqueness (before)": ("rus", {"uniqueness_target_jsd": None}),
     "softmax top-k (control)": ("softmax", {}),
     "FuseMoE laplace_per_modality (control)": ("laplace_per_modality", {}),
 }
