@@ -129,26 +129,45 @@ def dispatch_paths(shape: Shape, rounds: int, log) -> list[dict]:
     return rows
 
 
-def components(shape: Shape, rounds: int, log) -> list[dict]:
+def components(shape: Shape, rounds: int, log, warmup_steps: int) -> list[dict]:
     """Section 3: forward + backward of one MoE layer and its parts vs the dense feed-forward layer, on the hidden
-    states that enter the first MoE block (training mode, dropout on)."""
+    states that enter MERGE's first MoE block after `warmup_steps` training steps on the benchmark batch, with the
+    routing the layer has then (training mode, dropout on)."""
     import torch
 
     from modeling_merge.modeling_merge import merge_auxiliary_losses
 
-    merge = build_model(PAMAP2_MODALITIES, shape, "rus").merge.train()
+    inputs, labels = make_batch(PAMAP2_MODALITIES, shape)
+    model = build_model(PAMAP2_MODALITIES, shape, "rus")
+    train_step = _models.train_step_function(model, inputs, labels)
+    for _ in range(warmup_steps):
+        train_step()
+    merge = model.merge.train()
     dense = build_model(PAMAP2_MODALITIES, shape, "dense").merge.train()
     index = merge.config.moe_block_indices[0]
     moe, feed_forward = merge.blocks[index].feed_forward, dense.blocks[index].feed_forward
-    batch = shape.batch_size
-    tokens = shape.window
-    hidden = torch.randn(batch, len(PAMAP2_MODALITIES), tokens, merge.config.d_model).to(shape.device)
-    hidden = hidden.to(merge.final_norm.weight.dtype).requires_grad_()
-    presence = torch.ones(batch, len(PAMAP2_MODALITIES), dtype=torch.bool, device=shape.device)
+    captured = []
+    handle = moe.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    with torch.no_grad():
+        model(modalities=inputs)
+    handle.remove()
+    hidden = captured[0].requires_grad_()
+    batch, num_modalities, tokens, _ = hidden.shape
+    presence = torch.ones(batch, num_modalities, dtype=torch.bool, device=shape.device)
     rus = merge.rus_context(tokens, presence)
     partners = merge.rus_partner_index
     experts = moe(hidden, presence, rus, partners)[2]
-    gru_input = torch.randn(batch * len(PAMAP2_MODALITIES), tokens, moe.router.gru.input_size).to(hidden)
+    gru_input = torch.randn(batch * num_modalities, tokens, moe.router.gru.input_size).to(hidden)
+    # the layer's own routing: each synergy expert's tokens, and the feed-forward experts' slots
+    top_k, num_synergy = merge.config.num_experts_per_token, merge.config.num_synergy_experts
+    token_experts = experts.reshape(-1, top_k)
+    synergy_tokens = [torch.nonzero((token_experts == expert).any(-1)).squeeze(1) for expert in range(num_synergy)]
+    slot_experts = token_experts.reshape(-1)
+    feedforward_slots = slot_experts >= num_synergy
+    feedforward_tokens = torch.arange(token_experts.shape[0], device=shape.device).repeat_interleave(top_k)[feedforward_slots]
+    feedforward_ids = slot_experts[feedforward_slots] - num_synergy
+    synergy_share = 1 - feedforward_slots.float().mean().item()
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
 
     def backward(output):
         output.float().sum().backward()
@@ -163,6 +182,13 @@ def components(shape: Shape, rounds: int, log) -> list[dict]:
         "MoE layer (router + all experts)": lambda: backward(moe(hidden, presence, rus, partners)[0]),
         "RUS router (context attention + GRU + MLP)": lambda: backward(moe.router(hidden, rus)),
         "router GRU alone": lambda: backward(moe.router.gru(gru_input.requires_grad_())[0]),
+        f"the {num_synergy} synergy experts (cross-attention; {synergy_share:.0%} of the slots)": lambda: backward(sum(
+            expert(hidden, token_index, presence, partners).sum()
+            for expert, token_index in zip(moe.synergy_experts, synergy_tokens))),
+        f"the {merge.config.num_feedforward_experts} feed-forward experts ({1 - synergy_share:.0%} of the slots)":
+            lambda: backward(moe.feedforward_experts(flat_hidden[feedforward_tokens], feedforward_ids)),
+        "self-attention sublayer (in every block of both models)": lambda: backward(
+            merge.blocks[index].self_attention(hidden.flatten(0, 1))[0]),
         "router + auxiliary losses": aux_losses,
     }
     timings = interleaved_timings(functions, rounds, shape.device, log=log)
@@ -249,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   ("slots", "slots", "d"), ("forward_backward_ms", "fwd+bwd ms", ".1f"),
                                   ("vs_eager", "vs eager", ".2f")]), flush=True)
     if "components" in sections:
-        rows = components(shape, rounds, log=None)
+        rows = components(shape, rounds, log=None, warmup_steps=args.warmup_steps)
         payload["components"] = rows
         print("\n[3] one MoE layer's parts, forward + backward, vs the dense feed-forward layer it replaces")
         print(format_table(rows, [("component", "component", "s"), ("forward_backward_ms", "fwd+bwd ms", ".1f"),
