@@ -37,6 +37,7 @@ VARIANTS = {  # name → (router_type, MergeConfig overrides)
     "MERGE sign-rule bias (before)": ("rus", {"router_bias_update_rule": "sign", "router_bias_update_rate": 0.02}),
     "MERGE without synergy target": ("rus", {"synergy_target_mass": None}),
     "MERGE unbounded uniqueness (before)": ("rus", {"uniqueness_target_jsd": None}),
+    "MERGE bias rate 0.1 (before)": ("rus", {"router_bias_update_rate": 0.1}),
     "softmax top-k (control)": ("softmax", {}),
     "FuseMoE laplace_per_modality (control)": ("laplace_per_modality", {}),
 }
