@@ -306,15 +306,21 @@ def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabil
     assert torch.allclose(losses["load_balance"], torch.tensor(1.0))
 
 
-def test_the_synergy_target_pulls_synergistic_cells_up_and_pushes_other_cells_down_to_the_fair_share():
-    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
-                         num_feedforward_experts=3, num_experts_per_token=1, synergy_target_mass=0.6,
-                         threshold_mode="absolute", synergy_threshold=0.1)
+def two_modality_context(redundancy=None, uniqueness=None, synergy=None, **settings):
+    """MERGE over modalities a and b (one channel each, 3 lags, 1 synergy expert, top-1, absolute thresholds) with
+    the given `[2, 2, 3]` RUS tables (zeros where not given) → (config, RUS context of 3 tokens, both present)."""
+    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1, num_experts_per_token=1,
+                         threshold_mode="absolute", **settings)
     model = MergeModel(config)
+    model.set_rus(*(torch.zeros(2, 2, 3) if table is None else table for table in (redundancy, uniqueness, synergy)))
+    return config, model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_the_synergy_target_pulls_synergistic_cells_up_and_pushes_other_cells_down_to_the_fair_share():
     synergy = torch.zeros(2, 2, 3)
     synergy[0, 1, 0] = synergy[1, 0, 0] = 1.0  # only lag 0 (token 0 of 3) is synergistic
-    model.set_rus(torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), synergy)
-    context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+    config, context = two_modality_context(synergy=synergy, num_feedforward_experts=3, synergy_target_mass=0.6,
+                                           synergy_threshold=0.1)
 
     def synergy_loss(mass_per_token):
         """Both modalities put `mass_per_token[t]` on the synergy expert (expert 0) at token t."""
@@ -331,14 +337,10 @@ def test_the_synergy_target_pulls_synergistic_cells_up_and_pushes_other_cells_do
 
 
 def test_the_uniqueness_target_pushes_unique_pairs_apart_until_their_jsd_reaches_it_and_no_further():
-    config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
-                         num_feedforward_experts=1, num_experts_per_token=1, uniqueness_target_jsd=0.5,
-                         threshold_mode="absolute", uniqueness_threshold=0.1)
-    model = MergeModel(config)
     uniqueness = torch.zeros(2, 2, 3)
     uniqueness[0, 1] = uniqueness[1, 0] = 1.0  # both modalities unique at every lag
-    model.set_rus(torch.zeros(2, 2, 3), uniqueness, torch.zeros(2, 2, 3))
-    context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
+    settings = dict(uniqueness=uniqueness, num_feedforward_experts=1, uniqueness_threshold=0.1)
+    config, context = two_modality_context(uniqueness_target_jsd=0.5, **settings)
 
     def uniqueness_loss(first_expert_mass_b):
         """Modality a puts all mass on expert 0; b puts `first_expert_mass_b` there, the rest on expert 1."""
@@ -358,11 +360,10 @@ def test_the_uniqueness_target_pushes_unique_pairs_apart_until_their_jsd_reaches
     assert close_gradient > 0  # moving b's mass off a's expert lowers the loss
     apart, apart_gradient = uniqueness_loss(0.0)  # disjoint: JSD = ln 2 > 0.5
     assert apart == 0.0 and apart_gradient == 0.0
-    paper = MergeModel(tiny_config(**{**config.to_diff_dict(), "uniqueness_target_jsd": None}))
-    paper.set_rus(torch.zeros(2, 2, 3), uniqueness, torch.zeros(2, 2, 3))
+    paper_config, paper_context = two_modality_context(uniqueness_target_jsd=None, **settings)
     probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3]])
     losses = merge_auxiliary_losses(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
-                                    paper.rus_context(3, torch.ones(1, 2, dtype=torch.bool)), paper.config)
+                                    paper_context, paper_config)
     assert losses["uniqueness"].item() == pytest.approx(-math.log(2.0))  # the paper's −JSD keeps rewarding
 
 
