@@ -36,8 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # v5: v4 (v3's training recipe — weight decay on matrices only, balanced class weights, early stopping on the selection
 # metric — with the proportional selection-bias update) plus MERGE's uniqueness target (uniqueness_target_jsd 0.5)
 # and the selection-bias rate 0.05; v4 folders hold MERGE with the paper's unbounded uniqueness loss and rate 0.1,
-# v3 folders the sign-rule MERGE. The RUS losses
-# act on router_type "rus" only, so the dense / softmax / FuseMoE runs and the anchors of v4 stand for v5 unchanged.
+# v3 folders the sign-rule MERGE. The RUS losses act on router_type "rus" only, so the dense / softmax / FuseMoE runs
+# and the anchors of v4 stand for v5 unchanged.
 RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v5"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
