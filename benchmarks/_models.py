@@ -8,10 +8,6 @@ from _timing import peak_memory_mib
 
 PAMAP2_MODALITIES = {"hand": 13, "chest": 13, "ankle": 13, "heart_rate": 1}
 NUM_LABELS = 12
-# MergeConfig overrides that give the RUS router as published: the paper's synergy and uniqueness losses, no
-# selection bias, every layer initialised at initializer_range (the routing that collapses onto the synergy experts).
-PAPER_ROUTING = {"synergy_target_mass": None, "uniqueness_target_jsd": None, "router_bias_update_rate": 0.0,
-                 "router_init": "initializer_range"}
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 
 import _models
-from _models import PAMAP2_MODALITIES, PAPER_ROUTING, Shape, build_model, make_batch
+from _models import PAMAP2_MODALITIES, Shape, build_model, make_batch
 from _timing import (
     add_common_arguments,
     environment,
@@ -37,6 +37,8 @@ from _timing import (
     resolve_dtype,
     write_json,
 )
+
+from modeling_merge.configuration_merge import PAPER_ROUTING
 
 FULL_MODELS = {  # name → (router_type, expert_dispatch, config overrides)
     "dense Transformer": ("dense", "grouped_mm", {}),

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from _models import PAPER_ROUTING
 from _timing import environment, format_table, write_json
+
+from modeling_merge.configuration_merge import PAPER_ROUTING
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "examples"))

@@ -20,6 +20,10 @@ EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
 THRESHOLD_MODES = ("percentile", "absolute")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
+# MergeConfig overrides that give the RUS router as published, for comparison: the paper's synergy and uniqueness
+# losses, no selection bias, every layer initialised at initializer_range (it collapses onto the synergy experts).
+PAPER_ROUTING = {"synergy_target_mass": None, "uniqueness_target_jsd": None, "router_bias_update_rate": 0.0,
+                 "router_init": "initializer_range"}
 
 
 AUTO_MAP = {
@@ -350,4 +354,4 @@ def _check(condition: bool, field: str, requirement: str, value, owner: str = "M
         raise ValueError(f"{owner}.{field} {requirement} (got {value!r}).")
 
 
-__all__ = ["MergeConfig", "RusRoutingConfig"]
+__all__ = ["PAPER_ROUTING", "MergeConfig", "RusRoutingConfig"]

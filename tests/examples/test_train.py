@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO_ROOT / "examples"))
 import train  # noqa: E402
 from tiny_train_job import TINY_DATA, TINY_MODEL, tiny_arguments  # noqa: E402
 
+from modeling_merge.configuration_merge import PAPER_ROUTING  # noqa: E402
 from modeling_merge.modeling_merge import MergeForSequenceClassification  # noqa: E402
 
 
@@ -378,8 +379,7 @@ def test_the_run_records_routing_alignment_beside_the_test_metrics(reference_run
 
 def test_collapsed_routing_is_reported_as_a_warning(reference_run, tmp_path, capsys):
     root, _ = reference_run
-    paper_routing = json.loads(TINY_MODEL) | {"synergy_target_mass": None, "router_bias_update_rate": 0.0,
-                                             "router_init": "initializer_range", "num_experts_per_token": 1}
+    paper_routing = json.loads(TINY_MODEL) | PAPER_ROUTING | {"num_experts_per_token": 1}
     arguments = tiny_arguments(tmp_path / "run", root / "rus.safetensors")
     arguments[arguments.index("--model_options") + 1] = json.dumps(paper_routing)
     results = train.main(arguments)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
 from modeling_merge import MergeForSequenceClassification, MergeModel
+from modeling_merge.configuration_merge import PAPER_ROUTING
 from modeling_merge.modeling_merge import (
     MergeFeedForwardExperts,
     MergeMoeLayer,
@@ -453,11 +454,10 @@ def _slot_shares(model, inputs) -> torch.Tensor:
 
 
 def test_the_paper_routing_collapses_onto_the_synergy_experts_and_the_balanced_default_does_not():
-    paper = dict(router_bias_update_rate=0.0, synergy_target_mass=None, router_init="initializer_range")
     inputs = make_inputs(tiny_config(), batch=16, tokens=6, seed=3)
     labels = torch.arange(16) % 3
     shares = {}
-    for name, overrides in (("paper", paper), ("default", {})):
+    for name, overrides in (("paper", PAPER_ROUTING), ("default", {})):
         torch.manual_seed(0)
         model = tiny_model(num_moe_blocks=2, **overrides)
         train_steps(model, dict(modalities=inputs, labels=labels), steps=40, lr=1e-3)
