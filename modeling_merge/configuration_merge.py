@@ -21,9 +21,9 @@ SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
 THRESHOLD_MODES = ("percentile", "absolute")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 # MergeConfig overrides that give the RUS router as published, for comparison: the paper's synergy and uniqueness
-# losses, no selection bias, every layer initialised at initializer_range (it collapses onto the synergy experts).
-PAPER_ROUTING = {"synergy_target_mass": None, "uniqueness_target_jsd": None, "router_bias_update_rate": 0.0,
-                 "router_init": "initializer_range"}
+# losses and unique-pair rule, no selection bias, every layer initialised at initializer_range (it collapses onto the synergy experts).
+PAPER_ROUTING = {"synergy_target_mass": None, "uniqueness_target_jsd": None, "uniqueness_excludes_redundant": False,
+                 "router_bias_update_rate": 0.0, "router_init": "initializer_range"}
 
 
 AUTO_MAP = {
@@ -48,6 +48,7 @@ class RusRoutingConfig:
     synergy_loss_type: str = "one_minus_p"
     synergy_target_mass: float | None = 0.5
     uniqueness_target_jsd: float | None = 0.5
+    uniqueness_excludes_redundant: bool = True
     threshold_mode: str = "percentile"
     redundancy_threshold: float = 75.0
     uniqueness_threshold: float = 75.0
@@ -71,6 +72,8 @@ class RusRoutingConfig:
         if self.uniqueness_target_jsd is not None:
             _check(_is_number(self.uniqueness_target_jsd) and 0 < self.uniqueness_target_jsd <= math.log(2),
                    "uniqueness_target_jsd", "must be None or in (0, ln 2] nats", self.uniqueness_target_jsd, owner)
+        _check(isinstance(self.uniqueness_excludes_redundant, bool), "uniqueness_excludes_redundant",
+               "must be a bool", self.uniqueness_excludes_redundant, owner)
         _check(self.threshold_mode in THRESHOLD_MODES, "threshold_mode", f"must be one of {THRESHOLD_MODES}",
                self.threshold_mode, owner)
         upper = 100.0 if self.threshold_mode == "percentile" else float("inf")
@@ -154,6 +157,13 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             without bound (the JSD saturates at ln 2 within a few epochs), every (modality, lag) cell routes
             almost deterministically, and the selection bias can no longer keep the experts in use (on WESAD-E4
             the least used expert fell under 2 % of the slots; see benchmarks/README "Routing").
+        uniqueness_excludes_redundant (`bool`): a (pair, lag) cell that passes the redundancy threshold is not a
+            uniqueness cell. The paper calls a pair unique when both modalities' U_m (each one's most unique
+            information against any partner) pass τ_U, so two informative modalities that carry the same
+            information pass both tests and the redundancy loss pulls them together while the uniqueness loss
+            pushes them apart. At the default percentile thresholds every unique cell of the synthetic benchmark,
+            WESAD-E4 and PhysioNet 2012 was also redundant, and redundant pairs ended farther apart than other
+            pairs on the synthetic one. `False` = the paper's rule.
         router_init (`str`): how the RUS router's layers start. `"fan_in"`: weights from N(0, 1/fan_in), so the
             router's logits differ between tokens from the first step (token std ≈ 0.1–1). `"initializer_range"`:
             N(0, initializer_range) like every other layer (the previous behaviour); through the router's three

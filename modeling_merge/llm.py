@@ -396,7 +396,7 @@ class RusRouting(nn.Module):
         """Redundant / unique / synergistic masks `(Q, L)` of modality pairs `(Q, 2)` (ids, 0 = text) at every lag."""
         lags = torch.arange(self.num_lags, device=self.redundancy.device)
         return pair_conditions(self.redundancy, self.uniqueness, self.synergy, pairs.to(lags.device), lags,
-                               self.thresholds())
+                               self.thresholds(), self.gate_config)
 
     def rus_losses(self, pooled: Tensor, present: Tensor) -> dict[str, Tensor]:
         """Unweighted redundancy / uniqueness / synergy losses (`rus_routing.rus_losses`) of pooled router

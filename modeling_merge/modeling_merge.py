@@ -763,7 +763,7 @@ class MergeModel(MergePreTrainedModel):
             token_uniqueness=per_modality_uniqueness(self.rus_uniqueness)[:, lags],
             loss_pairs=loss_pairs,
             conditions=pair_conditions(self.rus_redundancy, self.rus_uniqueness, self.rus_synergy, loss_pairs, lags,
-                                       self.rus_thresholds),
+                                       self.rus_thresholds, self.config),
         )
 
     def _validated_inputs(

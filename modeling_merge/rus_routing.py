@@ -6,7 +6,9 @@ Tables are `[M, M, L]` float32 in bits: `redundancy[i, j, ℓ]` and `synergy[i, 
 
 - lag of a position: ℓ = min(⌊n·L/N⌋, L−1) for the n-th of N positions (equal time segments);
 - per-modality uniqueness (the paper's reference rule): U_m(ℓ) = max over partners j ≠ m of U[m, j, ℓ];
-  a pair (m, n) is *unique* at ℓ when U_m(ℓ) > τ_U and U_n(ℓ) > τ_U;
+  a pair (m, n) is *unique* at ℓ when U_m(ℓ) > τ_U and U_n(ℓ) > τ_U, and (`uniqueness_excludes_redundant`)
+  not redundant there: U_m is a modality's most unique information against any partner, R is this pair's, so
+  two informative modalities that share what they know pass both tests and would get opposite losses;
 - a pair is *redundant* when R[m, n, ℓ] > τ_R, *synergistic* when S[m, n, ℓ] > τ_S;
 - thresholds are bits (`threshold_mode="absolute"`) or percentiles of R and S over the pairs i < j and all
   lags and of U_m over modalities and lags; a sample with no value (one modality: no pair) resolves to +inf,
@@ -99,15 +101,19 @@ class PairConditions:
 
 
 def pair_conditions(
-    redundancy: Tensor, uniqueness: Tensor, synergy: Tensor, pairs: Tensor, lags: Tensor, thresholds: Tensor
+    redundancy: Tensor, uniqueness: Tensor, synergy: Tensor, pairs: Tensor, lags: Tensor, thresholds: Tensor,
+    config: RusRoutingConfig,
 ) -> PairConditions:
-    """Conditions of `pairs` `(Q, 2)` (modality m, n) at `lags` `(K,)`, from `[M, M, L]` tables and [τ_R, τ_U, τ_S]."""
+    """Conditions of `pairs` `(Q, 2)` (modality m, n) at `lags` `(K,)`, from `[M, M, L]` tables and [τ_R, τ_U, τ_S];
+    with `config.uniqueness_excludes_redundant`, a redundant cell is not unique."""
     first, second = pairs[:, 0], pairs[:, 1]
     tau_redundancy, tau_uniqueness, tau_synergy = thresholds.to(redundancy.device)
     modality_uniqueness = per_modality_uniqueness(uniqueness)[:, lags]
+    redundant = redundancy[first, second][:, lags] > tau_redundancy
+    unique = (modality_uniqueness[first] > tau_uniqueness) & (modality_uniqueness[second] > tau_uniqueness)
     return PairConditions(
-        redundant=redundancy[first, second][:, lags] > tau_redundancy,
-        unique=(modality_uniqueness[first] > tau_uniqueness) & (modality_uniqueness[second] > tau_uniqueness),
+        redundant=redundant,
+        unique=unique & ~redundant if config.uniqueness_excludes_redundant else unique,
         synergistic=synergy[first, second][:, lags] > tau_synergy,
     )
 

@@ -82,6 +82,7 @@ def test_auto_map_names_all_three_auto_classes():
         ({"router_bias_start": "mean"}, "router_bias_start"),
         ({"uniqueness_target_jsd": 0.7}, "uniqueness_target_jsd"),
         ({"uniqueness_target_jsd": 0.0}, "uniqueness_target_jsd"),
+        ({"uniqueness_excludes_redundant": 1}, "uniqueness_excludes_redundant"),
     ],
 )
 def test_invalid_values_raise_an_error_naming_the_field(overrides, field):

@@ -290,10 +290,11 @@ def test_auxiliary_losses_follow_their_definitions_on_hand_built_router_probabil
                                                                                       synergy_target_mass):
     config = tiny_config(modalities={"a": 1, "b": 1}, patch_sizes={}, num_synergy_experts=1,
                          num_feedforward_experts=1, num_experts_per_token=1, synergy_loss_type=synergy_loss_type,
-                         synergy_target_mass=synergy_target_mass, uniqueness_target_jsd=None, threshold_mode="absolute",
+                         synergy_target_mass=synergy_target_mass, uniqueness_target_jsd=None,
+                         uniqueness_excludes_redundant=False, threshold_mode="absolute",
                          redundancy_threshold=0.1, uniqueness_threshold=0.1, synergy_threshold=0.1)
     model = MergeModel(config)
-    rus = torch.zeros(2, 2, 3)
+    rus = torch.zeros(2, 2, 3)  # lag 0 redundant, unique (the paper's rule) and synergistic
     rus[0, 1, 0] = rus[1, 0, 0] = 1.0
     model.set_rus(rus, rus, rus)
     context = model.rus_context(3, torch.ones(1, 2, dtype=torch.bool))
@@ -366,6 +367,29 @@ def test_the_uniqueness_target_pushes_unique_pairs_apart_until_their_jsd_reaches
     losses = merge_auxiliary_losses(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
                                     paper_context, paper_config)
     assert losses["uniqueness"].item() == pytest.approx(-math.log(2.0))  # the paper's −JSD keeps rewarding
+
+
+def test_a_redundant_cell_is_not_pushed_apart_as_unique_unless_the_paper_rule_is_asked_for():
+    redundancy, uniqueness = torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)
+    uniqueness[0, 1] = uniqueness[1, 0] = 1.0  # both modalities unique (against some partner) at every lag
+    redundancy[0, 1, 2] = redundancy[1, 0, 2] = 1.0  # and sharing their information at lag 2
+    settings = dict(redundancy=redundancy, uniqueness=uniqueness, num_feedforward_experts=1,
+                    redundancy_threshold=0.1, uniqueness_threshold=0.1)
+    # the pair routes apart at lags 0 and 1 (JSD ln 2, beyond the 0.5 target) and identically at lag 2
+    probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]]])
+
+    def losses(**rule):
+        config, context = two_modality_context(**settings, **rule)
+        return context.conditions, merge_auxiliary_losses(
+            probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool), context, config)
+
+    conditions, default = losses()
+    assert conditions.redundant.tolist() == [[False, False, True]]
+    assert conditions.unique.tolist() == [[True, True, False]]
+    assert default["redundancy"].item() == pytest.approx(0.0) and default["uniqueness"].item() == pytest.approx(0.0)
+    paper_conditions, paper = losses(uniqueness_excludes_redundant=False)
+    assert paper_conditions.unique.tolist() == [[True, True, True]]
+    assert paper["uniqueness"].item() == pytest.approx(0.5 / 3)  # lag 2 would be pushed apart as well
 
 
 def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_alone():

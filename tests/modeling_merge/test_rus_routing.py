@@ -82,7 +82,7 @@ def test_pair_conditions_compare_each_pair_and_lag_with_its_threshold():
     uniqueness[0, 2, 0] = uniqueness[1, 0, 0] = 1.0  # U_0 and U_1 above 0.5 at lag 0, U_2 never
     pairs = torch.tensor([[0, 1], [0, 2]])
     conditions = pair_conditions(redundancy, uniqueness, redundancy, pairs, torch.tensor([0, 1, 1]),
-                                 torch.tensor([0.5, 0.5, 0.5]))
+                                 torch.tensor([0.5, 0.5, 0.5]), RusRoutingConfig())
     assert conditions.redundant.tolist() == [[False, True, True], [False, False, False]]
     assert conditions.unique.tolist() == [[True, False, False], [False, False, False]]
     assert torch.equal(conditions.synergistic, conditions.redundant)
