@@ -471,8 +471,9 @@ def routing_summary(metrics: Mapping[str, float]) -> str | None:
     return (f"routing: experts get {value('expert_share_min', '.1%')}–{value('expert_share_max', '.1%')} of the "
             f"slots; synergy experts {value('synergy_share_synergistic', '.0%')} of synergistic-cell slots vs "
             f"{value('synergy_share_other', '.0%')} elsewhere; routing JSD redundant pairs "
-            f"{value('redundant_pair_jsd', '.3f')} vs {value('non_redundant_pair_jsd', '.3f')}, unique pairs "
-            f"{value('unique_pair_jsd', '.3f')} vs {value('non_unique_pair_jsd', '.3f')} nats")
+            f"{value('redundant_pair_jsd', '.3f')} vs {value('non_redundant_pair_jsd', '.3f')}, "
+            + (f"unique pairs {value('unique_pair_jsd', '.3f')} vs {value('non_unique_pair_jsd', '.3f')} nats"
+               if "routing_unique_pair_jsd" in metrics else "nats; no unique pairs"))
 
 
 def routing_balance_warning(metrics: Mapping[str, float]) -> str | None:

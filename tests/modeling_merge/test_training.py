@@ -12,6 +12,7 @@ from modeling_merge.training import (
     check_modalities_match,
     latest_checkpoint,
     prune_checkpoints,
+    routing_summary,
 )
 
 from merge_tester import MergeModelTester
@@ -214,3 +215,16 @@ def test_parameter_groups_decay_weight_matrices_only_and_cover_every_trainable_p
     assert {f"{moe}.feedforward_experts.w_in", f"{moe}.router.gru.weight_ih_l0"} <= decayed
     assert {f"{moe}.feedforward_experts.b_in", f"{moe}.router.gru.bias_hh_l0", "merge.final_norm.weight",
             "merge.encoders.bvp.conv.layers.1.weight"} <= kept
+
+
+def test_the_routing_summary_reports_unique_pairs_only_where_the_rus_has_some():
+    metrics = {"routing_expert_share_min": 0.11, "routing_expert_share_max": 0.14,
+               "routing_synergy_share_synergistic": 0.4, "routing_synergy_share_other": 0.01,
+               "routing_redundant_pair_jsd": 0.009, "routing_non_redundant_pair_jsd": 0.047,
+               "routing_non_unique_pair_jsd": 0.037}
+    summary = routing_summary(metrics)
+    assert "11.0%–14.0% of the slots" in summary and "redundant pairs 0.009 vs 0.047" in summary
+    assert summary.endswith("nats; no unique pairs")
+    with_unique = routing_summary(metrics | {"routing_unique_pair_jsd": 0.5})
+    assert with_unique.endswith("unique pairs 0.500 vs 0.037 nats")
+    assert routing_summary({"accuracy": 0.9}) is None
