@@ -2,7 +2,7 @@
 `examples/train.py` run per (dataset, variant, seed) in its own folder, a worker pool, aggregation and tables.
 
 A *dataset* here is a benchmark key (``wesad_e4_three_class``), i.e. a builder (``wesad_e4``) with fixed builder
-options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v6/<dataset>/<variant>/seed<k>`` (gitignored)
+options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v5/<dataset>/<variant>/seed<k>`` (gitignored)
 and is skipped when its ``results.json`` exists, so a killed campaign resumes where it stopped (an interrupted run
 continues from its last epoch checkpoint). Runs that train the same model (MERGE with the default settings) share
 their folder between the two scripts. Before any training, each (dataset, lags) group is prepared once, alone:
@@ -33,13 +33,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# v6: v5 with MERGE's redundant cells exempt from the uniqueness loss (uniqueness_excludes_redundant); v5 folders hold
-# MERGE with the uniqueness target 0.5 and bias rate 0.05 on the paper's unique-pair rule, v4 folders the paper's
-# unbounded uniqueness loss and rate 0.1, v3 folders the sign-rule MERGE. v4 used v3's training recipe (weight decay
-# on matrices only, balanced class weights, early stopping on the selection metric) with the proportional bias update.
-# The RUS losses act on router_type "rus" only, so the dense / softmax / FuseMoE runs and the anchors of v4 (and the
-# WESAD-E4 paper-label gates of v5) stand for v6 unchanged.
-RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v6"
+# v5: v4 (v3's training recipe — weight decay on matrices only, balanced class weights, early stopping on the selection
+# metric — with the proportional selection-bias update) plus MERGE's uniqueness target (uniqueness_target_jsd 0.5)
+# and the selection-bias rate 0.05; v4 folders hold MERGE with the paper's unbounded uniqueness loss and rate 0.1,
+# v3 folders the sign-rule MERGE. The RUS losses act on router_type "rus" only, so the dense / softmax / FuseMoE runs
+# and the anchors of v4 stand for v5 unchanged. v6 folders hold MERGE with uniqueness_excludes_redundant=True (tried as
+# a default at commit 2920096, not kept; benchmarks/README "Routing").
+RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v5"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
 
@@ -414,7 +414,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
-                                                       f"with --smoke runs/benchmarks/v6/smoke/{name}.json)")
+                                                       f"with --smoke runs/benchmarks/v5/smoke/{name}.json)")
     args = parser.parse_args(argv)
     args.datasets = list(dict.fromkeys(DATASET_ALIASES.get(dataset, dataset) for dataset in args.datasets))
     sys.path.insert(0, str(REPO_ROOT / "examples"))

@@ -48,7 +48,7 @@ class RusRoutingConfig:
     synergy_loss_type: str = "one_minus_p"
     synergy_target_mass: float | None = 0.5
     uniqueness_target_jsd: float | None = 0.5
-    uniqueness_excludes_redundant: bool = True
+    uniqueness_excludes_redundant: bool = False
     threshold_mode: str = "percentile"
     redundancy_threshold: float = 75.0
     uniqueness_threshold: float = 75.0
@@ -157,13 +157,14 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             without bound (the JSD saturates at ln 2 within a few epochs), every (modality, lag) cell routes
             almost deterministically, and the selection bias can no longer keep the experts in use (on WESAD-E4
             the least used expert fell under 2 % of the slots; see benchmarks/README "Routing").
-        uniqueness_excludes_redundant (`bool`): a (pair, lag) cell that passes the redundancy threshold is not a
-            uniqueness cell. The paper calls a pair unique when both modalities' U_m (each one's most unique
-            information against any partner) pass τ_U, so two informative modalities that carry the same
-            information pass both tests and the redundancy loss pulls them together while the uniqueness loss
-            pushes them apart. At the default percentile thresholds every unique cell of the synthetic benchmark,
-            WESAD-E4 and PhysioNet 2012 was also redundant, and redundant pairs ended farther apart than other
-            pairs on the synthetic one. `False` = the paper's rule.
+        uniqueness_excludes_redundant (`bool`): `True`: a (pair, lag) cell that passes the redundancy threshold is
+            not a uniqueness cell. The paper calls a pair unique when both modalities' U_m (each one's most unique
+            information against any partner) pass τ_U, so two informative modalities that carry the same information
+            pass both tests, and the redundancy loss pulls them together while the uniqueness loss pushes them apart.
+            At the default percentile thresholds every unique cell of the synthetic benchmark, WESAD-E4 and
+            PhysioNet 2012 is also redundant. Excluding them gives the clearest redundancy structure (redundant
+            pairs route almost identically) but measured worse balance and accuracy on WESAD-E4 and PhysioNet,
+            so the default `False` keeps the paper's rule (benchmarks/README "Routing").
         router_init (`str`): how the RUS router's layers start. `"fan_in"`: weights from N(0, 1/fan_in), so the
             router's logits differ between tokens from the first step (token std ≈ 0.1–1). `"initializer_range"`:
             N(0, initializer_range) like every other layer (the previous behaviour); through the router's three

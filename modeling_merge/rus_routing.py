@@ -6,9 +6,9 @@ Tables are `[M, M, L]` float32 in bits: `redundancy[i, j, ℓ]` and `synergy[i, 
 
 - lag of a position: ℓ = min(⌊n·L/N⌋, L−1) for the n-th of N positions (equal time segments);
 - per-modality uniqueness (the paper's reference rule): U_m(ℓ) = max over partners j ≠ m of U[m, j, ℓ];
-  a pair (m, n) is *unique* at ℓ when U_m(ℓ) > τ_U and U_n(ℓ) > τ_U, and (`uniqueness_excludes_redundant`)
-  not redundant there: U_m is a modality's most unique information against any partner, R is this pair's, so
-  two informative modalities that share what they know pass both tests and would get opposite losses;
+  a pair (m, n) is *unique* at ℓ when U_m(ℓ) > τ_U and U_n(ℓ) > τ_U (with `uniqueness_excludes_redundant`, only
+  where it is not redundant: U_m is a modality's most unique information against any partner, R is this pair's,
+  so two informative modalities that share what they know can pass both tests and get opposite losses);
 - a pair is *redundant* when R[m, n, ℓ] > τ_R, *synergistic* when S[m, n, ℓ] > τ_S;
 - thresholds are bits (`threshold_mode="absolute"`) or percentiles of R and S over the pairs i < j and all
   lags and of U_m over modalities and lags; a sample with no value (one modality: no pair) resolves to +inf,

@@ -141,7 +141,7 @@ def test_load_balancing_loss_is_computed_from_the_rus_gate_logits(model_type):
 def test_lm_loss_includes_rus_losses_and_backward_reaches_the_rus_path(model_type):
     model = tiny_lm(model_type).train()
     rus = sensor_rus()
-    rus.redundancy[:, :, 0] = 0.0  # lag 0 unique and not redundant: a redundant cell is not pushed apart
+    rus.redundancy[:, :, 0] = 0.0  # lag 0 unique and not redundant, so either unique-pair rule pushes it apart
     install_rus_router(model, rus)
     perturb_rus_paths(model)
     input_ids, modality_ids = mixed_batch()
@@ -357,7 +357,7 @@ def test_redundancy_loss_is_the_jsd_of_the_pair_mean_distributions():
 
 
 def test_uniqueness_loss_rewards_divergent_routing_and_ignores_pairs_below_threshold():
-    routing = routing_for(sensor_rus(redundancy_bits=0.0))  # unique, not redundant (a redundant pair is not unique)
+    routing = routing_for(sensor_rus(redundancy_bits=0.0))  # unique and not redundant: unique under either rule
     losses = []
     for apart in (0.6, 0.8):  # the second pair routes farther apart, still closer than the target JSD
         probs = torch.tensor([[apart] + [(1 - apart) / 3] * 3, [(1 - apart) / 3, apart] + [(1 - apart) / 3] * 2])

@@ -369,7 +369,7 @@ def test_the_uniqueness_target_pushes_unique_pairs_apart_until_their_jsd_reaches
     assert losses["uniqueness"].item() == pytest.approx(-math.log(2.0))  # the paper's −JSD keeps rewarding
 
 
-def test_a_redundant_cell_is_not_pushed_apart_as_unique_unless_the_paper_rule_is_asked_for():
+def test_a_redundant_cell_is_also_unique_under_the_paper_rule_and_not_when_excluded():
     redundancy, uniqueness = torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)
     uniqueness[0, 1] = uniqueness[1, 0] = 1.0  # both modalities unique (against some partner) at every lag
     redundancy[0, 1, 2] = redundancy[1, 0, 2] = 1.0  # and sharing their information at lag 2
@@ -383,13 +383,13 @@ def test_a_redundant_cell_is_not_pushed_apart_as_unique_unless_the_paper_rule_is
         return context.conditions, merge_auxiliary_losses(
             probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool), context, config)
 
-    conditions, default = losses()
-    assert conditions.redundant.tolist() == [[False, False, True]]
-    assert conditions.unique.tolist() == [[True, True, False]]
-    assert default["redundancy"].item() == pytest.approx(0.0) and default["uniqueness"].item() == pytest.approx(0.0)
-    paper_conditions, paper = losses(uniqueness_excludes_redundant=False)
+    paper_conditions, paper = losses()
+    assert paper_conditions.redundant.tolist() == [[False, False, True]]
     assert paper_conditions.unique.tolist() == [[True, True, True]]
-    assert paper["uniqueness"].item() == pytest.approx(0.5 / 3)  # lag 2 would be pushed apart as well
+    assert paper["uniqueness"].item() == pytest.approx(0.5 / 3)  # lag 2 is pushed apart while pulled together
+    conditions, excluded = losses(uniqueness_excludes_redundant=True)
+    assert conditions.unique.tolist() == [[True, True, False]]
+    assert excluded["redundancy"].item() == pytest.approx(0.0) and excluded["uniqueness"].item() == pytest.approx(0.0)
 
 
 def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_alone():
