@@ -97,7 +97,7 @@ DATASET_ALIASES = {"wesad_e4": "wesad_e4_paper"}
 # Routing-alignment metrics (modeling_merge.training.evaluate_model) summarised where a run reports them.
 ROUTING_METRICS = ("routing_expert_share_min", "routing_expert_share_max", "routing_synergy_share_synergistic",
                    "routing_synergy_share_other", "routing_redundant_pair_jsd", "routing_non_redundant_pair_jsd",
-                   "routing_unique_pair_jsd", "routing_non_unique_pair_jsd")
+                   "routing_redundant_not_unique_pair_jsd", "routing_unique_pair_jsd", "routing_non_unique_pair_jsd")
 # A tiny budget that only checks the scripts run end to end (``--smoke``); its runs go to a separate tree.
 SMOKE = {"num_epochs": 1, "limit_examples": 64, "rus_estimator": "quantized_exact",
          "model_options": json.dumps({"d_model": 16, "num_blocks": 1, "num_moe_blocks": 1, "num_encoder_layers": 1,
@@ -378,7 +378,7 @@ def format_routing_table(summary: dict, title: str) -> str:
     short = {"routing_expert_share_min": "share min", "routing_expert_share_max": "share max",
              "routing_synergy_share_synergistic": "syn share (syn cells)", "routing_synergy_share_other": "syn share (other)",
              "routing_redundant_pair_jsd": "JSD redundant", "routing_non_redundant_pair_jsd": "JSD non-red.",
-             "routing_unique_pair_jsd": "JSD unique", "routing_non_unique_pair_jsd": "JSD non-unique"}
+             "routing_redundant_not_unique_pair_jsd": "JSD red. not unique", "routing_unique_pair_jsd": "JSD unique", "routing_non_unique_pair_jsd": "JSD non-unique"}
     rows = [["dataset", "variant", "n", *short.values()]]
     for dataset, variants in summary.items():
         for variant, entry in variants.items():

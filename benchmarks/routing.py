@@ -47,7 +47,9 @@ COLUMNS = [("variant", "variant", "s"), ("step", "step", "d"), ("macro_f1", "val
            ("routing_expert_share_min", "least expert", ".3f"), ("routing_expert_share_max", "most expert", ".3f"),
            ("routing_synergy_share_synergistic", "syn share: syn cells", ".3f"),
            ("routing_synergy_share_other", "syn share: other", ".3f"),
-           ("routing_redundant_pair_jsd", "JSD redundant", ".3f"), ("routing_non_redundant_pair_jsd", "JSD other", ".3f"),
+           ("routing_redundant_pair_jsd", "JSD redundant", ".3f"),
+           ("routing_redundant_not_unique_pair_jsd", "JSD red. not unique", ".3f"),
+           ("routing_non_redundant_pair_jsd", "JSD other", ".3f"),
            ("routing_unique_pair_jsd", "JSD unique", ".3f"), ("routing_non_unique_pair_jsd", "JSD non-unique", ".3f")]
 
 

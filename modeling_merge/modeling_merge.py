@@ -618,7 +618,8 @@ def routing_alignment_counts(
     unique / non-unique loss pairs; top-k slots of present tokens per expert; slots on the synergy experts of
     tokens in a synergistic cell (their modality is in a synergistic pair at their lag with a present partner)
     and of the other tokens. Keys: `expert_slots` `(E,)`, `<name>_jsd` / `<name>_pairs` for redundant,
-    non_redundant, unique, non_unique, and `<cell>_synergy_slots` / `<cell>_slots` for synergistic, other.
+    non_redundant, unique, non_unique and redundant_not_unique (redundant cells whose uniqueness loss does not
+    push the other way), and `<cell>_synergy_slots` / `<cell>_slots` for synergistic, other.
     """
     first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]  # (B, Q, 1)
@@ -629,6 +630,8 @@ def routing_alignment_counts(
             weights = (pair_present & mask[None]).to(divergence.dtype)
             counts[f"{label}_jsd"] = (divergence * weights).sum()
             counts[f"{label}_pairs"] = weights.sum()
+    weights = (pair_present & (rus.conditions.redundant & ~rus.conditions.unique)[None]).to(divergence.dtype)
+    counts["redundant_not_unique_jsd"], counts["redundant_not_unique_pairs"] = (divergence * weights).sum(), weights.sum()
     synergistic_pair = (pair_present & rus.conditions.synergistic[None]).to(probs.dtype)  # (B, Q, T)
     partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair)
     in_synergy_cell = partner_count.index_add(1, second, synergistic_pair) > 0  # (B, M, T)

@@ -407,7 +407,8 @@ class RoutingAlignment:
     `routing_expert_share_min` / `_max` (share of top-k slots of the least and most used expert, over all MoE
     layers) and, averaged over MoE layers, `routing_redundant_pair_jsd` vs `routing_non_redundant_pair_jsd`
     (mean JSD in nats between the router distributions of two modalities' tokens at the same step: redundant
-    pairs should be closer), `routing_unique_pair_jsd` vs `routing_non_unique_pair_jsd` (unique pairs farther),
+    pairs should be closer; `routing_redundant_not_unique_pair_jsd` leaves out the redundant cells that the
+    paper's rule also marks unique, which the uniqueness loss pushes apart), `routing_unique_pair_jsd` vs `routing_non_unique_pair_jsd` (unique pairs farther),
     and `routing_synergy_share_synergistic` vs `routing_synergy_share_other` (share of the slots of tokens in
     synergistic cells, and of the other tokens, that go to the synergy experts). The RUS conditions are the
     model's (thresholds resolved by `set_rus`), so the softmax / Laplace routers, which never read RUS, are
@@ -440,7 +441,8 @@ class RoutingAlignment:
             if accelerator is not None:
                 counts = {name: accelerator.reduce(value, reduction="sum") for name, value in counts.items()}
             ratio = {name: float(counts[f"{name}_jsd"] / counts[f"{name}_pairs"]) if counts[f"{name}_pairs"] > 0
-                     else float("nan") for name in ("redundant", "non_redundant", "unique", "non_unique")}
+                     else float("nan") for name in ("redundant", "non_redundant", "unique", "non_unique",
+                                                    "redundant_not_unique")}
             shares = counts["expert_slots"] / counts["expert_slots"].sum().clamp(min=1)
             per_layer.append({
                 "expert_shares": shares.cpu().tolist(),
@@ -468,10 +470,15 @@ def routing_summary(metrics: Mapping[str, float]) -> str | None:
     def value(name: str, form: str) -> str:
         return format(metrics[f"routing_{name}"], form) if f"routing_{name}" in metrics else "n/a"
 
+    also_unique = ""  # where the unique-pair rule also marks redundant cells, which the uniqueness loss pushes apart
+    if "routing_unique_pair_jsd" in metrics and value("redundant_not_unique_pair_jsd", ".3f") != value(
+            "redundant_pair_jsd", ".3f"):
+        also_unique = f" ({value('redundant_not_unique_pair_jsd', '.3f')} without those also unique)"
+
     return (f"routing: experts get {value('expert_share_min', '.1%')}–{value('expert_share_max', '.1%')} of the "
             f"slots; synergy experts {value('synergy_share_synergistic', '.0%')} of synergistic-cell slots vs "
             f"{value('synergy_share_other', '.0%')} elsewhere; routing JSD redundant pairs "
-            f"{value('redundant_pair_jsd', '.3f')} vs {value('non_redundant_pair_jsd', '.3f')}, "
+            f"{value('redundant_pair_jsd', '.3f')}{also_unique} vs {value('non_redundant_pair_jsd', '.3f')}, "
             + (f"unique pairs {value('unique_pair_jsd', '.3f')} vs {value('non_unique_pair_jsd', '.3f')} nats"
                if "routing_unique_pair_jsd" in metrics else "nats; no unique pairs"))
 

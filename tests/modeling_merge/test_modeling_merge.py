@@ -19,6 +19,7 @@ from modeling_merge.modeling_merge import (
     MergeSynergyExpert,
     _all_other_modalities,
     merge_auxiliary_losses,
+    routing_alignment_counts,
 )
 from modeling_merge.rus_routing import jensen_shannon_divergence
 
@@ -390,6 +391,24 @@ def test_a_redundant_cell_is_also_unique_under_the_paper_rule_and_not_when_exclu
     conditions, excluded = losses(uniqueness_excludes_redundant=True)
     assert conditions.unique.tolist() == [[True, True, False]]
     assert excluded["redundancy"].item() == pytest.approx(0.0) and excluded["uniqueness"].item() == pytest.approx(0.0)
+
+
+def test_routing_alignment_counts_separate_redundant_cells_that_the_paper_rule_also_calls_unique():
+    redundancy, uniqueness = torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)
+    redundancy[0, 1, 1:] = redundancy[1, 0, 1:] = 1.0  # lags 1 and 2 redundant
+    uniqueness[0, 1, ::2] = uniqueness[1, 0, ::2] = 1.0  # lags 0 and 2 unique: lag 2 is both
+    _, context = two_modality_context(redundancy=redundancy, uniqueness=uniqueness, num_feedforward_experts=1,
+                                      redundancy_threshold=0.1, uniqueness_threshold=0.1)
+    # a routes to expert 0 everywhere; b half-way at lag 0, identically at lag 1, disjointly at lag 2
+    probs = torch.tensor([[[[1.0, 0.0]] * 3, [[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]]])
+    counts = routing_alignment_counts(probs, probs.argmax(-1, keepdim=True), torch.ones(1, 2, dtype=torch.bool),
+                                      context, num_synergy_experts=1)
+    half_way = jensen_shannon_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])).item()
+    assert counts["redundant_pairs"].item() == 2 and counts["redundant_jsd"].item() == pytest.approx(math.log(2.0))
+    assert counts["redundant_not_unique_pairs"].item() == 1 and counts["redundant_not_unique_jsd"].item() == 0.0
+    assert counts["non_redundant_jsd"].item() == pytest.approx(half_way)
+    assert counts["unique_pairs"].item() == 2
+    assert counts["unique_jsd"].item() == pytest.approx(half_way + math.log(2.0))
 
 
 def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_alone():
