@@ -378,7 +378,8 @@ def format_routing_table(summary: dict, title: str) -> str:
     short = {"routing_expert_share_min": "share min", "routing_expert_share_max": "share max",
              "routing_synergy_share_synergistic": "syn share (syn cells)", "routing_synergy_share_other": "syn share (other)",
              "routing_redundant_pair_jsd": "JSD redundant", "routing_non_redundant_pair_jsd": "JSD non-red.",
-             "routing_redundant_not_unique_pair_jsd": "JSD red. not unique", "routing_unique_pair_jsd": "JSD unique", "routing_non_unique_pair_jsd": "JSD non-unique"}
+             "routing_redundant_not_unique_pair_jsd": "JSD red. not unique", "routing_unique_pair_jsd": "JSD unique",
+             "routing_non_unique_pair_jsd": "JSD non-unique"}
     rows = [["dataset", "variant", "n", *short.values()]]
     for dataset, variants in summary.items():
         for variant, entry in variants.items():

@@ -39,7 +39,7 @@ VARIANTS = {  # name → (router_type, MergeConfig overrides)
     "MERGE without synergy target": ("rus", {"synergy_target_mass": None}),
     "MERGE unbounded uniqueness (before)": ("rus", {"uniqueness_target_jsd": None}),
     "MERGE bias rate 0.1 (before)": ("rus", {"router_bias_update_rate": 0.1}),
-    "MERGE redundant cells also unique (before)": ("rus", {"uniqueness_excludes_redundant": False}),
+    "MERGE redundant cells not unique": ("rus", {"uniqueness_excludes_redundant": True}),
     "softmax top-k (control)": ("softmax", {}),
     "FuseMoE laplace_per_modality (control)": ("laplace_per_modality", {}),
 }

@@ -21,7 +21,8 @@ SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
 THRESHOLD_MODES = ("percentile", "absolute")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 # MergeConfig overrides that give the RUS router as published, for comparison: the paper's synergy and uniqueness
-# losses and unique-pair rule, no selection bias, every layer initialised at initializer_range (it collapses onto the synergy experts).
+# losses and unique-pair rule, no selection bias, every layer initialised at initializer_range (it collapses onto
+# the synergy experts).
 PAPER_ROUTING = {"synergy_target_mass": None, "uniqueness_target_jsd": None, "uniqueness_excludes_redundant": False,
                  "router_bias_update_rate": 0.0, "router_init": "initializer_range"}
 

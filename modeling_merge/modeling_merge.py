@@ -624,14 +624,13 @@ def routing_alignment_counts(
     first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]  # (B, Q, 1)
     divergence = jensen_shannon_divergence(probs[:, first], probs[:, second])  # (B, Q, T)
+    redundant, unique = rus.conditions.redundant, rus.conditions.unique
     counts = {}
-    for name, condition in (("redundant", rus.conditions.redundant), ("unique", rus.conditions.unique)):
-        for label, mask in ((name, condition), (f"non_{name}", ~condition)):
-            weights = (pair_present & mask[None]).to(divergence.dtype)
-            counts[f"{label}_jsd"] = (divergence * weights).sum()
-            counts[f"{label}_pairs"] = weights.sum()
-    weights = (pair_present & (rus.conditions.redundant & ~rus.conditions.unique)[None]).to(divergence.dtype)
-    counts["redundant_not_unique_jsd"], counts["redundant_not_unique_pairs"] = (divergence * weights).sum(), weights.sum()
+    for label, mask in (("redundant", redundant), ("non_redundant", ~redundant), ("unique", unique),
+                        ("non_unique", ~unique), ("redundant_not_unique", redundant & ~unique)):
+        weights = (pair_present & mask[None]).to(divergence.dtype)
+        counts[f"{label}_jsd"] = (divergence * weights).sum()
+        counts[f"{label}_pairs"] = weights.sum()
     synergistic_pair = (pair_present & rus.conditions.synergistic[None]).to(probs.dtype)  # (B, Q, T)
     partner_count = probs.new_zeros(probs.shape[:3]).index_add(1, first, synergistic_pair)
     in_synergy_cell = partner_count.index_add(1, second, synergistic_pair) > 0  # (B, M, T)

@@ -408,7 +408,8 @@ class RoutingAlignment:
     layers) and, averaged over MoE layers, `routing_redundant_pair_jsd` vs `routing_non_redundant_pair_jsd`
     (mean JSD in nats between the router distributions of two modalities' tokens at the same step: redundant
     pairs should be closer; `routing_redundant_not_unique_pair_jsd` leaves out the redundant cells that the
-    paper's rule also marks unique, which the uniqueness loss pushes apart), `routing_unique_pair_jsd` vs `routing_non_unique_pair_jsd` (unique pairs farther),
+    paper's rule also marks unique, which the uniqueness loss pushes apart), `routing_unique_pair_jsd` vs
+    `routing_non_unique_pair_jsd` (unique pairs farther),
     and `routing_synergy_share_synergistic` vs `routing_synergy_share_other` (share of the slots of tokens in
     synergistic cells, and of the other tokens, that go to the synergy experts). The RUS conditions are the
     model's (thresholds resolved by `set_rus`), so the softmax / Laplace routers, which never read RUS, are

@@ -225,7 +225,8 @@ def test_the_routing_summary_reports_unique_pairs_only_where_the_rus_has_some():
     summary = routing_summary(metrics)
     assert "11.0%–14.0% of the slots" in summary and "redundant pairs 0.009 vs 0.047" in summary
     assert summary.endswith("nats; no unique pairs")
-    with_unique = routing_summary(metrics | {"routing_unique_pair_jsd": 0.5, "routing_redundant_not_unique_pair_jsd": 0.009})
+    with_unique = routing_summary(metrics | {"routing_unique_pair_jsd": 0.5,
+                                             "routing_redundant_not_unique_pair_jsd": 0.009})
     assert with_unique.endswith("redundant pairs 0.009 vs 0.047, unique pairs 0.500 vs 0.037 nats")
     # where redundant cells are also unique (pushed apart), the summary also gives the redundant cells that are not
     with_conflict = routing_summary(metrics | {"routing_unique_pair_jsd": 0.5,
