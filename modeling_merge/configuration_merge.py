@@ -14,7 +14,7 @@ from transformers import PreTrainedConfig
 
 ROUTER_INITS = ("fan_in", "initializer_range")
 ROUTER_BIAS_STARTS = ("centered", "zero")
-ROUTER_BIAS_UPDATE_RULES = ("proportional", "sign")
+ROUTER_BIAS_UPDATE_RULES = ("log_ratio", "proportional", "sign")
 ROUTER_TYPES = ("rus", "softmax", "laplace", "laplace_per_modality", "dense")
 EXPERT_DISPATCHES = ("grouped_mm", "sorted", "eager")
 SYNERGY_LOSS_TYPES = ("one_minus_p", "neg_log_p")
@@ -223,8 +223,9 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     load_balance_loss_weight: float = 0.02
     router_init: str = "fan_in"
     router_bias_update_rate: float = 0.05
-    router_bias_update_rule: str = "proportional"
+    router_bias_update_rule: str = "log_ratio"
     router_bias_start: str = "centered"
+    router_bias_tracks_logit_offsets: bool = True
     num_rus_lags: int = 5
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
@@ -343,6 +344,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
                f"must be one of {ROUTER_BIAS_UPDATE_RULES}", self.router_bias_update_rule)
         _check(self.router_bias_start in ROUTER_BIAS_STARTS, "router_bias_start", f"must be one of {ROUTER_BIAS_STARTS}",
                self.router_bias_start)
+        _check(isinstance(self.router_bias_tracks_logit_offsets, bool), "router_bias_tracks_logit_offsets",
+               "must be a bool", self.router_bias_tracks_logit_offsets)
         _check(isinstance(self.router_bias_update_rate, (int, float)) and 0 <= self.router_bias_update_rate < math.inf,
                "router_bias_update_rate", "must be a finite number >= 0 (0 = off)", self.router_bias_update_rate)
         _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",

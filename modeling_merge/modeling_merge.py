@@ -461,8 +461,11 @@ class MergeMoeLayer(nn.Module):
         self.num_synergy_experts = config.num_synergy_experts
         self.bias_update_rate = config.router_bias_update_rate
         self.center_fresh_bias = config.router_bias_start == "centered"
-        self.proportional_bias_update = config.router_bias_update_rule == "proportional"
+        self.bias_update_rule = config.router_bias_update_rule
+        self.bias_tracks_logit_offsets = config.router_bias_tracks_logit_offsets
         self.register_buffer("expert_selection_bias", torch.zeros(config.num_experts), persistent=True)
+        # each expert's mean logit minus the mean over experts at the last training forward (zero: none seen yet)
+        self.register_buffer("expert_logit_offsets", torch.zeros(config.num_experts), persistent=True)
         routers = {
             "rus": lambda: MergeRusRouter(config),
             "softmax": lambda: MergeSoftmaxRouter(config),
@@ -521,36 +524,47 @@ class MergeMoeLayer(nn.Module):
 
     @torch.no_grad()
     def update_selection_bias(self, logits: Tensor, top_experts: Tensor, presence: Tensor) -> None:
-        """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`):
-        move each expert's selection bias toward the mean slot share by rate × the logits' spread (the mean over
-        present tokens of the std over experts of the logits) × the expert's relative deficit (mean − load) / mean
-        clipped to [-1, 1] (rule `"proportional"`) or its sign (rule `"sign"`): up below the mean share, down above.
-        Loads and spread are summed over processes under torch.distributed. With `router_bias_start="centered"` a
-        fresh bias (all zero) first cancels each expert's mean logit over the batch's present tokens. A no-op outside
-        training, at rate 0, or while the router's weights are frozen."""
+        """After a training forward (router logits `(B, M, T, E)`, its top-k ids `(B, M, T, k)`, presence `(B, M)`),
+        over the present tokens:
+        1. each expert's logit offset is its mean logit minus the mean over experts. A fresh bias (all zero) with
+           `router_bias_start="centered"` is set to cancel the offsets; later, with `router_bias_tracks_logit_offsets`,
+           the bias cancels how far each offset moved since the previous training forward, so a drift that raises or
+           lowers an expert's logits for every token does not change the slot shares;
+        2. each expert's bias moves by rate × the logits' spread (mean over tokens of the std over experts) × a step
+           factor from its slot share s against the mean share s̄: ln(s̄ / s) clipped to [-1, 3] (`"log_ratio"`),
+           (s̄ − s) / s̄ clipped to [-1, 1] (`"proportional"`) or sign(s̄ − s) (`"sign"`): up below the mean share,
+           down above it.
+        Loads, offsets and spread are summed over processes under torch.distributed. A no-op outside training, at
+        rate 0, or while the router's weights are frozen."""
         if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
             return
         present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)).squeeze(1)
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
-        present_logits = logits.reshape(-1, logits.shape[-1])[present_tokens]
+        present_logits = logits.reshape(-1, logits.shape[-1])[present_tokens].float()
         num_experts = self.expert_selection_bias.shape[0]
-        totals = torch.cat([torch.bincount(slot_expert, minlength=num_experts).float(),
-                            present_logits.float().std(-1).sum()[None], present_logits.new_tensor([present_logits.shape[0]])])
+        totals = torch.cat([torch.bincount(slot_expert, minlength=num_experts).float(), present_logits.sum(0),
+                            present_logits.std(-1).sum()[None], present_logits.new_tensor([present_logits.shape[0]])])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
-        load, spread = totals[:num_experts], totals[num_experts] / totals[num_experts + 1].clamp(min=1)
-        if self.center_fresh_bias and not self.expert_selection_bias.any():  # fresh: cancel per-expert offsets
-            mean_logits = present_logits.float().sum(0)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(mean_logits)
-            mean_logits = mean_logits / totals[num_experts + 1].clamp(min=1)
-            self.expert_selection_bias.copy_(mean_logits.mean() - mean_logits)
-        deficit = load.mean() - load
-        if self.proportional_bias_update:
-            deficit = (deficit / load.mean().clamp(min=torch.finfo(load.dtype).tiny)).clamp(-1.0, 1.0)
+        num_tokens = totals[-1]
+        if num_tokens == 0:
+            return
+        load, mean_logits, spread = totals[:num_experts], totals[num_experts:-2] / num_tokens, totals[-2] / num_tokens
+        offsets = mean_logits - mean_logits.mean()
+        if self.center_fresh_bias and not self.expert_selection_bias.any():
+            self.expert_selection_bias.copy_(-offsets)
+        elif self.bias_tracks_logit_offsets and self.expert_logit_offsets.any():
+            self.expert_selection_bias.sub_(offsets - self.expert_logit_offsets)
+        if self.bias_tracks_logit_offsets:
+            self.expert_logit_offsets.copy_(offsets)
+        mean_load = load.mean()
+        if self.bias_update_rule == "log_ratio":
+            step = torch.log(mean_load / load).clamp(-1.0, 3.0)  # an unused expert: ln(s̄ / 0) = inf → 3
+        elif self.bias_update_rule == "proportional":
+            step = ((mean_load - load) / mean_load).clamp(-1.0, 1.0)
         else:
-            deficit = torch.sign(deficit)
-        self.expert_selection_bias.add_(self.bias_update_rate * spread * deficit)
+            step = torch.sign(mean_load - load)
+        self.expert_selection_bias.add_(self.bias_update_rate * spread * step)
 
 
 class MergeBlock(GradientCheckpointingLayer):
@@ -672,6 +686,7 @@ class MergePreTrainedModel(PreTrainedModel):
         elif isinstance(module, MergeMoeLayer):
             # after its children (transformers skips modules without parameters or buffers of their own, the router)
             init.zeros_(module.expert_selection_bias)
+            init.zeros_(module.expert_logit_offsets)
             if isinstance(module.router, MergeRusRouter) and self.config.router_init == "fan_in":
                 for layer in module.router.modules():
                     if isinstance(layer, nn.Linear):
