@@ -80,6 +80,8 @@ def test_auto_map_names_all_three_auto_classes():
         ({"d_model": "128"}, "d_model"),
         ({"num_blocks": True}, "num_blocks"),
         ({"router_bias_start": "mean"}, "router_bias_start"),
+        ({"router_bias_update_rule": "log"}, "router_bias_update_rule"),
+        ({"router_bias_tracks_logit_offsets": 1}, "router_bias_tracks_logit_offsets"),
         ({"uniqueness_target_jsd": 0.7}, "uniqueness_target_jsd"),
         ({"uniqueness_target_jsd": 0.0}, "uniqueness_target_jsd"),
         ({"uniqueness_excludes_redundant": 1}, "uniqueness_excludes_redundant"),

@@ -424,10 +424,21 @@ def test_selection_bias_picks_the_experts_but_the_weights_come_from_the_logits_a
     torch.testing.assert_close(routed_logits, logits)  # the bias never reaches the logits (or probabilities, losses)
 
 
-@pytest.mark.parametrize("rule", ["proportional", "sign"])
+def _bias_step_factor(rule: str, load: torch.Tensor) -> torch.Tensor:
+    """The documented step factor of each expert from its slot count `(E,)`."""
+    mean = load.mean()
+    if rule == "log_ratio":  # ln(mean share / share); an unused expert (ratio inf) and any below 5 % of the mean: 3
+        return torch.log(mean / load).clamp(-1, 3)
+    if rule == "proportional":  # relative deficit: an expert at 1.5× the mean share moves half a step down
+        return ((mean - load) / mean).clamp(-1, 1)
+    return (mean - load).sign()
+
+
+@pytest.mark.parametrize("rule", ["log_ratio", "proportional", "sign"])
 def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_equal_slot_shares_in_training_only(rule):
     config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
-                         num_experts_per_token=1, router_bias_update_rate=0.01, router_bias_update_rule=rule)
+                         num_experts_per_token=1, router_bias_update_rate=0.01, router_bias_update_rule=rule,
+                         router_bias_tracks_logit_offsets=False)
     layer = MergeMoeLayer(config)
     with torch.no_grad():
         layer.router.weight.weight.zero_()
@@ -447,18 +458,13 @@ def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_
     logits = layer.router(hidden).detach()
     step = 0.01 * logits.std(-1).mean()  # the full step scales with the logits' spread over experts
     offsets = logits.reshape(-1, 4).mean(0)
-    # all 30 tokens chose expert 0: 3× the mean share above it (clipped to a full step down), the others a full step up
-    centred = offsets.mean() - offsets + step * torch.tensor([-1.0, 1.0, 1.0, 1.0])
+    # all 30 tokens chose expert 0 (4× the mean share), none the others
+    centred = offsets.mean() - offsets + step * _bias_step_factor(rule, torch.tensor([30.0, 0.0, 0.0, 0.0]))
     torch.testing.assert_close(layer.expert_selection_bias, centred)
     experts = forward_and_update()  # from then on only the step, toward the experts below the mean share
     load = torch.bincount(experts.reshape(-1), minlength=4).float()
-    deficit = load.mean() - load
-    if rule == "proportional":  # an expert at 1.5× the mean share moves half a step down, an unused one a full step up
-        deficit = (deficit / load.mean()).clamp(-1, 1)
-    else:
-        deficit = deficit.sign()
-    expected = centred + step * deficit
     assert ((load - load.mean()).abs() < load.mean()).any()  # an expert partly off balance: the rules differ here
+    expected = centred + step * _bias_step_factor(rule, load)
     torch.testing.assert_close(layer.expert_selection_bias, expected)
     layer.router.requires_grad_(False)  # a frozen router (e.g. under a PEFT adapter) keeps its routing as loaded
     forward_and_update()
@@ -466,11 +472,60 @@ def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_
 
     from_zero = MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
                                           num_experts_per_token=1, router_bias_update_rate=0.01,
-                                          router_bias_start="zero")).train()
+                                          router_bias_update_rule=rule, router_bias_start="zero",
+                                          router_bias_tracks_logit_offsets=False)).train()
     from_zero.load_state_dict(layer.state_dict() | {"expert_selection_bias": torch.zeros(4)})
     _, logits, experts = from_zero(hidden, presence, None, _all_other_modalities(3))
     from_zero.update_selection_bias(logits, experts, presence)  # the previous behaviour: only the step
-    torch.testing.assert_close(from_zero.expert_selection_bias, step * torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    load = torch.bincount(experts.reshape(-1), minlength=4).float()
+    torch.testing.assert_close(from_zero.expert_selection_bias, step * _bias_step_factor(rule, load))
+
+
+def _tracking_layer(tracks: bool) -> MergeMoeLayer:
+    """A training-mode layer with a step too small to matter, so what moves the bias is the offset tracking."""
+    return MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                                     num_experts_per_token=1, router_bias_update_rate=1e-9,
+                                     router_bias_tracks_logit_offsets=tracks)).train()
+
+
+def _route_and_update(layer: MergeMoeLayer, logits: torch.Tensor, presence: torch.Tensor) -> None:
+    experts = torch.topk(logits + layer.expert_selection_bias, 1, dim=-1).indices
+    layer.update_selection_bias(logits, experts, presence)
+
+
+@pytest.mark.parametrize("tracks", [True, False])
+def test_a_drift_that_raises_one_experts_logits_for_every_token_is_cancelled_when_the_bias_tracks_offsets(tracks):
+    layer = _tracking_layer(tracks)
+    presence = torch.ones(4, 3, dtype=torch.bool)
+    logits = torch.randn(4, 3, 10, 4)
+    _route_and_update(layer, logits, presence)  # fresh: the bias cancels the offsets
+    before = torch.topk(logits + layer.expert_selection_bias, 1, dim=-1).indices
+    drifted = logits + torch.tensor([1.5, 0.0, 0.0, 0.0])  # e.g. a gradient step that favours expert 0 everywhere
+    _route_and_update(layer, drifted, presence)
+    after = torch.topk(drifted + layer.expert_selection_bias, 1, dim=-1).indices
+    shift = layer.expert_selection_bias - layer.expert_selection_bias.mean()
+    if tracks:
+        assert torch.equal(after, before)  # the same tokens on the same experts
+        torch.testing.assert_close(layer.expert_logit_offsets, drifted.reshape(-1, 4).mean(0) -
+                                   drifted.mean())
+    else:
+        assert (after == 0).sum() > (before == 0).sum()  # expert 0 takes tokens from the others
+        assert torch.equal(layer.expert_logit_offsets, torch.zeros(4))
+    assert (shift[0] < shift[1:]).all() == tracks
+
+
+def test_offsets_missing_from_an_older_checkpoint_are_recorded_before_the_bias_tracks_them():
+    layer = _tracking_layer(True)
+    loaded_bias = torch.tensor([0.3, -0.1, 0.0, -0.2])
+    layer.load_state_dict(layer.state_dict() | {"expert_selection_bias": loaded_bias,
+                                                "expert_logit_offsets": torch.zeros(4)})
+    presence = torch.ones(2, 3, dtype=torch.bool)
+    logits = torch.randn(2, 3, 5, 4) + torch.tensor([2.0, 0.0, 0.0, 0.0])
+    _route_and_update(layer, logits, presence)  # no previous offsets: nothing to cancel yet, only the (tiny) step
+    torch.testing.assert_close(layer.expert_selection_bias, loaded_bias)
+    torch.testing.assert_close(layer.expert_logit_offsets, logits.reshape(-1, 4).mean(0) - logits.mean())
+    _route_and_update(layer, logits + torch.tensor([0.0, 0.0, 0.0, 1.0]), presence)
+    torch.testing.assert_close(layer.expert_selection_bias, loaded_bias - torch.tensor([-0.25, -0.25, -0.25, 0.75]))
 
 
 def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
