@@ -99,6 +99,8 @@ DATASET_ALIASES = {"wesad_e4": "wesad_e4_paper"}
 ROUTING_METRICS = ("routing_expert_share_min", "routing_expert_share_max", "routing_synergy_share_synergistic",
                    "routing_synergy_share_other", "routing_redundant_pair_jsd", "routing_non_redundant_pair_jsd",
                    "routing_redundant_not_unique_pair_jsd", "routing_unique_pair_jsd", "routing_non_unique_pair_jsd")
+# The least-used expert's share of the slots under which routing counts as unbalanced (issue 13's criterion).
+BALANCE_FLOOR = 0.02
 # A tiny budget that only checks the scripts run end to end (``--smoke``); its runs go to a separate tree.
 SMOKE = {"num_epochs": 1, "limit_examples": 64, "rus_estimator": "quantized_exact",
          "model_options": json.dumps({"d_model": 16, "num_blocks": 1, "num_moe_blocks": 1, "num_encoder_layers": 1,
@@ -248,8 +250,10 @@ def load_result(run: Run) -> dict | None:
     results["wall_s"] = json.loads(wall.read_text())["wall_s"] if wall.exists() else None
     log = run.output_dir / "metrics.jsonl"
     entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    results["validation_curve"] = [entry[results["selection_metric"]] for entry in entries
-                                   if entry["split"] == "validation"]
+    validation = [entry for entry in entries if entry["split"] == "validation"]
+    results["validation_curve"] = [entry[results["selection_metric"]] for entry in validation]
+    results["validation_share_min_curve"] = [entry["routing_expert_share_min"] for entry in validation
+                                             if "routing_expert_share_min" in entry]
     return results
 
 
@@ -318,7 +322,8 @@ def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[
                         "output_dir": str(run.output_dir.relative_to(REPO_ROOT)), "test": results["test"],
                         "validation": results["validation"], "best_epoch": results["best_epoch"],
                         "steps": results["steps"], "wall_s": results["wall_s"],
-                        "validation_curve": results["validation_curve"]})
+                        "validation_curve": results["validation_curve"],
+                        "validation_share_min_curve": results["validation_share_min_curve"]})
     extra_records = list(extra_records)
     datasets = dict.fromkeys([*(record["dataset"] for record in extra_records), *(run.dataset for run in runs)])
     for dataset in datasets:
@@ -334,6 +339,12 @@ def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[
             routing = {metric: mean_std([r["test"][metric] for r in chosen if metric in r["test"]
                                          and math.isfinite(r["test"][metric])]) for metric in ROUTING_METRICS}
             entry["test_routing"] = {metric: value for metric, value in routing.items() if value["n"]}
+            epoch_shares = [share for r in chosen for share in r.get("validation_share_min_curve", [])]
+            if epoch_shares:  # every epoch's checkpoint is one that early stopping could select
+                entry["validation_epochs_under_balance_floor"] = {
+                    "count": sum(share < BALANCE_FLOOR for share in epoch_shares), "epochs": len(epoch_shares),
+                    "first_epoch": sum(r["validation_share_min_curve"][0] < BALANCE_FLOOR for r in chosen
+                                       if r.get("validation_share_min_curve"))}
             summary.setdefault(dataset, {})[variant] = entry
     return summary, records + extra_records
 
@@ -381,13 +392,16 @@ def format_routing_table(summary: dict, title: str) -> str:
              "routing_redundant_pair_jsd": "JSD redundant", "routing_non_redundant_pair_jsd": "JSD non-red.",
              "routing_redundant_not_unique_pair_jsd": "JSD red. not unique", "routing_unique_pair_jsd": "JSD unique",
              "routing_non_unique_pair_jsd": "JSD non-unique"}
-    rows = [["dataset", "variant", "n", *short.values()]]
+    rows = [["dataset", "variant", "n", *short.values(), f"val epochs < {BALANCE_FLOOR:.0%} (epoch 1)"]]
     for dataset, variants in summary.items():
         for variant, entry in variants.items():
             routing = entry.get("test_routing") or {}
+            unbalanced = entry.get("validation_epochs_under_balance_floor")
             if routing:
                 rows.append([dataset, variant, str(max(value["n"] for value in routing.values())),
-                             *[f"{routing[key]['mean']:.3f}" if key in routing else "-" for key in short]])
+                             *[f"{routing[key]['mean']:.3f}" if key in routing else "-" for key in short],
+                             f"{unbalanced['count']} of {unbalanced['epochs']} ({unbalanced['first_epoch']})"
+                             if unbalanced else "-"])
     if len(rows) == 1:
         return ""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -8,7 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from _harness import DATASETS, Run, Variant, wesad_subject_fold  # noqa: E402
+import _harness  # noqa: E402
+from _harness import DATASETS, Run, Variant, format_routing_table, summarize, wesad_subject_fold  # noqa: E402
 
 from dataset_builders.wesad import SUBJECTS  # noqa: E402
 
@@ -35,3 +36,27 @@ def test_a_cross_validated_run_trains_seed_k_on_fold_k_with_its_own_cache_and_si
     fixed = Run("wesad_e4_three_class", Variant("MERGE", {"router_type": "rus"}), 1)
     assert "test_subjects" not in json.loads(fixed.arguments()["dataset_options"]) and fixed.fold is None
     assert "subject_folds" in DATASETS["wesad_e4_binary_folds"]
+
+
+def _write_run(run: Run, validation_least_used_shares: list[float]) -> None:
+    """The files train.py leaves in a finished run folder, reduced to what the summary reads."""
+    run.output_dir.mkdir(parents=True)
+    test = {"accuracy": 0.9, "macro_f1": 0.8, "roc_auc": 0.95, "routing_expert_share_min": 0.05}
+    (run.output_dir / "results.json").write_text(json.dumps(
+        {"test": test, "validation": test, "best_epoch": 2, "steps": 10, "selection_metric": "macro_f1"}))
+    (run.output_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"split": "validation", "epoch": epoch, "macro_f1": 0.8, "routing_expert_share_min": share}) + "\n"
+        for epoch, share in enumerate(validation_least_used_shares, start=1)))
+
+
+def test_the_routing_table_counts_every_validation_epoch_whose_least_used_expert_is_under_the_floor(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.setattr(_harness, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(_harness, "RUNS_ROOT", tmp_path / "runs")
+    runs = [Run("synthetic", Variant("MERGE (rus)", {"router_type": "rus"}), seed) for seed in (0, 1)]
+    _write_run(runs[0], [0.004, 0.03, 0.019])  # epoch 1 and epoch 3 under 2 %
+    _write_run(runs[1], [0.05, 0.06])
+    summary, _ = summarize(runs)
+    entry = summary["synthetic"]["MERGE (rus)"]
+    assert entry["validation_epochs_under_balance_floor"] == {"count": 2, "epochs": 5, "first_epoch": 1}
+    assert "2 of 5 (1)" in format_routing_table(summary, "routing")
