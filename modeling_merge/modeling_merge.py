@@ -448,7 +448,8 @@ class MergeMoeLayer(nn.Module):
 
     The top-k experts are chosen by logits + `expert_selection_bias` `(E,)` and weighted by the softmax over their
     logits alone, so the probabilities (and the auxiliary losses) never see the bias. After every training forward
-    `MergeModel` moves the bias (`update_selection_bias`) by up to `router_bias_update_rate` × the logits' spread
+    `MergeModel` moves the bias (`update_selection_bias`): it cancels any change of each expert's mean logit offset
+    since the previous training forward, and steps by a multiple of `router_bias_update_rate` × the logits' spread
     toward equal slot shares (auxiliary-loss-free balancing), as long as the router's own weights are trained: with a
     frozen router (a PEFT adapter, a trained head only) the routing and so the bias stay as loaded, and an adapter
     checkpoint describes the whole change. The forward routes with a snapshot of the bias (`selection_bias`), so a
