@@ -41,3 +41,10 @@ def test_checkpoint_of_5bc048e_reproduces_its_outputs(one_thread):
     for name, value in output.aux_losses.items():
         assert torch.equal(value, expected[f"aux_losses.{name}"]), name
     assert torch.equal(output.loss, expected["loss"])
+
+
+def test_checkpoint_saved_before_the_logit_offset_buffer_loads_with_nothing_reported_missing():
+    model, info = MergeForSequenceClassification.from_pretrained(FIXTURE, output_loading_info=True)
+    assert not any(info.values()), info
+    offsets = [module.expert_logit_offsets for module in model.modules() if hasattr(module, "expert_logit_offsets")]
+    assert offsets and all(not buffer.any() for buffer in offsets)  # recorded at the next training forward
