@@ -2,7 +2,7 @@
 `examples/train.py` run per (dataset, variant, seed) in its own folder, a worker pool, aggregation and tables.
 
 A *dataset* here is a benchmark key (``wesad_e4_three_class``), i.e. a builder (``wesad_e4``) with fixed builder
-options; ``DATASETS`` holds them. Every run goes to ``runs/benchmarks/v5/<dataset>/<variant>/seed<k>`` (gitignored)
+options; ``DATASETS`` holds them. Every run goes to ``RUNS_ROOT/<dataset>/<variant>/seed<k>`` (gitignored)
 and is skipped when its ``results.json`` exists, so a killed campaign resumes where it stopped (an interrupted run
 continues from its last epoch checkpoint). Runs that train the same model (MERGE with the default settings) share
 their folder between the two scripts. Before any training, each (dataset, lags) group is prepared once, alone:
@@ -430,7 +430,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
-                                                       f"with --smoke runs/benchmarks/v5/smoke/{name}.json)")
+                                                       f"with --smoke {RUNS_ROOT.relative_to(REPO_ROOT)}/smoke/{name}.json)")
     args = parser.parse_args(argv)
     args.datasets = list(dict.fromkeys(DATASET_ALIASES.get(dataset, dataset) for dataset in args.datasets))
     sys.path.insert(0, str(REPO_ROOT / "examples"))

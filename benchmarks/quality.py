@@ -100,7 +100,7 @@ def fit_anchor(name: str, seed: int, features: dict, labels: dict, num_classes: 
 
 def anchor_records(datasets: list[str], seeds: int, smoke: bool) -> list[dict]:
     """The anchors of every dataset and seed (on the seed's subject fold where cross-validated), cached as
-    ``runs/benchmarks/v5/<dataset>/anchors/<anchor>/seed<k>.json``."""
+    ``RUNS_ROOT/<dataset>/anchors/<anchor>/seed<k>.json``."""
     from threadpoolctl import threadpool_limits
 
     from modeling_merge.training import classification_metrics
