@@ -430,8 +430,9 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--smoke", action="store_true", help="tiny budget (1 epoch, 64 examples): checks the script only")
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
+    smoke_output = RUNS_ROOT.relative_to(REPO_ROOT) / "smoke" / f"{name}.json"
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
-                                                       f"with --smoke {RUNS_ROOT.relative_to(REPO_ROOT)}/smoke/{name}.json)")
+                                                       f"with --smoke {smoke_output})")
     args = parser.parse_args(argv)
     args.datasets = list(dict.fromkeys(DATASET_ALIASES.get(dataset, dataset) for dataset in args.datasets))
     sys.path.insert(0, str(REPO_ROOT / "examples"))

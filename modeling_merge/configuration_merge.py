@@ -151,8 +151,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             so it separates synergistic from other cells instead of moving all tokens. The default 0.35 (0.5
             before) sits above the fair share (2 / 8 by default) but low enough that a synergistic token's top-2
             usually keeps one feed-forward expert: at 0.5 both of its slots went to the synergy experts, and since
-            most cells are synergistic at the percentile thresholds the synergy experts took ~58 % of the slots
-            in the first WESAD-E4 epoch and starved feed-forward experts. `None` = the paper's loss,
+            most cells are synergistic at the percentile thresholds the synergy experts took ~58 % of a layer's
+            slots in the first WESAD-E4 epoch and starved feed-forward experts. `None` = the paper's loss,
             mean φ(p̄) over synergistic pairs only, which sends every token to the synergy experts within a few
             steps (see the routing benchmark).
         uniqueness_target_jsd (`float | None`): the uniqueness loss as a target, in nats (JSD is at most ln 2 ≈
@@ -178,10 +178,11 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
         router_bias_update_rate (`float`): auxiliary-loss-free load balancing (DeepSeek-V3). Each MoE layer keeps a
             per-expert selection bias (a buffer) that is added to the router logits only to choose the top-k experts,
             never to weight them or in the auxiliary losses; every training forward moves it by this fraction of the
-            logits' spread (mean over tokens of their std over experts) times the rule's factor, up for experts below the mean slot
-            share and down for those above (counts and spread summed over processes under DDP), while the router's
-            own weights are trained (not under a PEFT adapter or a frozen router). Scaling by the spread keeps up with
-            routers whose logits sharpen during training (a fixed step left an expert unused on WESAD-E4).
+            logits' spread (mean over tokens of their std over experts) times the rule's factor, up for experts below
+            the mean slot share and down for those above (counts and spread summed over processes under DDP), while
+            the router's own weights are trained (not under a PEFT adapter or a frozen router). Scaling by the spread
+            keeps up with routers whose logits sharpen during training (a fixed step left an expert unused on
+            WESAD-E4).
             0 = off: balance only through the load-balance loss (the paper's routing). The default 0.05 (0.1
             before): when whole (modality, lag) cells route alike, a larger step moves a cell's tokens in and out of
             an expert at once and the expert's share swings between ~0 and twice the mean (WESAD-E4 paper labels:
