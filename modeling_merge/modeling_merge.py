@@ -539,25 +539,23 @@ class MergeMoeLayer(nn.Module):
         rate 0, or while the router's weights are frozen."""
         if not (self.training and self.bias_update_rate > 0 and next(self.router.parameters()).requires_grad):
             return
-        present_tokens = torch.nonzero(presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)).squeeze(1)
-        slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
-        present_logits = logits.reshape(-1, logits.shape[-1])[present_tokens].float()
         num_experts = self.expert_selection_bias.shape[0]
-        totals = torch.cat([torch.bincount(slot_expert, minlength=num_experts).float(), present_logits.sum(0),
-                            present_logits.std(-1).sum()[None], present_logits.new_tensor([present_logits.shape[0]])])
+        token_present = presence[:, :, None].expand(-1, -1, logits.shape[2]).reshape(-1)  # (B·M·T,)
+        slot_present = token_present[:, None].expand(-1, self.top_k).reshape(-1).float()
+        token_logits = logits.reshape(-1, num_experts).float()
+        totals = torch.cat([
+            logits.new_zeros(num_experts).index_add_(0, top_experts.reshape(-1), slot_present),
+            torch.where(token_present[:, None], token_logits, 0.0).sum(0),
+            torch.where(token_present, token_logits.std(-1), 0.0).sum()[None], token_present.sum()[None].float()])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
-        num_tokens = totals[-1]
-        if num_tokens == 0:
-            return
-        load, mean_logits, spread = totals[:num_experts], totals[num_experts:-2] / num_tokens, totals[-2] / num_tokens
+        load, num_tokens = totals[:num_experts], totals[-1]
+        mean_logits, spread = totals[num_experts:-2] / num_tokens.clamp(min=1), totals[-2] / num_tokens.clamp(min=1)
         offsets = mean_logits - mean_logits.mean()
-        if self.center_fresh_bias and not self.expert_selection_bias.any():
-            self.expert_selection_bias.copy_(-offsets)
-        elif self.bias_tracks_logit_offsets and self.expert_logit_offsets.any():
-            self.expert_selection_bias.sub_(offsets - self.expert_logit_offsets)
-        if self.bias_tracks_logit_offsets:
-            self.expert_logit_offsets.copy_(offsets)
+        # conditions as tensors, not Python branches: no host-device synchronisation on the training hot path
+        bias, recorded_offsets = self.expert_selection_bias, self.expert_logit_offsets
+        centered = ~bias.any() & self.center_fresh_bias
+        tracked = recorded_offsets.any() & self.bias_tracks_logit_offsets
         mean_load = load.mean()
         if self.bias_update_rule == "log_ratio":
             step = torch.log(mean_load / load).clamp(-1.0, 3.0)  # an unused expert: ln(s̄ / 0) = inf → 3
@@ -565,7 +563,11 @@ class MergeMoeLayer(nn.Module):
             step = ((mean_load - load) / mean_load).clamp(-1.0, 1.0)
         else:
             step = torch.sign(mean_load - load)
-        self.expert_selection_bias.add_(self.bias_update_rate * spread * step)
+        moved = torch.where(centered, -offsets, torch.where(tracked, bias - (offsets - recorded_offsets), bias))
+        has_tokens = num_tokens > 0  # no present token in any process: nothing measured, nothing moves
+        bias.copy_(torch.where(has_tokens, moved + self.bias_update_rate * spread * step, bias))
+        if self.bias_tracks_logit_offsets:
+            recorded_offsets.copy_(torch.where(has_tokens, offsets, recorded_offsets))
 
 
 class MergeBlock(GradientCheckpointingLayer):

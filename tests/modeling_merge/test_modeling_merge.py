@@ -528,6 +528,31 @@ def test_offsets_missing_from_an_older_checkpoint_are_recorded_before_the_bias_t
     torch.testing.assert_close(layer.expert_selection_bias, loaded_bias - torch.tensor([-0.25, -0.25, -0.25, 0.75]))
 
 
+def test_the_selection_bias_reads_only_present_tokens_and_stands_still_when_no_token_is_present():
+    def bias_state(layer):
+        return {"bias": layer.expert_selection_bias.clone(), "offsets": layer.expert_logit_offsets.clone()}
+
+    def layer_after_two_updates(logits, experts, presence):  # the fresh (centring) update, then a tracked one
+        layer = MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                                          num_experts_per_token=1, router_bias_update_rate=0.01)).train()
+        for _ in range(2):
+            layer.update_selection_bias(logits, experts, presence)
+        return layer
+
+    presence = torch.tensor([[True, True, False], [True, False, True]])
+    logits = torch.randn(2, 3, 5, 4)
+    experts = torch.topk(logits, 1, dim=-1).indices
+    expected = bias_state(layer_after_two_updates(logits[presence][None], experts[presence][None],
+                                                  torch.ones(1, 4, dtype=torch.bool)))
+    absent_garbage, absent_expert_zero = logits.clone(), experts.clone()
+    absent_garbage[~presence], absent_expert_zero[~presence] = float("nan"), 0
+    for absent_logits, absent_experts in ((logits, experts), (absent_garbage, absent_expert_zero)):
+        layer = layer_after_two_updates(absent_logits, absent_experts, presence)
+        torch.testing.assert_close(bias_state(layer), expected)
+        layer.update_selection_bias(absent_logits, absent_experts, torch.zeros(2, 3, dtype=torch.bool))
+        torch.testing.assert_close(bias_state(layer), expected)  # no token anywhere: nothing measured, nothing moves
+
+
 def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
     model = tiny_model(router_bias_update_rate=0.0, num_feedforward_experts=3)
     moe = next(block.feed_forward for block in model.merge.blocks if block.is_moe)
