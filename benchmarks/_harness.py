@@ -100,6 +100,16 @@ DATASET_ALIASES = {"wesad_e4": "wesad_e4_paper"}
 ROUTING_METRICS = ("routing_expert_share_min", "routing_expert_share_max", "routing_synergy_share_synergistic",
                    "routing_synergy_share_other", "routing_redundant_pair_jsd", "routing_non_redundant_pair_jsd",
                    "routing_redundant_not_unique_pair_jsd", "routing_unique_pair_jsd", "routing_non_unique_pair_jsd")
+# The RUS structure as contrasts of two routing metrics (first minus second; positive = the paper's rule holds):
+# redundant pairs route closer (JSD, nats), unique pairs apart, synergistic cells more on the synergy experts (share).
+STRUCTURE_CONTRASTS = {
+    "redundant pairs closer": ("routing_non_redundant_pair_jsd", "routing_redundant_pair_jsd"),
+    "redundant, not unique, closer": ("routing_non_redundant_pair_jsd", "routing_redundant_not_unique_pair_jsd"),
+    "unique pairs apart": ("routing_unique_pair_jsd", "routing_non_unique_pair_jsd"),
+    "synergistic cells on synergy experts": ("routing_synergy_share_synergistic", "routing_synergy_share_other"),
+}
+# The variant whose routing structure the others are the controls of (quality.py; ablations.py names its own).
+STRUCTURE_REFERENCE = "MERGE (rus)"
 # The least-used expert's share of the slots under which routing counts as unbalanced (issue 13's criterion).
 BALANCE_FLOOR = 0.02
 # A tiny budget that only checks the scripts run end to end (``--smoke``); its runs go to a separate tree.
@@ -350,6 +360,35 @@ def summarize(runs: Sequence[Run], extra_records: Sequence[dict] = ()) -> tuple[
     return summary, records + extra_records
 
 
+def structure_against_controls(records: Sequence[dict], reference_variant: str = STRUCTURE_REFERENCE) -> dict:
+    """summary[dataset][control][contrast] = {"reference", "control": mean contrast over the seeds both have,
+    "reference_stronger": seeds where ``reference_variant``'s contrast is the larger, "seeds": those seeds}: each
+    `STRUCTURE_CONTRASTS` entry on the test split, paired by seed (fold), against every other variant with routing
+    metrics."""
+    def contrast(record: dict, metrics: tuple[str, str]) -> float:
+        first, second = (record["test"].get(metric, math.nan) for metric in metrics)
+        return first - second
+
+    summary = {}
+    for dataset in dict.fromkeys(record["dataset"] for record in records):
+        reference = {r["seed"]: r for r in records if r["dataset"] == dataset and r["variant"] == reference_variant}
+        controls = dict.fromkeys(r["variant"] for r in records if r["dataset"] == dataset
+                                 and r["variant"] != reference_variant and "routing_expert_share_min" in r["test"])
+        for control in controls:
+            paired = [(reference[r["seed"]], r) for r in records if r["dataset"] == dataset and r["variant"] == control
+                      and r["seed"] in reference]
+            for name, metrics in STRUCTURE_CONTRASTS.items():
+                pairs = [(contrast(ours, metrics), contrast(theirs, metrics), ours["seed"]) for ours, theirs in paired]
+                pairs = [(ours, theirs, seed) for ours, theirs, seed in pairs if math.isfinite(ours) and math.isfinite(theirs)]
+                if pairs:
+                    summary.setdefault(dataset, {}).setdefault(control, {})[name] = {
+                        "reference": float(np.mean([ours for ours, _, _ in pairs])),
+                        "control": float(np.mean([theirs for _, theirs, _ in pairs])),
+                        "reference_stronger": sum(ours > theirs for ours, theirs, _ in pairs),
+                        "seeds": sorted(seed for _, _, seed in pairs)}
+    return summary
+
+
 def budget_of(dataset: str, smoke: bool) -> dict:
     import train  # on sys.path: run_script puts examples/ there
 
@@ -378,11 +417,18 @@ def format_table(summary: dict, title: str) -> str:
             wall = entry["wall_s_per_run"]["mean"]
             rows.append([variant, str(len(entry["seeds"])), *cells, f"{entry['validation_selection_metric']['mean']:.3f}",
                          f"{wall:.1f}" if wall < 10 else f"{wall:.0f}"])
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines.append(f"\n{dataset}")
-        lines.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |")
-        lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-        lines.extend("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows[1:])
+        lines.append(markdown_table(f"\n{dataset}", rows))
+    return "\n".join(lines)
+
+
+def markdown_table(title: str, rows: list[list[str]]) -> str:
+    """``title`` then a Markdown table of ``rows`` (the first is the header); "" when there is no row below it."""
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [title, "| " + " | ".join(cell.ljust(width) for cell, width in zip(rows[0], widths)) + " |",
+             "|" + "|".join("-" * (width + 2) for width in widths) + "|"]
+    lines.extend("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows[1:])
     return "\n".join(lines)
 
 
@@ -403,22 +449,29 @@ def format_routing_table(summary: dict, title: str) -> str:
                              *[f"{routing[key]['mean']:.3f}" if key in routing else "-" for key in short],
                              f"{unbalanced['count']} of {unbalanced['epochs']} ({unbalanced['first_epoch']})"
                              if unbalanced else "-"])
-    if len(rows) == 1:
-        return ""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [title, "| " + " | ".join(cell.ljust(width) for cell, width in zip(rows[0], widths)) + " |",
-             "|" + "|".join("-" * (width + 2) for width in widths) + "|"]
-    lines.extend("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows[1:])
-    return "\n".join(lines)
+    return markdown_table(title, rows)
+
+
+def format_structure_table(structure: dict, title: str, reference_variant: str = STRUCTURE_REFERENCE) -> str:
+    """`structure_against_controls` as one table: each contrast's mean for the reference and the control, and in how
+    many seeds the reference's is the larger."""
+    rows = [["dataset", "control", "contrast", reference_variant, "control's", "reference stronger"]]
+    for dataset, controls in structure.items():
+        for control, contrasts in controls.items():
+            rows.extend([dataset, control, name, f"{entry['reference']:+.3f}", f"{entry['control']:+.3f}",
+                         f"{entry['reference_stronger']} of {len(entry['seeds'])}"] for name, entry in contrasts.items())
+    return markdown_table(title, rows)
 
 
 def run_script(name: str, description: str, build_runs: Callable[[list[str], int, bool], list[Run]],
                default_datasets: list[str], default_seeds: int, argv: list[str] | None = None,
-               extra_records: Callable[[list[str], int, bool], list[dict]] | None = None) -> dict:
+               extra_records: Callable[[list[str], int, bool], list[dict]] | None = None,
+               structure_reference: str = STRUCTURE_REFERENCE) -> dict:
     """The command line both scripts share: choose datasets / seeds / workers, train what is missing (in
     ``build_runs``' order), print the mean ± std table, write ``benchmarks/results/<name>.json``.
     ``extra_records(datasets, seeds, smoke)``: rows computed by the script itself (quality.py's classical anchors),
-    tabulated beside the runs."""
+    tabulated beside the runs. ``structure_reference``: the variant whose RUS structure the others are compared with
+    (:func:`structure_against_controls`)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -464,7 +517,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
               "seeds_requested": args.seeds, "runs_expected": len(runs),
               "runs_finished": sum(1 for record in records if "output_dir" in record), "failures": failures,
               "std": "sample standard deviation over seeds (ddof=1)", "budgets": budgets, "preparation": preparation,
-              "summary": summary, "runs": records}
+              "summary": summary, "structure_against_controls": structure_against_controls(records, structure_reference), "runs": records}
     output = Path(args.output or (RUNS_ROOT / "smoke" if args.smoke else RESULTS_DIR) / f"{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -473,6 +526,11 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     routing = format_routing_table(summary, "\nrouting alignment (test split, mean over seeds)")
     if routing:
         print(routing)
+    structure = format_structure_table(report["structure_against_controls"],
+                                       "\nRUS structure against the controls (test split, contrasts paired by seed)",
+                                       structure_reference)
+    if structure:
+        print(structure)
     for dataset, budget in budgets.items():
         print(f"budget {dataset}: {json.dumps(budget)}")
     print(f"wrote {output}")

@@ -32,4 +32,4 @@ def build_runs(datasets: list[str], seeds: int, smoke: bool) -> list[Run]:
 
 
 if __name__ == "__main__":
-    run_script("ablations", __doc__.splitlines()[0], build_runs, ["synthetic"], 3)
+    run_script("ablations", __doc__.splitlines()[0], build_runs, ["synthetic"], 3, structure_reference=VARIANTS[0].name)

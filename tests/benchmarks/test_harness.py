@@ -9,7 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import _harness  # noqa: E402
-from _harness import DATASETS, Run, Variant, format_routing_table, summarize, wesad_subject_fold  # noqa: E402
+from _harness import (DATASETS, Run, Variant, format_routing_table, format_structure_table,  # noqa: E402
+                      structure_against_controls, summarize, wesad_subject_fold)
 
 from dataset_builders.wesad import SUBJECTS  # noqa: E402
 
@@ -38,10 +39,10 @@ def test_a_cross_validated_run_trains_seed_k_on_fold_k_with_its_own_cache_and_si
     assert "subject_folds" in DATASETS["wesad_e4_binary_folds"]
 
 
-def _write_run(run: Run, validation_least_used_shares: list[float]) -> None:
+def _write_run(run: Run, validation_least_used_shares: list[float], routing: dict | None = None) -> None:
     """The files train.py leaves in a finished run folder, reduced to what the summary reads."""
     run.output_dir.mkdir(parents=True)
-    test = {"accuracy": 0.9, "macro_f1": 0.8, "roc_auc": 0.95, "routing_expert_share_min": 0.05}
+    test = {"accuracy": 0.9, "macro_f1": 0.8, "roc_auc": 0.95, "routing_expert_share_min": 0.05, **(routing or {})}
     (run.output_dir / "results.json").write_text(json.dumps(
         {"test": test, "validation": test, "best_epoch": 2, "steps": 10, "selection_metric": "macro_f1"}))
     (run.output_dir / "metrics.jsonl").write_text("".join(
@@ -60,3 +61,40 @@ def test_the_routing_table_counts_every_validation_epoch_whose_least_used_expert
     entry = summary["synthetic"]["MERGE (rus)"]
     assert entry["validation_epochs_under_balance_floor"] == {"count": 2, "epochs": 5, "first_epoch": 1}
     assert "2 of 5 (1)" in format_routing_table(summary, "routing")
+
+
+def _routing(redundant: float, non_redundant: float, synergistic: float, other: float) -> dict:
+    return {"routing_redundant_pair_jsd": redundant, "routing_non_redundant_pair_jsd": non_redundant,
+            "routing_synergy_share_synergistic": synergistic, "routing_synergy_share_other": other}
+
+
+def test_the_rus_structure_of_merge_is_compared_with_each_control_seed_by_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(_harness, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(_harness, "RUNS_ROOT", tmp_path / "runs")
+    merge, softmax, dense = (Variant("MERGE (rus)", {"router_type": "rus"}), Variant("softmax top-k", {"router_type": "softmax"}),
+                             Variant("dense", {"router_type": "dense"}))
+    # seed 0: MERGE's redundant pairs 0.2 closer, the control's 0.05; seed 1: MERGE's 0.1, the control's 0.3
+    _write_run(Run("synthetic", merge, 0), [0.1], _routing(0.1, 0.3, 0.4, 0.1))
+    _write_run(Run("synthetic", merge, 1), [0.1], _routing(0.2, 0.3, 0.5, 0.1))
+    _write_run(Run("synthetic", softmax, 0), [0.1], _routing(0.25, 0.3, 0.2, 0.3))
+    _write_run(Run("synthetic", softmax, 1), [0.1], _routing(0.0, 0.3, 0.25, 0.25))
+    _write_run(Run("synthetic", softmax, 2), [0.1], _routing(0.0, 0.3, 0.25, 0.25))  # no MERGE seed 2: unpaired
+    dense_run = Run("synthetic", dense, 0)
+    dense_run.output_dir.mkdir(parents=True)  # a dense model has no routing metrics: not a control
+    (dense_run.output_dir / "results.json").write_text(json.dumps(
+        {"test": {"macro_f1": 0.7}, "validation": {"macro_f1": 0.7}, "best_epoch": 1, "steps": 5,
+         "selection_metric": "macro_f1"}))
+    (dense_run.output_dir / "metrics.jsonl").write_text(json.dumps({"split": "validation", "epoch": 1, "macro_f1": 0.7}))
+    runs = [Run("synthetic", variant, seed) for variant in (merge, softmax, dense) for seed in range(3)]
+    _, records = summarize(runs)
+    structure = structure_against_controls(records)["synthetic"]
+    assert list(structure) == ["softmax top-k"]
+    closer = structure["softmax top-k"]["redundant pairs closer"]
+    assert closer["seeds"] == [0, 1] and closer["reference_stronger"] == 1
+    assert closer["reference"] == pytest.approx(0.15) and closer["control"] == pytest.approx(0.175)
+    synergy = structure["softmax top-k"]["synergistic cells on synergy experts"]
+    assert synergy["reference_stronger"] == 2 and synergy["control"] == pytest.approx(-0.05)
+    assert "unique pairs apart" not in structure["softmax top-k"]  # no run measured unique pairs
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in format_structure_table(structure_against_controls(records), "structure").splitlines()[3:]]
+    assert ["synthetic", "softmax top-k", "redundant pairs closer", "+0.150", "+0.175", "1 of 2"] in rows
