@@ -379,7 +379,8 @@ def structure_against_controls(records: Sequence[dict], reference_variant: str =
                       and r["seed"] in reference]
             for name, metrics in STRUCTURE_CONTRASTS.items():
                 pairs = [(contrast(ours, metrics), contrast(theirs, metrics), ours["seed"]) for ours, theirs in paired]
-                pairs = [(ours, theirs, seed) for ours, theirs, seed in pairs if math.isfinite(ours) and math.isfinite(theirs)]
+                pairs = [(ours, theirs, seed) for ours, theirs, seed in pairs
+                         if math.isfinite(ours) and math.isfinite(theirs)]
                 if pairs:
                     summary.setdefault(dataset, {}).setdefault(control, {})[name] = {
                         "reference": float(np.mean([ours for ours, _, _ in pairs])),
@@ -459,7 +460,8 @@ def format_structure_table(structure: dict, title: str, reference_variant: str =
     for dataset, controls in structure.items():
         for control, contrasts in controls.items():
             rows.extend([dataset, control, name, f"{entry['reference']:+.3f}", f"{entry['control']:+.3f}",
-                         f"{entry['reference_stronger']} of {len(entry['seeds'])}"] for name, entry in contrasts.items())
+                         f"{entry['reference_stronger']} of {len(entry['seeds'])}"]
+                        for name, entry in contrasts.items())
     return markdown_table(title, rows)
 
 
@@ -517,7 +519,8 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
               "seeds_requested": args.seeds, "runs_expected": len(runs),
               "runs_finished": sum(1 for record in records if "output_dir" in record), "failures": failures,
               "std": "sample standard deviation over seeds (ddof=1)", "budgets": budgets, "preparation": preparation,
-              "summary": summary, "structure_against_controls": structure_against_controls(records, structure_reference), "runs": records}
+              "summary": summary,
+              "structure_against_controls": structure_against_controls(records, structure_reference), "runs": records}
     output = Path(args.output or (RUNS_ROOT / "smoke" if args.smoke else RESULTS_DIR) / f"{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")

@@ -71,8 +71,9 @@ def _routing(redundant: float, non_redundant: float, synergistic: float, other: 
 def test_the_rus_structure_of_merge_is_compared_with_each_control_seed_by_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(_harness, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(_harness, "RUNS_ROOT", tmp_path / "runs")
-    merge, softmax, dense = (Variant("MERGE (rus)", {"router_type": "rus"}), Variant("softmax top-k", {"router_type": "softmax"}),
-                             Variant("dense", {"router_type": "dense"}))
+    merge = Variant("MERGE (rus)", {"router_type": "rus"})
+    softmax = Variant("softmax top-k", {"router_type": "softmax"})
+    dense = Variant("dense", {"router_type": "dense"})
     # seed 0: MERGE's redundant pairs 0.2 closer, the control's 0.05; seed 1: MERGE's 0.1, the control's 0.3
     _write_run(Run("synthetic", merge, 0), [0.1], _routing(0.1, 0.3, 0.4, 0.1))
     _write_run(Run("synthetic", merge, 1), [0.1], _routing(0.2, 0.3, 0.5, 0.1))
@@ -84,7 +85,8 @@ def test_the_rus_structure_of_merge_is_compared_with_each_control_seed_by_seed(t
     (dense_run.output_dir / "results.json").write_text(json.dumps(
         {"test": {"macro_f1": 0.7}, "validation": {"macro_f1": 0.7}, "best_epoch": 1, "steps": 5,
          "selection_metric": "macro_f1"}))
-    (dense_run.output_dir / "metrics.jsonl").write_text(json.dumps({"split": "validation", "epoch": 1, "macro_f1": 0.7}))
+    (dense_run.output_dir / "metrics.jsonl").write_text(
+        json.dumps({"split": "validation", "epoch": 1, "macro_f1": 0.7}))
     runs = [Run("synthetic", variant, seed) for variant in (merge, softmax, dense) for seed in range(3)]
     _, records = summarize(runs)
     structure = structure_against_controls(records)["synthetic"]
