@@ -40,7 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # and the anchors of v4 stand for v5 unchanged. v6 folders hold MERGE with uniqueness_excludes_redundant=True (tried as
 # a default at commit 2920096, not kept; benchmarks/README "Routing"). v7: v5 plus the selection bias that tracks each
 # expert's logit offset and the log-ratio step (MERGE rerun; the controls of v4 / v5 stand, see benchmarks/README).
-# v8: v7 plus synergy_target_mass 0.35 (MERGE rerun).
+# v8: v7 plus synergy_target_mass 0.35 (MERGE rerun), and the softmax and Laplace controls rerun under v8's bias;
+# dense links to v4 (no router).
 RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v8"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))

@@ -550,7 +550,8 @@ class MergeMoeLayer(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
         load, num_tokens = totals[:num_experts], totals[-1]
-        mean_logits, spread = totals[num_experts:-2] / num_tokens.clamp(min=1), totals[-2] / num_tokens.clamp(min=1)
+        per_token = totals[num_experts:-1] / num_tokens.clamp(min=1)  # mean logit per expert, then the spread
+        mean_logits, spread = per_token[:-1], per_token[-1]
         offsets = mean_logits - mean_logits.mean()
         # conditions as tensors, not Python branches: no host-device synchronisation on the training hot path
         bias, recorded_offsets = self.expert_selection_bias, self.expert_logit_offsets
