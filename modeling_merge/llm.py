@@ -407,8 +407,9 @@ class RusRouting(nn.Module):
         first, second = pairs[:, 0], pairs[:, 1]
         conditions = self.pair_conditions(pairs)
         synergy_experts = torch.tensor(self.gate_config.synergy_experts, dtype=torch.long, device=pooled.device)
-        return rus_losses(pooled[:, :, first], pooled[:, :, second], present[:, first] & present[:, second],
-                          conditions, synergy_experts, self.gate_config)
+        # index_select: its CPU backward sums a modality's repeats in a fixed order (see merge_auxiliary_losses)
+        return rus_losses(pooled.index_select(2, first), pooled.index_select(2, second),
+                          present[:, first] & present[:, second], conditions, synergy_experts, self.gate_config)
 
     def auxiliary_losses(self) -> dict[str, Tensor]:
         """RUS losses of the current forward, weighted, averaged over MoE layers: redundancy, uniqueness, synergy

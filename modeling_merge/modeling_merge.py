@@ -386,8 +386,8 @@ class MergeFeedForwardExperts(nn.Module):
         """Tokens sorted by expert, one `grouped_mm` per projection over all experts."""
         offsets = torch.cumsum(counts, 0).to(torch.int32)
         hidden = F.grouped_mm(sorted_tokens, self.w_in.to(sorted_tokens.dtype), offs=offsets)
-        hidden = self.dropout(F.relu(hidden + self.b_in[sorted_ids]))
-        return F.grouped_mm(hidden, self.w_out.to(hidden.dtype), offs=offsets) + self.b_out[sorted_ids]
+        hidden = self.dropout(F.relu(hidden + self.b_in.index_select(0, sorted_ids)))
+        return F.grouped_mm(hidden, self.w_out.to(hidden.dtype), offs=offsets) + self.b_out.index_select(0, sorted_ids)
 
 
 class MergeSynergyExpert(nn.Module):
@@ -432,10 +432,15 @@ class MergeSynergyExpert(nn.Module):
         )
         key_allowed = key_allowed.repeat_interleave(num_tokens, dim=2)
         has_partner = key_allowed.any(-1, keepdim=True)
-        keys = self.cross_attention.k_proj(hidden_states)[sample[:, None], key_modality]
-        values = self.cross_attention.v_proj(hidden_states)[sample[:, None], key_modality]
+        key_sequences = (sample[:, None] * num_modalities + key_modality).reshape(-1)  # (G·P,) into B·M
+
+        def gathered(projection: nn.Linear) -> Tensor:  # (G, P·T, D)
+            sequences = projection(hidden_states).reshape(batch * num_modalities, num_tokens, dim)
+            return sequences.index_select(0, key_sequences).reshape(groups.shape[0], -1, dim)
+
         attended, _ = self.cross_attention.attend(
-            queries, keys.flatten(1, 2), values.flatten(1, 2), key_allowed | ~has_partner
+            queries, gathered(self.cross_attention.k_proj), gathered(self.cross_attention.v_proj),
+            key_allowed | ~has_partner,
         )
         attended = attended * has_partner
         states = self.attention_norm(queries + self.dropout(attended))
@@ -510,7 +515,7 @@ class MergeMoeLayer(nn.Module):
                 0,
                 feedforward_slots,
                 self.feedforward_experts(
-                    flat_states[slot_token[feedforward_slots]],
+                    flat_states.index_select(0, slot_token[feedforward_slots]),
                     slot_expert[feedforward_slots] - self.num_synergy_experts,
                 ),
             )
@@ -621,7 +626,9 @@ def merge_auxiliary_losses(
         return losses
     first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]
-    losses.update(rus_losses(probs[:, first], probs[:, second], pair_present, rus.conditions,
+    # index_select, not probs[:, first]: a modality is in several pairs, and tensor indexing's CPU backward sums
+    # such repeats in a thread-dependent order (torch's reproducibility notes); index_select's backward does not
+    losses.update(rus_losses(probs.index_select(1, first), probs.index_select(1, second), pair_present, rus.conditions,
                              slice(0, config.num_synergy_experts), config))
     return losses
 

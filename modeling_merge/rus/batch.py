@@ -113,7 +113,8 @@ class GroupedLinear(nn.Module):
         """``groups`` (G',) applies only those maps to inputs (B, G', in)."""
         if groups is None:
             return torch.einsum("bgi,gio->bgo", inputs, self.weight) + self.bias
-        return torch.einsum("bgi,gio->bgo", inputs, self.weight[groups]) + self.bias[groups]
+        weight, bias = self.weight.index_select(0, groups), self.bias.index_select(0, groups)
+        return torch.einsum("bgi,gio->bgo", inputs, weight) + bias
 
 
 class GroupedMLP(nn.Sequential):
@@ -129,7 +130,11 @@ class GroupedMLP(nn.Sequential):
 
 
 class PairNetworks(nn.Module):
-    """Discriminators and alignment embeddings for the pairs ``pairs`` (2, P) of M modalities, lag-conditioned."""
+    """Discriminators and alignment embeddings for the pairs ``pairs`` (2, P) of M modalities, lag-conditioned.
+
+    Modalities and maps are gathered with ``index_select``: tensor indexing's CPU backward adds repeated indices
+    (a modality in several pairs) in a thread-dependent order, so a seeded estimate would change from run to run.
+    """
 
     def __init__(self, num_modalities: int, channels: int, num_classes: int, num_lags: int, config: BatchConfig,
                  pairs: torch.Tensor):
@@ -161,7 +166,7 @@ class PairNetworks(nn.Module):
         lag_vector = self.lag_embedding.weight[lag]
         encoded = self.encoder(x)
         first, second = self.pairs
-        pair_input = torch.cat([encoded[:, first], encoded[:, second]], dim=-1)
+        pair_input = torch.cat([encoded.index_select(1, first), encoded.index_select(1, second)], dim=-1)
         return (self.unimodal_head(self._with_lag(encoded, lag_vector)),
                 self.pair_head(self._with_lag(pair_input, lag_vector)))
 
@@ -170,7 +175,8 @@ class PairNetworks(nn.Module):
         encoded = self.align_encoder(x)
         sides = self.pairs[:, positions].T.reshape(-1)  # [i_0, j_0, i_1, j_1, ...]
         groups = torch.stack([2 * positions, 2 * positions + 1], 1).reshape(-1)
-        embedded = self.align_head(self._with_lag(encoded[:, sides], self.lag_embedding.weight[lag].detach()), groups)
+        lag_vector = self.lag_embedding.weight[lag].detach()
+        embedded = self.align_head(self._with_lag(encoded.index_select(1, sides), lag_vector), groups)
         batch = x.shape[0]
         embedded = embedded.view(batch, -1, 2, self.num_classes, self.embed_dim).permute(2, 1, 3, 0, 4)
         centred = embedded - embedded.mean(-1, keepdim=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from modeling_merge import MergeForSequenceClassification, MergeModel
+from modeling_merge import MergeConfig, MergeForSequenceClassification, MergeModel
 from modeling_merge.configuration_merge import PAPER_ROUTING
 from modeling_merge.modeling_merge import (
     MergeFeedForwardExperts,
@@ -565,6 +565,28 @@ def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_eve
     for expert in moe.synergy_experts:
         for name, parameter in expert.named_parameters():
             assert parameter.grad is not None and not parameter.grad.any(), name
+
+
+@pytest.mark.slow
+def test_training_the_default_model_with_several_threads_is_bit_reproducible():
+    # tensor indexing that repeats indices (a modality in several pairs, an expert's bias for each of its tokens)
+    # sums its CPU gradient in a thread-dependent order; the model gathers with index_select instead (the softmax
+    # and FuseMoE routers share every such gather but the RUS losses')
+    def trained_parameters() -> torch.Tensor:
+        torch.manual_seed(0)
+        model = MergeForSequenceClassification(MergeConfig(num_labels=4))
+        model.set_rus(*random_rus(model.config.num_modalities, model.config.num_rus_lags))
+        inputs = make_inputs(model.config, batch=4, tokens=20)
+        train_steps(model, {"modalities": inputs, "labels": torch.arange(4)}, steps=3, lr=1e-3)
+        return torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = trained_parameters(), trained_parameters()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first, second), (first - second).abs().max()
 
 
 def _slot_shares(model, inputs) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_merge.rus.batch import BatchConfig, balanced_batch_indices, multiscale_batch, stepwise_batch
+from modeling_merge.rus.batch import BatchConfig, PairNetworks, balanced_batch_indices, multiscale_batch, stepwise_batch
 from modeling_merge.rus.pid import exact_pid
 from modeling_merge.rus.synthetic import continuous_pid_samples, discrete_pid_cases, parity_case, sample_from_joint
 
@@ -119,3 +119,47 @@ def test_the_cross_entropy_read_out_gives_an_overfit_discriminator_of_noise_no_i
         assert (estimate.unique_i[0, estimate.pairs[0] == 0] > 0.85).all()
     with pytest.raises(ValueError, match="information_readout must be 'plugin' or 'cross_entropy', got 'ksg'"):
         multiscale_batch([features], [labels], 2, replace(config, information_readout="ksg"), progress=False)
+
+
+def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, names, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_no_network_gathers_with_tensor_indexing_whose_cpu_backward_accumulates_in_a_thread_dependent_order():
+    # x[:, index] differentiates through index_put_(accumulate=True), which torch documents as nondeterministic on
+    # CPU; index_select's backward (index_add_) is not
+    pairs = torch.triu_indices(4, 4, offset=1)
+    networks = PairNetworks(4, 2, 3, 2, BatchConfig(), pairs)
+    inputs = torch.randn(16, 4, 2)
+    unimodal, pair = networks.discriminate(inputs, 1)
+    aligned = networks.align(inputs, 1, torch.tensor([0, 2, 5]))
+    nodes = _autograd_nodes(unimodal.sum() + pair.sum() + aligned.sum())
+    assert "IndexSelectBackward0" in nodes and not {name for name in nodes if name.startswith("Index") and
+                                                    name != "IndexSelectBackward0"}, nodes
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_a_bit_identical_estimate_with_several_threads():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 1500)
+    features = [np.repeat(np.concatenate([(labels[:, None] - 1.0) + rng.standard_normal((1500, 2)),
+                                          rng.standard_normal((1500, 5))], 1)[:, :, None], 4, 2).astype(np.float32)
+                for _ in range(2)]
+    config = replace(FAST, batch_size=256, discriminator_steps=15, alignment_steps=2, readout_batches=2,
+                     pin_tolerance_bits=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = (multiscale_batch(features, [labels, labels], 3, config, progress=False) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    for term in ("redundancy", "unique_i", "unique_j", "synergy"):
+        np.testing.assert_array_equal(np.asarray(getattr(first, term)), np.asarray(getattr(second, term)), term)
