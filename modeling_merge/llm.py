@@ -407,7 +407,7 @@ class RusRouting(nn.Module):
         first, second = pairs[:, 0], pairs[:, 1]
         conditions = self.pair_conditions(pairs)
         synergy_experts = torch.tensor(self.gate_config.synergy_experts, dtype=torch.long, device=pooled.device)
-        # index_select: its CPU backward sums a modality's repeats in a fixed order (see merge_auxiliary_losses)
+        # index_select: its CPU backward adds a modality's repeats in a fixed order (modeling_merge.py's docstring)
         return rus_losses(pooled.index_select(2, first), pooled.index_select(2, second),
                           present[:, first] & present[:, second], conditions, synergy_experts, self.gate_config)
 

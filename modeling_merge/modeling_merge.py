@@ -3,6 +3,10 @@
 METHOD.md §2. Shapes use B = batch, M = modalities, T = token-grid length, D = d_model, E = experts,
 k = experts per token, L = RUS lags, P = router partners per modality. RUS values are in bits.
 
+Rows that carry gradients are gathered with ``index_select``, not tensor indexing: the backward of ``x[index]``
+is an accumulating ``index_put_``, which on CPU adds repeated indices in a thread-dependent order (a seeded run
+would not repeat itself) and is slower than ``index_select``'s ``index_add_``.
+
 This file, ``rus_routing.py`` (the RUS-routing rules, shared with ``llm.py``) and ``configuration_merge.py`` are
 the flat set that a checkpoint carries for ``trust_remote_code``: they import each other only with same-folder
 relative imports.
@@ -358,10 +362,11 @@ class MergeFeedForwardExperts(nn.Module):
         order = torch.argsort(expert_ids, stable=True)
         sorted_ids = expert_ids[order]
         counts = torch.bincount(sorted_ids, minlength=self.num_experts)
+        sorted_tokens = tokens.index_select(0, order)
         if self.dispatch == "grouped_mm" and _grouped_mm_supported(tokens, self.w_in):
-            outputs = self._grouped(tokens[order], sorted_ids, counts)
+            outputs = self._grouped(sorted_tokens, sorted_ids, counts)
         else:
-            outputs = self._sorted(tokens[order], counts)
+            outputs = self._sorted(sorted_tokens, counts)
         return torch.zeros_like(outputs).index_copy(0, order, outputs)
 
     def _expert(self, tokens: Tensor, expert: int) -> Tensor:
@@ -419,7 +424,7 @@ class MergeSynergyExpert(nn.Module):
         group = torch.repeat_interleave(torch.arange(groups.shape[0], device=device), counts)
         position = torch.arange(token_index.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[group]
         queries = hidden_states.new_zeros(groups.shape[0], int(counts.max()), dim)
-        queries = queries.index_put((group, position), hidden_states.reshape(-1, dim)[token_index])
+        queries = queries.index_put((group, position), hidden_states.reshape(-1, dim).index_select(0, token_index))
         query_modality = torch.full(queries.shape[:2], -1, device=device)
         query_modality = query_modality.index_put((group, position), token_index // num_tokens % num_modalities)
         if per_sample:
@@ -445,7 +450,7 @@ class MergeSynergyExpert(nn.Module):
         attended = attended * has_partner
         states = self.attention_norm(queries + self.dropout(attended))
         states = self.output_norm(states + self.dropout(self.feed_forward(states)))
-        return states[group, position]
+        return states.reshape(-1, dim).index_select(0, group * states.shape[1] + position)
 
 
 class MergeMoeLayer(nn.Module):
@@ -497,7 +502,7 @@ class MergeMoeLayer(nn.Module):
         top_weights = logits.gather(-1, top_experts).softmax(-1).to(hidden_states.dtype)
         slot_token = present_tokens.repeat_interleave(self.top_k)
         slot_expert = top_experts.reshape(-1, self.top_k)[present_tokens].reshape(-1)
-        slot_weight = top_weights.reshape(-1, self.top_k)[present_tokens].reshape(-1, 1)
+        slot_weight = top_weights.reshape(-1, self.top_k).index_select(0, present_tokens).reshape(-1, 1)
         flat_states = hidden_states.reshape(-1, dim)
         slot_outputs = flat_states.new_zeros(slot_token.shape[0], dim)
         idle_experts = []
@@ -626,8 +631,6 @@ def merge_auxiliary_losses(
         return losses
     first, second = rus.loss_pairs[:, 0], rus.loss_pairs[:, 1]
     pair_present = (presence[:, first] & presence[:, second])[:, :, None]
-    # index_select, not probs[:, first]: a modality is in several pairs, and tensor indexing's CPU backward sums
-    # such repeats in a thread-dependent order (torch's reproducibility notes); index_select's backward does not
     losses.update(rus_losses(probs.index_select(1, first), probs.index_select(1, second), pair_present, rus.conditions,
                              slice(0, config.num_synergy_experts), config))
     return losses
