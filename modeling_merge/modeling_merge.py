@@ -4,8 +4,8 @@ METHOD.md §2. Shapes use B = batch, M = modalities, T = token-grid length, D = 
 k = experts per token, L = RUS lags, P = router partners per modality. RUS values are in bits.
 
 Rows that carry gradients are gathered with ``index_select``, not tensor indexing: the backward of ``x[index]``
-is an accumulating ``index_put_``, which on CPU adds repeated indices in a thread-dependent order (a seeded run
-would not repeat itself) and is slower than ``index_select``'s ``index_add_``.
+is an accumulating ``index_put_``, which on CPU adds repeated indices in a thread-dependent order, so a seeded
+run would not repeat itself; ``index_select``'s backward (``index_add_``) adds them in order.
 
 This file, ``rus_routing.py`` (the RUS-routing rules, shared with ``llm.py``) and ``configuration_merge.py`` are
 the flat set that a checkpoint carries for ``trust_remote_code``: they import each other only with same-folder
