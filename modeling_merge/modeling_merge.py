@@ -477,6 +477,10 @@ class MergeMoeLayer(nn.Module):
         self.register_buffer("expert_selection_bias", torch.zeros(config.num_experts), persistent=True)
         # each expert's mean logit minus the mean over experts at the last training forward (zero: none seen yet)
         self.register_buffer("expert_logit_offsets", torch.zeros(config.num_experts), persistent=True)
+        self.bias_rate_final = config.router_bias_update_rate_final
+        self.bias_decay_updates = config.router_bias_decay_updates
+        if self.bias_rate_final is not None:  # bias updates so far, for the decaying rate
+            self.register_buffer("expert_bias_updates", torch.zeros(()), persistent=True)
         routers = {
             "rus": lambda: MergeRusRouter(config),
             "softmax": lambda: MergeSoftmaxRouter(config),
@@ -541,7 +545,8 @@ class MergeMoeLayer(nn.Module):
            `router_bias_start="centered"` is set to cancel the offsets; later, with `router_bias_tracks_logit_offsets`,
            the bias cancels how far each offset moved since the previous training forward, so a drift that raises or
            lowers an expert's logits for every token does not change the slot shares;
-        2. each expert's bias moves by rate × the logits' spread (mean over tokens of the std over experts) × a step
+        2. each expert's bias moves by rate (decaying with the update count if `router_bias_update_rate_final` is
+           set) × the logits' spread (mean over tokens of the std over experts) × a step
            factor from its slot share s against the mean share s̄: ln(s̄ / s) clipped to [-1, 3] (`"log_ratio"`),
            (s̄ − s) / s̄ clipped to [-1, 1] (`"proportional"`) or sign(s̄ − s) (`"sign"`): up below the mean share,
            down above it.
@@ -576,7 +581,12 @@ class MergeMoeLayer(nn.Module):
             step = torch.sign(mean_load - load)
         moved = torch.where(centered, -offsets, torch.where(tracked, bias - (offsets - recorded_offsets), bias))
         has_tokens = num_tokens > 0  # no present token in any process: nothing measured, nothing moves
-        bias.copy_(torch.where(has_tokens, moved + self.bias_update_rate * spread * step, bias))
+        rate = self.bias_update_rate
+        if self.bias_rate_final is not None:
+            decay = torch.exp(-self.expert_bias_updates / self.bias_decay_updates)
+            rate = self.bias_rate_final + (self.bias_update_rate - self.bias_rate_final) * decay
+            self.expert_bias_updates.add_(has_tokens.float())
+        bias.copy_(torch.where(has_tokens, moved + rate * spread * step, bias))
         if self.bias_tracks_logit_offsets:
             recorded_offsets.copy_(torch.where(has_tokens, offsets, recorded_offsets))
 
@@ -704,6 +714,8 @@ class MergePreTrainedModel(PreTrainedModel):
             # after its children (transformers skips modules without parameters or buffers of their own, the router)
             init.zeros_(module.expert_selection_bias)
             init.zeros_(module.expert_logit_offsets)
+            if module.bias_rate_final is not None:
+                init.zeros_(module.expert_bias_updates)
             if isinstance(module.router, MergeRusRouter) and self.config.router_init == "fan_in":
                 for layer in module.router.modules():
                     if isinstance(layer, nn.Linear):

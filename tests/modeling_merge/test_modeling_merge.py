@@ -553,6 +553,35 @@ def test_the_selection_bias_reads_only_present_tokens_and_stands_still_when_no_t
         torch.testing.assert_close(bias_state(layer), expected)  # no token anywhere: nothing measured, nothing moves
 
 
+def test_a_decaying_bias_rate_follows_its_schedule_over_updates_and_is_saved_with_the_model(tmp_path):
+    def layer(**overrides):
+        return MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
+                                         num_experts_per_token=1, router_bias_update_rule="sign",
+                                         router_bias_start="zero", router_bias_tracks_logit_offsets=False,
+                                         router_bias_update_rate=0.05, **overrides)).train()
+
+    logits = torch.randn(2, 3, 5, 4)
+    experts, presence = torch.topk(logits, 1, dim=-1).indices, torch.ones(2, 3, dtype=torch.bool)
+    spread = logits.reshape(-1, 4).std(-1).mean()
+    decaying, constant = layer(router_bias_update_rate_final=0.02, router_bias_decay_updates=2.0), layer()
+    assert "expert_bias_updates" not in constant.state_dict()  # off by default: checkpoints keep their keys
+    for update in range(4):
+        before = decaying.expert_bias_updates.item(), decaying.expert_selection_bias.clone()
+        decaying.update_selection_bias(logits, experts, presence)
+        expected_rate = 0.02 + 0.03 * math.exp(-update / 2.0)
+        assert before[0] == update
+        torch.testing.assert_close((decaying.expert_selection_bias - before[1]).abs().max(), expected_rate * spread)
+    decaying.update_selection_bias(logits, experts, torch.zeros(2, 3, dtype=torch.bool))  # no token: no update
+    assert decaying.expert_bias_updates.item() == 4
+    model = tiny_model(router_bias_update_rate_final=0.02)
+    next(block.feed_forward for block in model.merge.blocks if block.is_moe).expert_bias_updates.fill_(7)
+    model.save_pretrained(tmp_path)
+    reloaded = MergeForSequenceClassification.from_pretrained(tmp_path)
+    assert next(block.feed_forward for block in reloaded.merge.blocks if block.is_moe).expert_bias_updates.item() == 7
+    with pytest.raises(ValueError, match="router_bias_decay_updates"):
+        tiny_config(router_bias_update_rate_final=0.02, router_bias_decay_updates=0)
+
+
 def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient_so_ddp_sees_every_parameter():
     model = tiny_model(router_bias_update_rate=0.0, num_feedforward_experts=3)
     moe = next(block.feed_forward for block in model.merge.blocks if block.is_moe)
