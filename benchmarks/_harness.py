@@ -42,7 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # expert's logit offset and the log-ratio step (MERGE rerun; the controls of v4 / v5 stand, see benchmarks/README).
 # v8: v7 plus synergy_target_mass 0.35 (MERGE rerun), and the softmax and Laplace controls rerun under v8's bias;
 # dense links to v4 (no router).
-RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v8"
+# v9: v8 plus the decaying selection-bias rate (router_bias_update_rate_final 0.02); MERGE and the softmax and Laplace
+# controls rerun (the bias acts on every router); dense links to v4, the anchors to v8; v8's ablations stand.
+RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v9"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
 

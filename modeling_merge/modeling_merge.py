@@ -694,7 +694,7 @@ class MergePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MergeBlock", "MergeModalityEncoder"]
     # checkpoints from before the selection bias tracked logit offsets: the zero buffer is recorded at the next
     # training forward (MergeMoeLayer.update_selection_bias), nothing the user has to train
-    _keys_to_ignore_on_load_missing = [r"expert_logit_offsets"]
+    _keys_to_ignore_on_load_missing = [r"expert_logit_offsets", r"expert_bias_updates"]
     _can_record_outputs = {
         "hidden_states": OutputRecorder(MergeBlock, index=0, num_hidden_layers_key="num_blocks"),
         "attentions": OutputRecorder(MergeBlock, index=3),

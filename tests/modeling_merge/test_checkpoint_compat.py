@@ -43,8 +43,10 @@ def test_checkpoint_of_5bc048e_reproduces_its_outputs(one_thread):
     assert torch.equal(output.loss, expected["loss"])
 
 
-def test_checkpoint_saved_before_the_logit_offset_buffer_loads_with_nothing_reported_missing():
+def test_checkpoint_saved_before_the_logit_offset_and_bias_count_buffers_loads_with_nothing_reported_missing():
     model, info = MergeForSequenceClassification.from_pretrained(FIXTURE, output_loading_info=True)
     assert not any(info.values()), info
     offsets = [module.expert_logit_offsets for module in model.modules() if hasattr(module, "expert_logit_offsets")]
     assert offsets and all(not buffer.any() for buffer in offsets)  # recorded at the next training forward
+    counts = [module.expert_bias_updates for module in model.modules() if hasattr(module, "expert_bias_updates")]
+    assert len(counts) == len(offsets) and all(count.item() == 0 for count in counts)  # the schedule starts afresh

@@ -437,8 +437,8 @@ def _bias_step_factor(rule: str, load: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("rule", ["log_ratio", "proportional", "sign"])
 def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_equal_slot_shares_in_training_only(rule):
     config = tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
-                         num_experts_per_token=1, router_bias_update_rate=0.01, router_bias_update_rule=rule,
-                         router_bias_tracks_logit_offsets=False)
+                         num_experts_per_token=1, router_bias_update_rate=0.01, router_bias_update_rate_final=None,
+                         router_bias_update_rule=rule, router_bias_tracks_logit_offsets=False)
     layer = MergeMoeLayer(config)
     with torch.no_grad():
         layer.router.weight.weight.zero_()
@@ -472,7 +472,8 @@ def test_selection_bias_starts_from_the_fresh_routers_offsets_then_moves_toward_
 
     from_zero = MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
                                           num_experts_per_token=1, router_bias_update_rate=0.01,
-                                          router_bias_update_rule=rule, router_bias_start="zero",
+                                          router_bias_update_rate_final=None, router_bias_update_rule=rule,
+                                          router_bias_start="zero",
                                           router_bias_tracks_logit_offsets=False)).train()
     from_zero.load_state_dict(layer.state_dict() | {"expert_selection_bias": torch.zeros(4)})
     _, logits, experts = from_zero(hidden, presence, None, _all_other_modalities(3))
@@ -485,6 +486,7 @@ def _tracking_layer(tracks: bool) -> MergeMoeLayer:
     """A training-mode layer with a step too small to matter, so what moves the bias is the offset tracking."""
     return MergeMoeLayer(tiny_config(router_type="softmax", num_synergy_experts=0, num_feedforward_experts=4,
                                      num_experts_per_token=1, router_bias_update_rate=1e-9,
+                                     router_bias_update_rate_final=None,
                                      router_bias_tracks_logit_offsets=tracks)).train()
 
 
@@ -563,8 +565,9 @@ def test_a_decaying_bias_rate_follows_its_schedule_over_updates_and_is_saved_wit
     logits = torch.randn(2, 3, 5, 4)
     experts, presence = torch.topk(logits, 1, dim=-1).indices, torch.ones(2, 3, dtype=torch.bool)
     spread = logits.reshape(-1, 4).std(-1).mean()
-    decaying, constant = layer(router_bias_update_rate_final=0.02, router_bias_decay_updates=2.0), layer()
-    assert "expert_bias_updates" not in constant.state_dict()  # off by default: checkpoints keep their keys
+    decaying = layer(router_bias_decay_updates=2.0)  # the default schedule: 0.05 → 0.02, here over 2 updates
+    constant = layer(router_bias_update_rate_final=None)
+    assert "expert_bias_updates" not in constant.state_dict()  # a constant rate keeps no count
     for update in range(4):
         before = decaying.expert_bias_updates.item(), decaying.expert_selection_bias.clone()
         decaying.update_selection_bias(logits, experts, presence)
@@ -573,7 +576,7 @@ def test_a_decaying_bias_rate_follows_its_schedule_over_updates_and_is_saved_wit
         torch.testing.assert_close((decaying.expert_selection_bias - before[1]).abs().max(), expected_rate * spread)
     decaying.update_selection_bias(logits, experts, torch.zeros(2, 3, dtype=torch.bool))  # no token: no update
     assert decaying.expert_bias_updates.item() == 4
-    model = tiny_model(router_bias_update_rate_final=0.02)
+    model = tiny_model()
     next(block.feed_forward for block in model.merge.blocks if block.is_moe).expert_bias_updates.fill_(7)
     model.save_pretrained(tmp_path)
     reloaded = MergeForSequenceClassification.from_pretrained(tmp_path)
