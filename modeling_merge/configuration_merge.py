@@ -211,12 +211,12 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
         router_bias_update_rate_final (`float | None`): the rate of the n-th update of a layer's bias is final +
             (rate − final)·exp(−n / `router_bias_decay_updates`), so a large step catches the drift of the first
             epoch and a small one keeps the trained router from swinging. The default 0.02 (from 0.05 over 50
-            updates): with a constant 0.05 the WESAD-E4 paper-label model of seed 4 ended with an expert at 1.7 % of
-            the test slots, caught in a late swing of its bias; a constant 0.02 left 4 of 10 first-epoch WESAD-E4
-            folds under 2 % (benchmarks/README "Routing"). `None`: a constant `router_bias_update_rate` (the behaviour
-            before). A rate set under 0.02 rises toward the final rate, so set both, or `None`. The update count is
-            the buffer `expert_bias_updates`, saved with the model so a resumed run continues the schedule; an older
-            checkpoint without it starts counting at 0.
+            updates; runs v9): all 25 benchmark MERGE models keep every expert at ≥ 2.7 % of the test slots, where a
+            constant 0.05 left one (WESAD-E4 paper labels, seed 4) at 1.7 %, caught in a late swing of its bias, and
+            a constant 0.02 left 4 of 10 first-epoch WESAD-E4 folds under 2 % (benchmarks/README "Routing", "Runs
+            v9"). `None`: a constant `router_bias_update_rate` (the behaviour before). A rate set under 0.02 rises
+            toward the final rate, so set both, or `None`. The update count is the buffer `expert_bias_updates`, saved
+            with the model so a resumed run continues the schedule; an older checkpoint without it starts at 0.
         router_bias_decay_updates (`float`): the decay length of that schedule, in bias updates (training steps).
         threshold_mode (`str`): `"percentile"` (thresholds are percentiles 0–100 of the stored RUS values,
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).
