@@ -692,8 +692,9 @@ class MergePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["MergeBlock", "MergeModalityEncoder"]
-    # checkpoints from before the selection bias tracked logit offsets: the zero buffer is recorded at the next
-    # training forward (MergeMoeLayer.update_selection_bias), nothing the user has to train
+    # checkpoints from before the selection bias tracked logit offsets (the zero buffer is recorded at the next
+    # training forward, MergeMoeLayer.update_selection_bias) or counted its updates (the bias-rate schedule starts at
+    # 0): nothing the user has to train
     _keys_to_ignore_on_load_missing = [r"expert_logit_offsets", r"expert_bias_updates"]
     _can_record_outputs = {
         "hidden_states": OutputRecorder(MergeBlock, index=0, num_hidden_layers_key="num_blocks"),
