@@ -44,7 +44,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # dense links to v4 (no router).
 # v9: v8 plus the decaying selection-bias rate (router_bias_update_rate_final 0.02); MERGE and the softmax and Laplace
 # controls rerun (the bias acts on every router); dense links to v4, the anchors to v8; v8's ablations stand.
-RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v9"
+# v10: v9 plus no dropout on the synergy experts' attention probabilities (synergy_attention_dropout 0.0); MERGE and
+# the softmax and Laplace controls rerun (they share the experts); dense links to v4, the anchors to v8.
+RUNS_ROOT = REPO_ROOT / "runs" / "benchmarks" / "v10"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("MERGE_SHARED_DATA", "/work/shared/data"))
 

@@ -222,7 +222,15 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             resolved in `set_rus`) or `"absolute"` (thresholds in bits).
         redundancy_threshold / uniqueness_threshold / synergy_threshold (`float`): τ_R, τ_U, τ_S.
         num_rus_lags (`int`): L, the number of RUS lags.
-        dropout (`float`): dropout everywhere (attention, FFN, experts).
+        dropout (`float`): dropout everywhere (attention, FFN, experts), except on the synergy experts' attention
+            probabilities.
+        synergy_attention_dropout (`float`): dropout on the synergy experts' cross-attention probabilities. The
+            default 0.0 lets a training step use the fused attention kernel, as inference does: on PAMAP2-shaped
+            input the step then costs ~1.4× the dense Transformer's instead of 1.55–1.7×, since the probabilities
+            of the ~25 % of tokens the synergy experts get, each over the (M−1)·T keys of the other modalities of
+            its sample, take more random numbers than a block's self-attention (benchmarks/README "Speed";
+            accuracy in "Runs v10"). Their residual and feed-forward dropout (`dropout`) stay. `dropout`'s value
+            (0.1) restores the behaviour before.
         layer_norm_eps (`float`), initializer_range (`float`).
     """
 
@@ -256,6 +264,7 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
     router_bias_decay_updates: float = 50.0
     num_rus_lags: int = 5
     dropout: float = 0.1
+    synergy_attention_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
@@ -384,6 +393,8 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
                "router_bias_decay_updates", "must be a finite number > 0 (updates)", self.router_bias_decay_updates)
         _check(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "must be in [0, 1)",
                self.dropout)
+        _check(_is_number(self.synergy_attention_dropout) and 0 <= self.synergy_attention_dropout < 1,
+               "synergy_attention_dropout", "must be in [0, 1)", self.synergy_attention_dropout)
         _check(isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < math.inf,
                "layer_norm_eps", "must be a finite number > 0 (e.g. 1e-5)", self.layer_norm_eps)
         _check(isinstance(self.initializer_range, (int, float)) and 0 <= self.initializer_range < math.inf,

@@ -139,15 +139,16 @@ class MergeAttention(nn.Module):
     """Multi-head attention of `query_states (N, Tq, D)` over `key_value_states (N, Tk, D)`; `attention_mask`
     `(N, Tq, Tk)` bool, True = may attend. `config._attn_implementation` chooses the kernel at each call through
     transformers' attention interface: `"sdpa"` (the default; no weights returned) or `"eager"`
-    (`eager_attention_forward`, which also returns the attention weights `(N, H, Tq, Tk)`)."""
+    (`eager_attention_forward`, which also returns the attention weights `(N, H, Tq, Tk)`). `dropout`: the rate on
+    the attention probabilities in training."""
 
-    def __init__(self, config: MergeConfig):
+    def __init__(self, config: MergeConfig, dropout: float):
         super().__init__()
         self.config = config
         self.is_causal = False
         self.num_heads = config.num_attention_heads
         self.head_dim = config.d_model // config.num_attention_heads
-        self.dropout = config.dropout
+        self.dropout = dropout
         self.q_proj = nn.Linear(config.d_model, config.d_model)
         self.k_proj = nn.Linear(config.d_model, config.d_model)
         self.v_proj = nn.Linear(config.d_model, config.d_model)
@@ -204,7 +205,7 @@ class MergeSelfAttentionSublayer(nn.Module):
 
     def __init__(self, config: MergeConfig):
         super().__init__()
-        self.attention = MergeAttention(config)
+        self.attention = MergeAttention(config, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
@@ -407,7 +408,7 @@ class MergeSynergyExpert(nn.Module):
 
     def __init__(self, config: MergeConfig):
         super().__init__()
-        self.cross_attention = MergeAttention(config)
+        self.cross_attention = MergeAttention(config, config.synergy_attention_dropout)
         self.attention_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.feed_forward = MergeFeedForward(config, config.expert_hidden_dim)
         self.output_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
