@@ -64,6 +64,7 @@ def test_auto_map_names_all_three_auto_classes():
         ({"router_type": "softmax", "router_top_partners": 2}, "router_top_partners"),
         ({"num_rus_lags": 0}, "num_rus_lags"),
         ({"dropout": 1.0}, "dropout"),
+        ({"synergy_attention_dropout": -0.1}, "synergy_attention_dropout"),
         ({"modalities": {1: 3, "1": 2}}, "modalities"),
         ({"modalities": [["acc", 3], ["acc", 2]]}, "modalities"),
         ({"synergy_loss_weight": float("inf")}, "synergy_loss_weight"),

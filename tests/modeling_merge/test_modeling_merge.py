@@ -253,6 +253,27 @@ def test_synergy_expert_matches_a_token_by_token_reference_over_its_present_part
         assert torch.allclose(output, reference, atol=1e-5), (sample, modality, step, partners)
 
 
+def test_synergy_attention_dropout_acts_on_the_synergy_experts_attention_alone():
+    hidden, presence = torch.randn(2, 3, 5, 16), torch.ones(2, 3, dtype=torch.bool)
+    token_index, partners = torch.arange(0, 30, 2), _all_other_modalities(3)
+
+    def outputs(expert, seed):
+        torch.manual_seed(seed)
+        return expert(hidden, token_index, presence, partners)
+
+    torch.manual_seed(0)
+    with_dropout = MergeSynergyExpert(tiny_config(dropout=0.0, synergy_attention_dropout=0.5)).train()
+    assert not torch.allclose(outputs(with_dropout, 1), outputs(with_dropout, 2)), "attention probabilities dropped"
+    torch.manual_seed(0)
+    without = MergeSynergyExpert(tiny_config(dropout=0.0, synergy_attention_dropout=0.0)).train()
+    assert torch.equal(outputs(without, 1), outputs(without.eval(), 2))
+    default = MergeModel(MergeConfig())
+    rates = {name: module.dropout for name, module in default.named_modules() if hasattr(module, "q_proj")}
+    synergy = {name: rate for name, rate in rates.items() if ".synergy_experts." in name}
+    assert len(synergy) == 2 * default.config.num_moe_blocks and set(synergy.values()) == {0.0}
+    assert {rate for name, rate in rates.items() if name not in synergy} == {default.config.dropout}
+
+
 def test_with_top_partners_a_modality_only_sees_its_partners_through_the_synergy_experts():
     modalities = {f"m{index}": 1 for index in range(5)}
     settings = dict(modalities=modalities, patch_sizes={}, num_synergy_experts=2, num_feedforward_experts=1,
