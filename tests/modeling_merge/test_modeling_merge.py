@@ -270,7 +270,8 @@ def test_synergy_attention_dropout_acts_on_the_synergy_experts_attention_alone()
     default = MergeModel(MergeConfig())
     rates = {name: module.dropout for name, module in default.named_modules() if hasattr(module, "q_proj")}
     synergy = {name: rate for name, rate in rates.items() if ".synergy_experts." in name}
-    assert len(synergy) == 2 * default.config.num_moe_blocks and set(synergy.values()) == {0.0}
+    assert len(synergy) == default.config.num_synergy_experts * default.config.num_moe_blocks
+    assert set(synergy.values()) == {0.0}
     assert {rate for name, rate in rates.items() if name not in synergy} == {default.config.dropout}
 
 
