@@ -125,16 +125,20 @@ SMOKE = {"num_epochs": 1, "limit_examples": 64, "rus_estimator": "quantized_exac
 
 @dataclass(frozen=True)
 class Variant:
-    """A named change of `TrainArguments` fields (router, disabled losses, RUS ablation, lags)."""
+    """A named change of `TrainArguments` fields (router, disabled losses, RUS ablation, lags) and of `MergeConfig`
+    fields (``model_overrides``, merged into the run's ``model_options``, e.g. ``uniqueness_excludes_redundant``)."""
 
     name: str
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    model_overrides: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def folder(self) -> str:
-        """Folder name from the overrides, so that identical training settings share runs across scripts."""
+        """Folder name from the overrides (model fields prefixed ``model.``), so that identical training settings
+        share runs across scripts."""
+        settings = {**self.overrides, **{f"model.{key}": value for key, value in self.model_overrides.items()}}
         parts = []
-        for key, value in sorted(self.overrides.items()):
+        for key, value in sorted(settings.items()):
             value = "-".join(value) if isinstance(value, (list, tuple)) else value
             parts.append(f"{key}={value}")
         return "__".join(parts) or "default"
@@ -178,6 +182,11 @@ class Run:
     def arguments(self) -> dict:
         shared = RUNS_ROOT / ("smoke" if self.smoke else "")
         settings = {**DATASETS[self.dataset]["train"], **(SMOKE if self.smoke else {}), **self.variant.overrides}
+        if self.variant.model_overrides:
+            import train  # on sys.path: run_script and the workers put examples/ there
+
+            model_options = json.loads(settings.get("model_options", train.TrainArguments.model_options))
+            settings["model_options"] = json.dumps({**model_options, **self.variant.model_overrides})
         if self.fold is not None:
             fold_options = DATASETS[self.dataset]["subject_folds"](self.fold)
             settings["dataset_options"] = json.dumps({**json.loads(settings["dataset_options"]), **fold_options})
@@ -490,6 +499,9 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     parser.add_argument("--smoke", action="store_true", help="tiny budget (1 epoch, 64 examples): checks the script only")
     parser.add_argument("--variants", nargs="+", default=None, help="only these variants (names as in the table)")
     parser.add_argument("--report_only", action="store_true", help="train no network; tabulate the runs that exist")
+    parser.add_argument("--structure_reference", default=structure_reference,
+                        help="the variant whose RUS structure the other routed variants are compared with "
+                             f"(default {structure_reference!r})")
     smoke_output = RUNS_ROOT.relative_to(REPO_ROOT) / "smoke" / f"{name}.json"
     parser.add_argument("--output", default=None, help=f"JSON path (default benchmarks/results/{name}.json; "
                                                        f"with --smoke {smoke_output})")
@@ -498,6 +510,9 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     sys.path.insert(0, str(REPO_ROOT / "examples"))
 
     runs = build_runs(args.datasets, args.seeds, args.smoke)
+    if args.structure_reference not in {run.variant.name for run in runs}:
+        parser.error(f"unknown --structure_reference {args.structure_reference!r}; "
+                     f"choose from {sorted({run.variant.name for run in runs})}")
     if args.variants:
         unknown = sorted(set(args.variants) - {run.variant.name for run in runs})
         if unknown:
@@ -525,7 +540,8 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
               "runs_finished": sum(1 for record in records if "output_dir" in record), "failures": failures,
               "std": "sample standard deviation over seeds (ddof=1)", "budgets": budgets, "preparation": preparation,
               "summary": summary,
-              "structure_against_controls": structure_against_controls(records, structure_reference), "runs": records}
+              "structure_reference": args.structure_reference,
+              "structure_against_controls": structure_against_controls(records, args.structure_reference), "runs": records}
     output = Path(args.output or (RUNS_ROOT / "smoke" if args.smoke else RESULTS_DIR) / f"{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -536,7 +552,7 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
         print(routing)
     structure = format_structure_table(report["structure_against_controls"],
                                        "\nRUS structure against the controls (test split, contrasts paired by seed)",
-                                       structure_reference)
+                                       args.structure_reference)
     if structure:
         print(structure)
     for dataset, budget in budgets.items():

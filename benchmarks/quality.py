@@ -43,9 +43,12 @@ from _harness import DATASETS, RUNS_ROOT, Run, Variant, run_script
 MAIN_ROUTERS = [Variant("MERGE (rus)", {"router_type": "rus"}), Variant("dense", {"router_type": "dense"})]
 OTHER_ROUTERS = [Variant("softmax top-k", {"router_type": "softmax"}),
                  Variant("laplace per modality", {"router_type": "laplace_per_modality"})]
-# A diagnostic of the recipe (last in priority): MERGE trained for the whole epoch budget, still selected on
-# validation, to tell early stopping's effect from class weighting's.
-DIAGNOSTICS = [Variant("MERGE (rus), no early stopping", {"router_type": "rus", "early_stopping_patience": 0})]
+# Diagnostics (last in priority): MERGE trained for the whole epoch budget, still selected on validation, to tell
+# early stopping's effect from class weighting's; MERGE whose uniqueness loss leaves out the cells that are also
+# redundant (where the paper's two rules disagree, benchmarks/README "Routing").
+DIAGNOSTICS = [Variant("MERGE (rus), no early stopping", {"router_type": "rus", "early_stopping_patience": 0}),
+               Variant("MERGE (rus), redundant cells not unique", {"router_type": "rus"},
+                       {"uniqueness_excludes_redundant": True})]
 ROUTERS = MAIN_ROUTERS + OTHER_ROUTERS
 ANCHORS = ("GBT (summaries)", "logistic regression (summaries)", "majority class")
 

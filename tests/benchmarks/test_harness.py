@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 import _harness  # noqa: E402
 from _harness import (DATASETS, Run, Variant, format_routing_table, format_structure_table,  # noqa: E402
@@ -37,6 +38,22 @@ def test_a_cross_validated_run_trains_seed_k_on_fold_k_with_its_own_cache_and_si
     fixed = Run("wesad_e4_three_class", Variant("MERGE", {"router_type": "rus"}), 1)
     assert "test_subjects" not in json.loads(fixed.arguments()["dataset_options"]) and fixed.fold is None
     assert "subject_folds" in DATASETS["wesad_e4_binary_folds"]
+
+
+def test_a_variant_changes_model_fields_on_top_of_the_default_model_and_names_them_in_its_folder():
+    import train
+
+    rule = Variant("MERGE, redundant not unique", {"router_type": "rus"}, {"uniqueness_excludes_redundant": True})
+    run = Run("synthetic", rule, 0)
+    default_model = json.loads(train.TrainArguments.model_options)
+    assert json.loads(run.arguments()["model_options"]) == {**default_model, "uniqueness_excludes_redundant": True}
+    assert run.arguments()["router_type"] == "rus"
+    assert rule.folder == "model.uniqueness_excludes_redundant=True__router_type=rus"
+    plain = Run("synthetic", Variant("MERGE", {"router_type": "rus"}), 0)
+    assert "model_options" not in plain.arguments() and plain.output_dir != run.output_dir
+    smoke = Run("synthetic", rule, 0, smoke=True)  # the smoke model's options, not the default's, under the change
+    assert json.loads(smoke.arguments()["model_options"]) == {**json.loads(_harness.SMOKE["model_options"]),
+                                                             "uniqueness_excludes_redundant": True}
 
 
 def _write_run(run: Run, validation_least_used_shares: list[float], routing: dict | None = None) -> None:
@@ -100,3 +117,32 @@ def test_the_rus_structure_of_merge_is_compared_with_each_control_seed_by_seed(t
     rows = [[cell.strip() for cell in line.strip("|").split("|")]
             for line in format_structure_table(structure_against_controls(records), "structure").splitlines()[3:]]
     assert ["synthetic", "softmax top-k", "redundant pairs closer", "+0.150", "+0.175", "1 of 2"] in rows
+
+
+def test_the_structure_reference_is_chosen_on_the_command_line_and_must_be_a_variant(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_harness, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(_harness, "RUNS_ROOT", tmp_path / "runs")
+    merge = Variant("MERGE (rus)", {"router_type": "rus"})
+    rule = Variant("MERGE, redundant not unique", {"router_type": "rus"}, {"uniqueness_excludes_redundant": True})
+    softmax = Variant("softmax top-k", {"router_type": "softmax"})
+    _write_run(Run("synthetic", merge, 0), [0.1], _routing(0.3, 0.2, 0.4, 0.1))
+    _write_run(Run("synthetic", rule, 0), [0.1], _routing(0.0, 0.2, 0.4, 0.1))
+    _write_run(Run("synthetic", softmax, 0), [0.1], _routing(0.1, 0.1, 0.2, 0.2))
+
+    def build_runs(datasets, seeds, smoke):
+        return [Run(dataset, variant, seed, smoke) for dataset in datasets for seed in range(seeds)
+                for variant in (merge, rule, softmax)]
+
+    def report(*options):
+        return _harness.run_script("structure", "test", build_runs, ["synthetic"], 1,
+                                   argv=["--report_only", "--output", str(tmp_path / "report.json"), *options])
+
+    closer = report()["structure_against_controls"]["synthetic"]["softmax top-k"]["redundant pairs closer"]
+    assert closer["reference"] == pytest.approx(-0.1)  # MERGE (rus), the script's reference
+    chosen = report("--structure_reference", rule.name)
+    assert chosen["structure_reference"] == rule.name
+    closer = chosen["structure_against_controls"]["synthetic"]["softmax top-k"]["redundant pairs closer"]
+    assert closer["reference"] == pytest.approx(0.2) and closer["reference_stronger"] == 1
+    with pytest.raises(SystemExit):
+        report("--structure_reference", "MERGE (typo)")
+    assert "unknown --structure_reference 'MERGE (typo)'" in capsys.readouterr().err
