@@ -168,8 +168,9 @@ class MergeConfig(RusRoutingConfig, PreTrainedConfig):
             pass both tests, and the redundancy loss pulls them together while the uniqueness loss pushes them apart.
             At the default percentile thresholds every unique cell of the synthetic benchmark, WESAD-E4 and
             PhysioNet 2012 is also redundant. Excluding them gives the clearest redundancy structure (redundant
-            pairs route almost identically) but measured worse balance and accuracy on WESAD-E4 and PhysioNet,
-            so the default `False` keeps the paper's rule (benchmarks/README "Routing").
+            pairs route almost identically, balance kept) but measured lower accuracy on every benchmark (with the
+            other defaults: −0.007 to −0.043 macro-F1, PhysioNet AUROC −0.017), so the default `False` keeps the
+            paper's rule (benchmarks/README "Routing").
         router_init (`str`): how the RUS router's layers start. `"fan_in"`: weights from N(0, 1/fan_in), so the
             router's logits differ between tokens from the first step (token std ≈ 0.1–1). `"initializer_range"`:
             N(0, initializer_range) like every other layer (the previous behaviour); through the router's three
