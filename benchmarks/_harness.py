@@ -510,13 +510,13 @@ def run_script(name: str, description: str, build_runs: Callable[[list[str], int
     sys.path.insert(0, str(REPO_ROOT / "examples"))
 
     runs = build_runs(args.datasets, args.seeds, args.smoke)
-    if args.structure_reference not in {run.variant.name for run in runs}:
-        parser.error(f"unknown --structure_reference {args.structure_reference!r}; "
-                     f"choose from {sorted({run.variant.name for run in runs})}")
+    variant_names = {run.variant.name for run in runs}
+    if args.structure_reference not in variant_names:
+        parser.error(f"unknown --structure_reference {args.structure_reference!r}; choose from {sorted(variant_names)}")
     if args.variants:
-        unknown = sorted(set(args.variants) - {run.variant.name for run in runs})
+        unknown = sorted(set(args.variants) - variant_names)
         if unknown:
-            parser.error(f"unknown --variants {unknown}; choose from {sorted({run.variant.name for run in runs})}")
+            parser.error(f"unknown --variants {unknown}; choose from {sorted(variant_names)}")
         runs = [run for run in runs if run.variant.name in args.variants]
     started = time.perf_counter()
     facts = machine_facts(args.workers)
